@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny randomly initialised models built from configs and tiny local data.
+
+Nothing is downloaded. ``make_tiny_model`` writes a model directory (config, weights and a small
+WordPiece tokenizer) that ``from_pretrained`` loads like any Hub checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SST2_DIR = (REPO / ".." / "shared" / "data" / "sst2").resolve()
+
+POS = ["good", "great", "fine", "lovely", "superb", "fun", "warm", "bright"]
+NEG = ["bad", "awful", "dull", "poor", "boring", "sad", "cold", "weak"]
+FILLER = ["the", "a", "movie", "film", "was", "is", "plot", "story", "very", "quite", "and", "it"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POS + NEG + FILLER
+
+
+def make_tiny_model(path: Path, model_type: str = "bert", *, layers: int = 2, heads: int = 4,
+                    hidden: int = 32, ffn: int = 64, num_labels: int = 2, seed: int = 0) -> Path:
+    """Write a tiny randomly initialised ``model_type`` classifier with a WordPiece tokenizer to ``path``."""
+    import torch
+    from transformers import (AutoModelForSequenceClassification, BertConfig, BertTokenizerFast,
+                              DistilBertConfig, RobertaConfig)
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    common = dict(vocab_size=len(VOCAB), num_labels=num_labels, pad_token_id=0)
+    if model_type == "bert":
+        cfg = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                         intermediate_size=ffn, max_position_embeddings=128, **common)
+    elif model_type == "distilbert":
+        cfg = DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=ffn,
+                               max_position_embeddings=128, **common)
+    elif model_type == "roberta":
+        cfg = RobertaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                            intermediate_size=ffn, max_position_embeddings=130, bos_token_id=2, eos_token_id=3,
+                            **common)
+    else:
+        raise ValueError(model_type)
+    model = AutoModelForSequenceClassification.from_config(cfg)
+    model.save_pretrained(path)
+    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tok.save_pretrained(path)
+    return path
+
+
+def make_tiny_data(path: Path, n_train: int = 256, n_val: int = 64, n_test: int = 64, seed: int = 0) -> dict[str, str]:
+    """Write a learnable sentiment task as TSV files (header ``sentence<TAB>label``)."""
+    rng = random.Random(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for split, n in (("train", n_train), ("validation", n_val), ("test", n_test)):
+        rows = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            words = rng.sample(FILLER, 4) + [rng.choice(POS if label else NEG)]
+            rng.shuffle(words)
+            rows.append(" ".join(words) + f"\t{label}")
+        f = path / f"{split}.tsv"
+        f.write_text("\n".join(rows) + "\n")
+        files[split] = str(f)
+    return files
+
+
+def tiny_config_dict(tmp_path: Path, model_type: str = "bert", *, baseline_steps: int = 30, **model_kw) -> dict:
+    """A raw RunConfig mapping for a tiny model and tiny data, fast enough for unit tests."""
+    model_dir = make_tiny_model(tmp_path / f"tiny-{model_type}", model_type, **model_kw)
+    files = make_tiny_data(tmp_path / "data")
+    return {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"files": files, "max_length": 16},
+        "baseline": {"steps": baseline_steps, "batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.1},
+        "measure": {"batch_size": 4, "seq_len": 16, "repeats": 3, "warmup": 1, "batch1": False},
+        "run_dir": str(tmp_path / "runs"),
+        "calibration_batches": 2,
+        "eval_batch_size": 64,
+    }
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A validated RunConfig for a tiny BERT on tiny local data."""
+    from autoprune.config import RunConfig
+
+    return RunConfig.model_validate(tiny_config_dict(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    if not (SST2_DIR / "train.tsv").is_file():
+        pytest.skip(f"SST-2 data not found at {SST2_DIR} (expected ../shared/data/sst2 beside the repo)")
+    return SST2_DIR
