@@ -97,7 +97,8 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    bucket_by_length: bool = True
+    padding: Literal["bucketed", "dynamic", "max_length"] = Field(
+        "bucketed", description="bucketed: length-sorted buckets + dynamic padding; max_length: pad every batch")
     seed: int = 0
 
 

@@ -1,0 +1,222 @@
+"""Loading a labelled text task with ``datasets``, tokenising it once, and batching it.
+
+Local files (``.tsv``, ``.csv``, ``.jsonl``/``.json``, ``.parquet``) or a Hub dataset are read
+with ``datasets.load_dataset``; text and label columns and split names are configurable.
+Tokenised splits are cached per process (a Ray worker reuses them across trials) and by
+``datasets`` on disk.
+
+Batches use *dynamic padding*: each batch is padded to its own longest sequence. With
+``padding="bucketed"`` (the default) training batches are also drawn from length-sorted
+buckets, so a batch holds sentences of similar length (SST-2 averages ~13 tokens: padding every
+batch to 64 wastes most of the compute; ``scripts/bench_bucketing.py`` measures the gain).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from autoprune.config import DataConfig
+from autoprune.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+_BUILDERS = {".tsv": "csv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class Split:
+    """A tokenised split: token id lists and integer labels."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TaskData:
+    """Tokenised train/validation/test splits and the label names (index = label id)."""
+
+    train: Split
+    validation: Split
+    test: Split | None
+    label_names: list[str]
+    pad_token_id: int
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def _load_raw(cfg: DataConfig, cache_dir: str | None) -> Any:
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    splits = [s for s in (cfg.train_split, cfg.validation_split, cfg.test_split) if s]
+    if cfg.files:
+        missing = [s for s in splits if s not in cfg.files]
+        if cfg.test_split and cfg.test_split in missing:
+            missing.remove(cfg.test_split)  # the test split is optional
+        if missing:
+            raise DataError(f"data.files has no entry for split(s) {missing}; add them or change data.*_split")
+        files = {s: cfg.files[s] for s in splits if s in cfg.files}
+        suffixes = set()
+        for split, f in files.items():
+            p = Path(f)
+            if not p.is_file():
+                raise DataError(f"data.files.{split}: file not found: {p}")
+            if p.suffix.lower() not in _BUILDERS:
+                raise DataError(f"data.files.{split}: unsupported file type '{p.suffix}'; "
+                                f"use one of {', '.join(sorted(_BUILDERS))}")
+            suffixes.add(p.suffix.lower())
+        if len({_BUILDERS[s] for s in suffixes}) > 1:
+            raise DataError(f"data.files mixes file types {sorted(suffixes)}; use one format for all splits")
+        suffix = suffixes.pop()
+        kw: dict[str, Any] = {}
+        if suffix == ".tsv":
+            kw = {"delimiter": "\t", "quoting": 3}  # csv.QUOTE_NONE: SST-2 sentences contain quotes
+        try:
+            return datasets.load_dataset(_BUILDERS[suffix], data_files=files, cache_dir=cache_dir, **kw)
+        except Exception as exc:  # datasets raises many types for unreadable files
+            raise DataError(f"cannot read data files {list(files.values())}: {str(exc).splitlines()[0]}") from None
+    try:
+        ds = datasets.load_dataset(cfg.dataset, cfg.subset, cache_dir=cache_dir)
+    except Exception as exc:
+        raise DataError(f"cannot load Hub dataset '{cfg.dataset}'"
+                        f"{'/' + cfg.subset if cfg.subset else ''}: {str(exc).splitlines()[0]} "
+                        "(no network here: use local files under data.files)") from None
+    for s in splits:
+        if s not in ds and s != cfg.test_split:
+            raise DataError(f"dataset '{cfg.dataset}' has no split '{s}'; it has {list(ds)}")
+    return ds
+
+
+def _label_ids(column: list[Any], split: str, label_col: str, names: list[str] | None) -> tuple[list[int], list[str]]:
+    if any(v is None for v in column):
+        raise DataError(f"split '{split}': column '{label_col}' has empty labels; every row needs a label")
+    if all(isinstance(v, bool) for v in column) or not all(isinstance(v, (int, str)) for v in column):
+        bad = next(v for v in column if not isinstance(v, (int, str)) or isinstance(v, bool))
+        raise DataError(f"split '{split}': labels in column '{label_col}' must be integers or strings, "
+                        f"found {bad!r} ({type(bad).__name__})")
+    if all(isinstance(v, int) for v in column):
+        if names is None:
+            n = max(column) + 1
+            if min(column) < 0:
+                raise DataError(f"split '{split}': integer labels must be >= 0 in column '{label_col}'")
+            names = [str(i) for i in range(n)]
+        ids = list(column)
+        if max(ids) >= len(names):
+            raise DataError(f"split '{split}': label {max(ids)} not seen in the training split")
+        return ids, names
+    strs = [str(v) for v in column]
+    if names is None:
+        names = sorted(set(strs))
+    lookup = {n: i for i, n in enumerate(names)}
+    unknown = sorted(set(strs) - set(lookup))
+    if unknown:
+        raise DataError(f"split '{split}': labels {unknown[:5]} do not occur in the training split")
+    return [lookup[s] for s in strs], names
+
+
+_CACHE: dict[tuple, TaskData] = {}
+
+
+def load_task(cfg: DataConfig, tokenizer: Any, *, cache_dir: str | None = None) -> TaskData:
+    """Load, validate and tokenise the configured splits (cached per process)."""
+    key = (cfg.model_dump_json(), getattr(tokenizer, "name_or_path", id(tokenizer)))
+    if key in _CACHE:
+        return _CACHE[key]
+    raw = _load_raw(cfg, cache_dir)
+    out: dict[str, Split | None] = {}
+    names: list[str] | None = None
+    limits = {cfg.train_split: cfg.max_train_samples, cfg.validation_split: cfg.max_validation_samples,
+              cfg.test_split: cfg.max_test_samples}
+    for role, split in (("train", cfg.train_split), ("validation", cfg.validation_split), ("test", cfg.test_split)):
+        if split is None or split not in raw:
+            out[role] = None
+            continue
+        ds = raw[split]
+        cols = [c for c in (cfg.text_column, cfg.text_pair_column, cfg.label_column) if c]
+        for c in cols:
+            if c not in ds.column_names:
+                raise DataError(f"split '{split}' has no column '{c}' (it has {ds.column_names}); "
+                                f"set data.text_column / data.label_column")
+        if len(ds) == 0:
+            raise DataError(f"split '{split}' is empty; it needs at least one labelled row")
+        limit = limits.get(split)
+        if limit is not None and limit < len(ds):
+            # a fixed, seeded subset: the same rows in every trial
+            ds = ds.shuffle(seed=1234).select(range(limit))
+        texts = [("" if t is None else str(t)) for t in ds[cfg.text_column]]
+        pairs = [("" if t is None else str(t)) for t in ds[cfg.text_pair_column]] if cfg.text_pair_column else None
+        labels, names = _label_ids(list(ds[cfg.label_column]), split, cfg.label_column, names)
+        enc = tokenizer(texts, pairs, truncation=True, max_length=cfg.max_length)
+        out[role] = Split(input_ids=list(enc["input_ids"]), labels=labels)
+    if out["train"] is None or out["validation"] is None:
+        raise DataError("data needs a train and a validation split")
+    assert names is not None
+    if len(names) < 2:
+        raise DataError(f"column '{cfg.label_column}' has a single class {names}; classification needs two or more")
+    task = TaskData(train=out["train"], validation=out["validation"], test=out["test"],  # type: ignore[arg-type]
+                    label_names=names, pad_token_id=int(tokenizer.pad_token_id or 0))
+    _CACHE[key] = task
+    logger.info("data: %d train, %d validation, %s test rows, %d labels", len(task.train), len(task.validation),
+                len(task.test) if task.test else "no", task.num_labels)
+    return task
+
+
+def collate(ids: list[list[int]], labels: list[int] | None, pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad a list of token id lists to the longest (or to ``pad_to``) and build the attention mask."""
+    length = pad_to or max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), length), dtype=torch.long)
+    for i, x in enumerate(ids):
+        x = x[:length]
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if labels is not None:
+        batch["labels"] = torch.tensor(labels, dtype=torch.long)
+    return batch
+
+
+def train_batches(split: Split, batch_size: int, *, seed: int, pad_id: int, padding: str = "bucketed",
+                  max_length: int | None = None, bucket_factor: int = 50) -> Iterator[dict[str, torch.Tensor]]:
+    """An endless stream of shuffled training batches.
+
+    ``padding``: ``bucketed`` (length-sorted buckets, dynamic padding), ``dynamic`` (random
+    batches padded to their longest) or ``max_length`` (every batch padded to ``max_length``).
+    """
+    rng = random.Random(seed)
+    n = len(split)
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        if padding == "bucketed":
+            chunk = batch_size * bucket_factor
+            batches = []
+            for start in range(0, n, chunk):
+                part = sorted(order[start:start + chunk], key=lambda i: len(split.input_ids[i]))
+                batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+            rng.shuffle(batches)
+        else:
+            batches = [order[j:j + batch_size] for j in range(0, n, batch_size)]
+        for b in batches:
+            yield collate([split.input_ids[i] for i in b], [split.labels[i] for i in b], pad_id,
+                          pad_to=max_length if padding == "max_length" else None)
+
+
+def eval_batches(split: Split, batch_size: int, pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches over the whole split in length order (labels included), for evaluation."""
+    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    for j in range(0, len(order), batch_size):
+        b = order[j:j + batch_size]
+        yield collate([split.input_ids[i] for i in b], [split.labels[i] for i in b], pad_id)

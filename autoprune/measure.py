@@ -1,0 +1,159 @@
+"""Measurement: task metrics, interleaved latency against the dense model, analytic FLOPs, size.
+
+Latency is measured in one process, dense and pruned *interleaved* (dense, pruned, dense, ...)
+after warm-up, at a fixed thread count, on the same random token batch; the report gives the
+median of each and their ratio. Noise on a shared machine hits both sides alike.
+
+Example:
+    >>> _median([3.0, 1.0, 2.0])
+    2.0
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import statistics
+import time
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from autoprune.results import EvalMetrics, SpeedReport
+
+logger = logging.getLogger(__name__)
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[list[int], list[int]]:
+    """(predictions, labels) over ``batches``; the model is put in eval mode."""
+    was = model.training
+    model.eval()
+    preds: list[int] = []
+    labels: list[int] = []
+    for b in batches:
+        lab = b.pop("labels")
+        logits = model(**b).logits
+        preds += logits.argmax(-1).tolist()
+        labels += lab.tolist()
+    model.train(was)
+    return preds, labels
+
+
+def classification_metrics(preds: list[int], labels: list[int], num_labels: int) -> EvalMetrics:
+    """Accuracy, macro-F1 and per-class recall."""
+    n = len(labels)
+    correct = sum(int(p == y) for p, y in zip(preds, labels))
+    f1s, recalls = [], []
+    for c in range(num_labels):
+        tp = sum(1 for p, y in zip(preds, labels) if p == c and y == c)
+        fp = sum(1 for p, y in zip(preds, labels) if p == c and y != c)
+        fn = sum(1 for p, y in zip(preds, labels) if p != c and y == c)
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        recalls.append(rec)
+        f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+    return EvalMetrics(accuracy=correct / max(n, 1), macro_f1=sum(f1s) / num_labels, per_class_recall=recalls, n=n)
+
+
+def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], num_labels: int) -> EvalMetrics:
+    preds, labels = predict(model, batches)
+    return classification_metrics(preds, labels, num_labels)
+
+
+# ----------------------------------------------------------------------------- size
+def count_params(model: nn.Module) -> int:
+    """Parameters, counting a pruned (masked) weight's zeros too; quantized modules count their packed weights."""
+    n = sum(p.numel() for p in model.parameters())
+    for mod in model.modules():  # dynamic int8 Linear keeps its weight outside .parameters()
+        wfn = getattr(mod, "weight", None)
+        if callable(wfn) and type(mod).__name__ == "Linear" and mod.__module__.startswith("torch.ao"):
+            n += wfn().numel() + (mod.bias().numel() if mod.bias() is not None else 0)
+    return int(n)
+
+
+def nonzero_params(model: nn.Module) -> int:
+    return int(sum((p != 0).sum().item() for p in model.parameters()))
+
+
+def size_on_disk(model: nn.Module) -> int:
+    """Bytes of the model's state dict serialised (safetensors for float models, torch.save for quantized)."""
+    state = model.state_dict()
+    if all(isinstance(v, torch.Tensor) and not v.is_quantized for v in state.values()):
+        from safetensors.torch import save
+
+        return len(save({k: v.contiguous() for k, v in state.items()}))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getbuffer().nbytes
+
+
+# ----------------------------------------------------------------------------- FLOPs
+def count_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> int:
+    """Analytic multiply-add FLOPs (2 per MAC) of the encoder for ``batch_size`` x ``seq_len`` tokens.
+
+    Per layer and token: q/k/v and output projections ``2 * 4 * hidden * heads * d``, attention
+    scores and weighted sum ``2 * 2 * seq_len * heads * d``, FFN ``2 * 2 * hidden * ffn``.
+    Embeddings, layer norms and the classifier head are left out (they are not pruned).
+    """
+    from autoprune.models import get_adapter
+
+    adapter = get_adapter(model)
+    hidden = adapter.hidden_size(model)
+    d = adapter.head_dim(model)
+    heads, ffn = adapter.shape(model)
+    per_token = 0
+    for h, f in zip(heads, ffn):
+        per_token += 2 * 4 * hidden * h * d + 2 * 2 * seq_len * h * d + 2 * 2 * hidden * f
+    return int(per_token * seq_len * batch_size)
+
+
+# ----------------------------------------------------------------------------- latency
+def _random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, max(vocab_size, 6), (batch_size, seq_len), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@torch.inference_mode()
+def _interleaved(dense: nn.Module, pruned: nn.Module, batch: dict[str, torch.Tensor], warmup: int,
+                 repeats: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        dense(**batch)
+        pruned(**batch)
+    td, tp = [], []
+    for i in range(repeats):
+        # alternate which model goes first so neither always runs on a warmer cache
+        order = ((dense, td), (pruned, tp)) if i % 2 == 0 else ((pruned, tp), (dense, td))
+        for model, sink in order:
+            t0 = time.perf_counter()
+            model(**batch)
+            sink.append((time.perf_counter() - t0) * 1000.0)
+    return _median(td), _median(tp)
+
+
+def measure_speed(dense: nn.Module, pruned: nn.Module, *, batch_size: int = 32, seq_len: int = 64,
+                  threads: int = 1, warmup: int = 3, repeats: int = 15, batch1: bool = True) -> SpeedReport:
+    """Median latency of ``dense`` and ``pruned``, measured interleaved, and the speedup ratio."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    dense.eval()
+    pruned.eval()
+    try:
+        vocab = int(getattr(dense.config, "vocab_size", 1000))
+        d_ms, p_ms = _interleaved(dense, pruned, _random_batch(vocab, batch_size, seq_len), warmup, repeats)
+        rep = SpeedReport(batch_size=batch_size, seq_len=seq_len, threads=threads, repeats=repeats,
+                          dense_ms=d_ms, pruned_ms=p_ms, speedup=d_ms / p_ms)
+        if batch1:
+            d1, p1 = _interleaved(dense, pruned, _random_batch(vocab, 1, seq_len, seed=1), warmup, repeats)
+            rep.dense_ms_b1, rep.pruned_ms_b1, rep.speedup_b1 = d1, p1, d1 / p1
+    finally:
+        torch.set_num_threads(prev)
+    logger.info("latency b%dx%d: dense %.2f ms, pruned %.2f ms -> %.2fx", batch_size, seq_len, rep.dense_ms,
+                rep.pruned_ms, rep.speedup)
+    return rep

@@ -1,0 +1,102 @@
+"""Model loading and per-architecture adapters.
+
+Architecture-specific code lives only here: an adapter knows where a family keeps its
+attention heads and FFN blocks. Adding a family is one new module that registers an adapter.
+
+Example:
+    >>> from autoprune.models import SUPPORTED_MODEL_TYPES
+    >>> SUPPORTED_MODEL_TYPES
+    ('bert', 'distilbert', 'roberta')
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from autoprune.errors import ModelError
+from autoprune.models._base import Adapter, LayerParts
+from autoprune.models._bert import BertAdapter, RobertaAdapter
+from autoprune.models._distilbert import DistilBertAdapter
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from autoprune.config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+_ADAPTERS: dict[str, Adapter] = {a.model_type: a for a in (BertAdapter(), DistilBertAdapter(), RobertaAdapter())}
+SUPPORTED_MODEL_TYPES = tuple(sorted(_ADAPTERS))
+
+
+def adapter_for_type(model_type: str) -> Adapter:
+    """The adapter of a ``config.model_type``; a clear :class:`ModelError` names the supported ones."""
+    try:
+        return _ADAPTERS[model_type]
+    except KeyError:
+        raise ModelError(
+            f"unsupported architecture '{model_type}'; autoprune supports model_type "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (add an adapter in autoprune/models/ for others)"
+        ) from None
+
+
+def get_adapter(model: "nn.Module") -> Adapter:
+    """The adapter for a loaded model, selected by ``model.config.model_type``."""
+    return adapter_for_type(getattr(model.config, "model_type", type(model).__name__))
+
+
+def _hf_config(name_or_path: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        local = Path(name_or_path)
+        hint = ("the directory has no usable config.json" if local.is_dir() else
+                "it is neither a local directory nor a reachable Hub model id (no network: use a local path)")
+        raise ModelError(f"cannot load model '{name_or_path}': {hint} ({str(exc).splitlines()[0]})") from None
+
+
+def model_depth(config: "RunConfig") -> int:
+    """Number of encoder layers of the configured model, read from its config only."""
+    hf = _hf_config(config.model.resolve())
+    adapter_for_type(hf.model_type)
+    return int(getattr(hf, "num_hidden_layers", getattr(hf, "n_layers", 0)))
+
+
+def load_model(name_or_path: str, num_labels: int | None = None) -> "nn.Module":
+    """Load a sequence classifier with ``AutoModelForSequenceClassification``.
+
+    A pruned model saved by autoprune (its config carries ``autoprune.heads_per_layer`` /
+    ``ffn_per_layer``) is rebuilt with those per-layer shapes before its weights are loaded.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf = _hf_config(name_or_path)
+    adapter_for_type(hf.model_type)
+    kw: dict[str, Any] = {}
+    if num_labels is not None and getattr(hf, "num_labels", None) != num_labels:
+        hf.num_labels = num_labels
+        hf.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        hf.label2id = {v: k for k, v in hf.id2label.items()}
+    shape = getattr(hf, "autoprune", None)
+    if shape:
+        from autoprune.surgery import load_reshaped
+
+        return load_reshaped(name_or_path, hf)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the classifier head is new on a base checkpoint: expected
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=hf, **kw)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"cannot load weights of '{name_or_path}': {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model
+
+
+__all__ = ["Adapter", "LayerParts", "SUPPORTED_MODEL_TYPES", "adapter_for_type", "get_adapter", "load_model",
+           "model_depth"]

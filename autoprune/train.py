@@ -1,0 +1,215 @@
+"""Fine-tuning (with optional distillation) and the cached dense baseline.
+
+:func:`finetune` is the one training loop: AdamW, linear warmup/decay, gradient clipping, a fixed
+seed, length-bucketed batches and a tqdm progress bar. :func:`ensure_baseline` fine-tunes the
+unpruned model once per (model, data, training settings) and caches it under
+``<run_dir>/baselines/<key>/``; every pruned trial starts from that copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from autoprune.config import RunConfig
+from autoprune.errors import TrialFailed
+
+logger = logging.getLogger(__name__)
+
+EvalHook = Callable[[int], bool]  # called with the step; returns True to stop training
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      weight: float, temperature: float) -> torch.Tensor:
+    """``(1 - weight) * CE(labels) + weight * T^2 * KL(teacher_T || student_T)`` (Hinton et al.)."""
+    ce = F.cross_entropy(student_logits, labels)
+    if weight == 0:
+        return ce
+    t = temperature
+    kd = F.kl_div(F.log_softmax(student_logits / t, dim=-1), F.log_softmax(teacher_logits / t, dim=-1),
+                  reduction="batchmean", log_target=True) * (t * t)
+    return (1 - weight) * ce + weight * kd
+
+
+def finetune(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], *, steps: int, learning_rate: float,
+             warmup_ratio: float = 0.06, weight_decay: float = 0.01, max_grad_norm: float = 1.0, seed: int = 0,
+             teacher: nn.Module | None = None, distill_weight: float = 0.0, temperature: float = 2.0,
+             hooks: dict[int, EvalHook] | None = None, desc: str = "fine-tune", progress: bool = True) -> list[float]:
+    """Train ``model`` for ``steps`` optimiser steps; returns the loss of every step.
+
+    ``hooks`` maps a step number to a callback run after that step (e.g. a validation check);
+    a callback returning True stops training early. A non-finite loss raises :class:`TrialFailed`.
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_linear_schedule_with_warmup
+
+    losses: list[float] = []
+    if steps <= 0:
+        return losses
+    set_seed(seed)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=learning_rate)
+    sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * steps), steps)
+    if teacher is not None:
+        teacher.eval()
+    model.train()
+    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        for step in range(1, steps + 1):
+            batch = next(batches)
+            out = model(**{k: v for k, v in batch.items() if k != "labels"})
+            if teacher is not None and distill_weight > 0:
+                with torch.no_grad():
+                    t_logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                loss = distillation_loss(out.logits, t_logits, batch["labels"], distill_weight, temperature)
+            else:
+                loss = F.cross_entropy(out.logits, batch["labels"])
+            if not torch.isfinite(loss):
+                raise TrialFailed(f"training loss became {loss.item()} at step {step} of {steps} "
+                                  f"({desc}); lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.item()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            bar.update(1)
+            if hooks and step in hooks and hooks[step](step):
+                break
+    finally:
+        bar.close()
+        model.eval()
+    return losses
+
+
+# ----------------------------------------------------------------------------- base model + data
+def load_tokenizer(config: RunConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    from autoprune.errors import ModelError
+
+    path = config.model.resolve()
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer of '{path}': {str(exc).splitlines()[0]}") from None
+
+
+def load_task_data(config: RunConfig, tokenizer: Any | None = None) -> Any:
+    """Tokenised splits of the configured task (cached per process)."""
+    from autoprune.data import load_task
+
+    tok = tokenizer if tokenizer is not None else load_tokenizer(config)
+    return load_task(config.data, tok, cache_dir=str(Path(config.run_dir) / "cache" / "datasets"))
+
+
+# ----------------------------------------------------------------------------- dense baseline cache
+def baseline_dir(config: RunConfig) -> Path:
+    return Path(config.run_dir) / "baselines" / config.baseline_key()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def load_baseline_metrics(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "metrics.json").read_text())
+
+
+def ensure_baseline(config: RunConfig, *, progress: bool = True) -> Path:
+    """Fine-tune the dense model once and cache it; return its directory.
+
+    The directory holds the model (``save_pretrained``), the tokenizer and ``metrics.json``
+    (validation and test accuracy, the settings, wall time). ``metrics.json`` is written last,
+    so a directory without it is an interrupted run and is trained again. A file lock keeps
+    concurrent processes from training the same baseline twice.
+    """
+    from autoprune.data import eval_batches, train_batches
+    from autoprune.measure import evaluate
+    from autoprune.models import load_model
+
+    out = baseline_dir(config)
+    if (out / "metrics.json").is_file():
+        return out
+    with _file_lock(out.with_suffix(".lock")):
+        if (out / "metrics.json").is_file():
+            return out
+        t0 = time.perf_counter()
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        tok = load_tokenizer(config)
+        task = load_task_data(config, tok)
+        set_seed(config.baseline.seed)
+        model = load_model(config.model.resolve(), num_labels=task.num_labels)
+        b = config.baseline
+        logger.info("training the dense baseline (%d steps, batch %d) -> %s", b.steps, b.batch_size, out)
+        losses = finetune(model, train_batches(task.train, b.batch_size, seed=b.seed, pad_id=task.pad_token_id,
+                                               padding=b.padding, max_length=config.data.max_length),
+                          steps=b.steps, learning_rate=b.learning_rate, warmup_ratio=b.warmup_ratio,
+                          weight_decay=b.weight_decay, max_grad_norm=b.max_grad_norm, seed=b.seed,
+                          desc="dense baseline", progress=progress)
+        train_s = time.perf_counter() - t0
+        val = evaluate(model, eval_batches(task.validation, config.eval_batch_size, task.pad_token_id),
+                       task.num_labels)
+        metrics: dict[str, Any] = {
+            "validation_accuracy": val.accuracy, "validation_macro_f1": val.macro_f1,
+            "validation_recall": val.per_class_recall, "validation_n": val.n,
+            "steps": b.steps, "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            "train_seconds": train_s, "label_names": task.label_names,
+            "model": config.model.name_or_path, "key": config.baseline_key(),
+            "settings": config.baseline.model_dump(),
+        }
+        if task.test is not None:
+            test = evaluate(model, eval_batches(task.test, config.eval_batch_size, task.pad_token_id), task.num_labels)
+            metrics.update({"test_accuracy": test.accuracy, "test_macro_f1": test.macro_f1,
+                            "test_recall": test.per_class_recall, "test_n": test.n})
+        tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        logger.info("dense baseline: validation accuracy %.4f%s", val.accuracy,
+                    f", test accuracy {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "")
+    return out
+
+
+def hooks_at(steps: int, fractions: tuple[float, ...], fn: EvalHook) -> dict[int, EvalHook]:
+    """Hooks at the given fractions of ``steps`` (at least step 1)."""
+    return {max(1, math.ceil(f * steps)): fn for f in fractions}
