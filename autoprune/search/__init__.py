@@ -1,0 +1,24 @@
+"""The search service: an Optuna multi-objective study (accuracy up, speedup up) whose trials
+run as Ray tasks, driven by one process with plain ask/tell.
+
+Public API:
+    * :class:`SearchSpace`, :func:`load_search_space` - validated YAML search spaces.
+    * :func:`run_search`, :func:`resume` - run or continue a study (SQLite by default, any Optuna URL).
+    * :func:`study_status` - one plain dict per trial; :func:`open_study` - load a study by name.
+    * :func:`mask_url` - hide the password of a storage URL.
+
+Example:
+    >>> from autoprune.search import load_search_space, run_search, study_status
+    >>> space = load_search_space("search_spaces/quickstart.yaml")  # doctest: +SKIP
+    >>> study = run_search(space)  # doctest: +SKIP
+    >>> [r["accuracy"] for r in study_status("quickstart", "sqlite:///runs/quickstart/quickstart.db")]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from autoprune.search._driver import default_study_name, resume, run_search, study_status
+from autoprune.search._space import SearchSpace, load_search_space, space_from_dict
+from autoprune.search._storage import default_storage, mask_url, open_study
+
+__all__ = ["SearchSpace", "load_search_space", "space_from_dict", "run_search", "resume", "study_status",
+           "open_study", "mask_url", "default_storage", "default_study_name"]

@@ -1,0 +1,169 @@
+"""Ray side of a search: start or join Ray, and run one trial as a remote task.
+
+A task gets plain data only (config dict, policy dict, accuracy floor) and returns a plain
+dict (``status``: complete | pruned | failed, ``result``, ``reason``, ``history``, ``node_id``).
+Workers never touch the study storage. A task whose worker dies is retried once by Ray
+(``max_retries=1``); application errors are not retried, they come back as ``failed``.
+
+Example:
+    >>> rule = EarlyStopRule(floor=0.80, budget_steps=100, margin=0.02, min_fraction=0.5)
+    >>> rule(20, 0.5), rule(60, 0.79), rule(60, 0.70)
+    (False, False, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import socket
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+log = logging.getLogger("autoprune.search")
+
+#: longest Ray temp dir we use as is; Ray appends ~60 characters and a Unix socket path
+#: may not exceed ~107 characters
+_MAX_TEMP_DIR = 45
+
+
+class EarlyStopRule:
+    """The worker-side early-stop decision for two-objective studies (no ``trial.report``).
+
+    Stop when at least ``min_fraction`` of the retraining budget has run and the validation
+    accuracy is still below ``floor - margin``. Every call is kept in ``history``.
+    """
+
+    def __init__(self, floor: float | None, budget_steps: int, margin: float = 0.02, min_fraction: float = 0.5) -> None:
+        self.floor = floor
+        self.budget_steps = max(int(budget_steps), 1)
+        self.margin = margin
+        self.min_fraction = min_fraction
+        self.history: list[list[float]] = []
+        self.reason: str | None = None
+
+    def __call__(self, step: int, acc: float) -> bool:
+        self.history.append([int(step), float(acc)])
+        if self.floor is None or self.reason is not None:
+            return self.reason is not None
+        if step >= self.min_fraction * self.budget_steps and acc < self.floor - self.margin:
+            self.reason = (f"validation accuracy {acc:.4f} at step {step}/{self.budget_steps} is below the floor "
+                           f"{self.floor:.4f} - margin {self.margin:.3f}")
+            return True
+        return False
+
+
+def execute_trial(trial_fn: Callable[..., Any] | None, config: dict[str, Any], policy: dict[str, Any],
+                  floor: float | None, early_stop: dict[str, float], number: int) -> dict[str, Any]:
+    """Run one trial in the current process and describe the outcome as plain data (the Ray task body)."""
+    t0 = time.time()
+    out: dict[str, Any] = {"number": number, "host": socket.gethostname(), "pid": os.getpid(), "node_id": None}
+    try:
+        import ray
+
+        if ray.is_initialized():
+            out["node_id"] = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - node id is informative only
+        pass
+    rule = EarlyStopRule(floor, policy.get("retrain", {}).get("steps", 1), **early_stop)
+    try:
+        from autoprune.config import RunConfig
+        from autoprune.policy import PruningPolicy
+
+        cfg = RunConfig.model_validate(config)
+        pol = PruningPolicy.model_validate(policy)
+        if trial_fn is None:
+            from autoprune.trial import run_trial as trial_fn  # noqa: N806
+        res = trial_fn(cfg, pol, on_eval=rule, save_dir=None)
+        res = res.to_dict() if hasattr(res, "to_dict") else dict(res)
+        vals = [res.get("accuracy"), res.get("speedup")]
+        if any(v is None or not math.isfinite(float(v)) for v in vals):
+            out.update(status="failed", reason=f"trial returned non-finite objectives {vals}")
+        else:
+            out.update(status="complete", result=res)
+    except MemoryError:
+        out.update(status="failed", reason="out of memory (MemoryError) in the trial")
+    except BaseException as exc:  # noqa: BLE001 - every trial problem is recorded, the search goes on
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        if rule.reason is not None or type(exc).__name__ == "TrialStopped":
+            out.update(status="pruned", reason=rule.reason or getattr(exc, "reason", str(exc)))
+            hist = getattr(exc, "history", None)
+            if hist:
+                out["history"] = [list(h) for h in hist]
+        else:
+            msg = str(exc) or type(exc).__name__
+            if "out of memory" in msg.lower():
+                msg = f"out of memory: {msg}"
+            out.update(status="failed", reason=f"{type(exc).__name__}: {msg}",
+                       traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:])
+    out.setdefault("history", rule.history)
+    out["seconds"] = time.time() - t0
+    return out
+
+
+_remote_cache: dict[str, Any] = {}
+
+
+def submit(trial_fn: Callable[..., Any] | None, config: dict[str, Any], policy: dict[str, Any], floor: float | None,
+           early_stop: dict[str, float], number: int, num_cpus: float) -> Any:
+    """Submit one trial as a Ray task; returns its ObjectRef."""
+    import ray
+
+    fn = _remote_cache.get("execute")
+    if fn is None:
+        fn = _remote_cache["execute"] = ray.remote(execute_trial)
+    return fn.options(num_cpus=num_cpus, max_retries=1, name=f"autoprune-trial-{number}").remote(
+        trial_fn, config, policy, floor, early_stop, number)
+
+
+def ray_temp_dir(run_dir: str | Path) -> str:
+    """``<run_dir>/ray_tmp`` (absolute) or, when that is too long for Unix sockets, a short /tmp folder."""
+    d = Path(run_dir).resolve() / "ray_tmp"
+    if len(str(d)) <= _MAX_TEMP_DIR:
+        return str(d)
+    h = hashlib.sha1(str(d).encode()).hexdigest()[:8]
+    return str(Path(tempfile.gettempdir()) / f"ap_ray_{h}")
+
+
+@contextlib.contextmanager
+def ray_session(*, address: str | None, num_cpus: float, run_dir: str | Path) -> Iterator[bool]:
+    """Use the Ray this process already runs, join ``address``/``RAY_ADDRESS``, or start a quiet local one.
+
+    Yields True when this call started Ray (and will shut it down on exit). A local Ray keeps
+    Ray 2.x token authentication (the token lives in ``~/.ray/auth_token``); joining a cluster
+    needs the cluster's token in ``RAY_AUTH_TOKEN`` or that file.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield False
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    kw: dict[str, Any] = dict(include_dashboard=False, configure_logging=False, log_to_driver=False,
+                              logging_level=logging.ERROR)
+    try:
+        if address:
+            log.info("joining Ray cluster at %s", address)
+            ray.init(address=address, **kw)
+        else:
+            tmp = ray_temp_dir(run_dir)
+            Path(tmp).mkdir(parents=True, exist_ok=True)
+            log.info("starting a local Ray with %s CPUs (temp dir %s)", num_cpus, tmp)
+            ray.init(num_cpus=max(int(math.ceil(num_cpus)), 1), _temp_dir=tmp, _node_ip_address="127.0.0.1", **kw)
+    except Exception as exc:  # noqa: BLE001
+        from autoprune.errors import StudyError
+
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise StudyError(f"cannot start or join {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    try:
+        yield True
+    finally:
+        ray.shutdown()

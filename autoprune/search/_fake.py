@@ -1,0 +1,92 @@
+"""Fake trial functions for tests and the orchestration benchmark (importable on Ray workers).
+
+A fake trial sleeps, reports a few evaluations through ``on_eval`` and returns a plausible
+:class:`~autoprune.results.TrialResult` computed from the policy (more sparsity: faster, less accurate).
+
+Example:
+    >>> import functools
+    >>> from autoprune.policy import PruningPolicy
+    >>> fn = functools.partial(fake_trial, sleep=0.0)
+    >>> r = fn(None, PruningPolicy.uniform("l1", 2, heads=0.5, ffn=0.5))
+    >>> round(r.speedup, 2), r.accuracy < 0.9
+    (1.67, True)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from autoprune.results import TrialResult
+
+
+class FakeStopped(Exception):
+    """Raised by the fake when ``on_eval`` asks it to stop (stands in for ``autoprune.trial.TrialStopped``)."""
+
+    def __init__(self, reason: str, history: list[list[float]]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.history = history
+
+
+def _stopped_cls() -> type[Exception]:
+    try:
+        from autoprune.trial import TrialStopped
+
+        return TrialStopped
+    except Exception:  # noqa: BLE001 - the real trial module may not exist yet
+        return FakeStopped
+
+
+def fake_result(policy: Any, accuracy: float, speedup: float, seconds: float = 0.0) -> TrialResult:
+    p = policy.to_dict()
+    return TrialResult(
+        policy=p, accuracy=accuracy, macro_f1=accuracy - 0.01, per_class_recall=[accuracy, accuracy],
+        dense_accuracy=0.9, dense_macro_f1=0.89, accuracy_drop=0.9 - accuracy, eval_split="validation", eval_n=100,
+        speedup=speedup, latency_ms=10.0 / speedup, dense_latency_ms=10.0, speedup_b1=None, latency_b1_ms=None,
+        dense_latency_b1_ms=None, speed_label="measured", flops=int(1e9 / speedup), dense_flops=int(1e9),
+        flops_reduction=speedup, params=int(1e6 / speedup), dense_params=int(1e6), size_bytes=int(4e6 / speedup),
+        dense_size_bytes=int(4e6), heads_per_layer=[], ffn_per_layer=[], kept_heads=None, kept_neurons=None,
+        weight_sparsity=0.0, retrain_steps=policy.retrain.steps, phase_seconds={"fake": seconds},
+    )
+
+
+def _mean_sparsity(policy: Any) -> float:
+    vals = [v for lst in (policy.head_sparsity, policy.ffn_sparsity, policy.weight_sparsity) if lst for v in lst]
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+def fake_trial(config: Any, policy: Any, *, on_eval: Callable[[int, float], bool] | None = None,
+               save_dir: str | None = None, sleep: float = 0.1, fail_criterion: str | None = None,
+               evals: int = 4, low_accuracy_criterion: str | None = None) -> TrialResult:
+    """Sleep ``sleep`` seconds in ``evals`` slices, calling ``on_eval`` after each; return fake metrics.
+
+    ``fail_criterion``: raise RuntimeError for policies with that criterion.
+    ``low_accuracy_criterion``: report a very low accuracy for that criterion (so early stop triggers).
+    """
+    t0 = time.time()
+    s = _mean_sparsity(policy)
+    acc = 0.9 - 0.3 * s * s
+    if low_accuracy_criterion is not None and policy.criterion == low_accuracy_criterion:
+        acc = 0.3
+    steps = policy.retrain.steps
+    history: list[list[float]] = []
+    for k in range(1, evals + 1):
+        time.sleep(sleep / evals)
+        if fail_criterion is not None and policy.criterion == fail_criterion and k == 1:
+            raise RuntimeError(f"fake failure for criterion {policy.criterion}")
+        step = max(1, steps * k // evals)
+        history.append([step, acc])
+        if on_eval is not None and on_eval(step, acc):
+            raise _stopped_cls()(f"stopped at step {step}", history)
+    speedup = 1.0 / (1.0 - 0.8 * s)
+    res = fake_result(policy, acc, speedup, time.time() - t0)
+    res.history = history
+    return res
+
+
+def sleep_trial(config: Any, policy: Any, *, on_eval: Callable[[int, float], bool] | None = None,
+                save_dir: str | None = None, sleep: float = 2.0) -> TrialResult:
+    """Exactly ``sleep`` seconds of sleep and fixed metrics (the orchestration benchmark)."""
+    time.sleep(sleep)
+    return fake_result(policy, 0.85, 1.5, sleep)

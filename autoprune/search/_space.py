@@ -1,0 +1,294 @@
+"""Search space: a validated YAML description of which pruning policies a study may try.
+
+Example (inline run config; the model depth is given explicitly here instead of read from the model):
+    >>> from autoprune.search._space import SearchSpace
+    >>> space = SearchSpace.model_validate({
+    ...     "config": {"data": {"files": {"train": "t.tsv", "validation": "v.tsv"}}},
+    ...     "criteria": ["l1"], "structured": {"heads": {"base": [0.0, 0.5]}, "ffn": {"mode": "free"}},
+    ... })
+    >>> space.sampler, space.n_trials, space.structured.heads.mode
+    ('nsga2', 20, 'profile')
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from autoprune._yaml import read_yaml_mapping
+from autoprune.config import RunConfig, config_from_dict, load_config
+from autoprune.errors import ConfigError, format_validation_error
+
+log = logging.getLogger("autoprune.search")
+
+Num = float | int
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def _pair(name: str, v: list[float] | None, lo: float, hi: float) -> None:
+    if v is None:
+        return
+    if len(v) != 2 or v[0] > v[1]:
+        raise ValueError(f"'{name}' must be [low, high] with low <= high, got {v}")
+    if v[0] < lo or v[1] > hi:
+        raise ValueError(f"'{name}' = {v} must lie within [{lo}, {hi}]")
+
+
+class SparsitySpace(_Strict):
+    """How the per-layer sparsity of one unit kind (heads, FFN neurons, weights) is searched.
+
+    * ``mode: profile`` (default): two parameters, ``base`` (sparsity of the first layer) and
+      ``slope`` (change from the first to the last layer); layer ``i`` gets
+      ``base + slope * i / (L - 1)``, clipped to ``range``. Few parameters, so the space stays searchable.
+    * ``mode: free``: one parameter per layer, each within ``range`` (one ``[low, high]`` for all
+      layers, or one pair per layer).
+    * ``mode: fixed``: always ``value`` in every layer (``value: 0`` switches the unit kind off).
+    ``step`` quantises every sampled value (0.05 by default).
+    """
+
+    mode: Literal["profile", "free", "fixed"] = "profile"
+    range: list[float] | list[list[float]] = Field(default_factory=lambda: [0.0, 0.9])
+    base: list[float] = Field(default_factory=lambda: [0.0, 0.7])
+    slope: list[float] = Field(default_factory=lambda: [-0.4, 0.4])
+    value: float = Field(0.0, ge=0, lt=1)
+    step: float = Field(0.05, gt=0, le=0.5)
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, v: Any) -> Any:
+        pairs = v if v and isinstance(v[0], list) else [v]
+        for i, p in enumerate(pairs):
+            _pair("range" if len(pairs) == 1 else f"range[{i}]", p, 0.0, 0.99)
+        return v
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "SparsitySpace":
+        _pair("base", self.base, 0.0, 0.99)
+        _pair("slope", self.slope, -0.99, 0.99)
+        return self
+
+    def layer_ranges(self, num_layers: int) -> list[list[float]]:
+        if self.range and isinstance(self.range[0], list):
+            return [list(p) for p in self.range]  # type: ignore[arg-type]
+        return [list(self.range)] * num_layers  # type: ignore[list-item]
+
+    def check_depth(self, num_layers: int, where: str) -> None:
+        if self.range and isinstance(self.range[0], list) and len(self.range) != num_layers:
+            raise ValueError(f"'{where}.range' has {len(self.range)} per-layer pairs but the model has "
+                             f"{num_layers} encoder layers; give one [low, high] per layer or a single pair")
+
+    def sample(self, trial: Any, prefix: str, num_layers: int) -> list[float]:
+        """Draw one sparsity per layer from an Optuna trial (params named ``{prefix}_...``)."""
+        ranges = self.layer_ranges(num_layers)
+        if self.mode == "fixed":
+            return [float(self.value)] * num_layers
+        if self.mode == "free":
+            return [round(_suggest(trial, f"{prefix}_l{i}", lo, hi, self.step), 4) for i, (lo, hi) in enumerate(ranges)]
+        base = _suggest(trial, f"{prefix}_base", self.base[0], self.base[1], self.step)
+        slope = _suggest(trial, f"{prefix}_slope", self.slope[0], self.slope[1], self.step)
+        out = []
+        for i, (lo, hi) in enumerate(ranges):
+            d = i / (num_layers - 1) if num_layers > 1 else 0.0
+            out.append(round(min(max(base + slope * d, lo), hi), 4))
+        return out
+
+
+def _suggest(trial: Any, name: str, lo: float, hi: float, step: float) -> float:
+    if hi - lo < 1e-12:
+        return float(lo)
+    n = int(round((hi - lo) / step))
+    if n < 1:
+        return float(trial.suggest_float(name, lo, hi))
+    hi = lo + n * step  # Optuna wants (high - low) to be a multiple of step
+    return float(trial.suggest_float(name, lo, round(hi, 10), step=step))
+
+
+class StructuredSpace(_Strict):
+    heads: SparsitySpace = SparsitySpace()
+    ffn: SparsitySpace = SparsitySpace()
+
+
+class UnstructuredSpace(_Strict):
+    weights: SparsitySpace = SparsitySpace(base=[0.3, 0.9], range=[0.0, 0.95])
+
+
+class RetrainSpace(_Strict):
+    """Retraining budget choices: a scalar is fixed, a list is a categorical choice."""
+
+    steps: int | list[int] = Field([100, 200])
+    learning_rate: float | list[float] = 5e-5
+    warmup_ratio: float | list[float] = 0.1
+    batch_size: int | list[int] = 32
+    iterative_steps: int | list[int] = 1
+
+    @model_validator(mode="after")
+    def _non_empty(self) -> "RetrainSpace":
+        for name in ("steps", "learning_rate", "warmup_ratio", "batch_size", "iterative_steps"):
+            v = getattr(self, name)
+            if isinstance(v, list) and not v:
+                raise ValueError(f"'retrain.{name}' is an empty list; give at least one choice")
+        return self
+
+
+class DistillationSpace(_Strict):
+    """Knowledge distillation as an optional lever: ``enabled: [false, true]`` lets the search choose."""
+
+    enabled: bool | list[bool] = False
+    weight: float | list[float] = 0.5
+    temperature: float | list[float] = 2.0
+
+
+class EarlyStop(_Strict):
+    """Stop a trial when, after ``min_fraction`` of its retraining budget, its validation accuracy is
+    still more than ``margin`` below the floor (dense accuracy - ``accuracy_drop_floor``)."""
+
+    margin: float = Field(0.02, ge=0, le=1)
+    min_fraction: float = Field(0.5, ge=0, le=1)
+
+
+class SearchSpace(_Strict):
+    """A whole search: the run config, the policy space, the objectives and how to run trials."""
+
+    config: str | dict[str, Any]
+    criteria: list[Literal["random", "gradient", "l1", "l2"]] = Field(default_factory=lambda: ["l1", "l2", "gradient"])
+    granularities: list[Literal["structured", "unstructured"]] = Field(default_factory=lambda: ["structured"])
+    structured: StructuredSpace = StructuredSpace()
+    unstructured: UnstructuredSpace = UnstructuredSpace()
+    retrain: RetrainSpace = RetrainSpace()
+    distillation: DistillationSpace = DistillationSpace()
+    quantize: bool | list[bool] = False
+    objectives: list[Literal["accuracy", "speedup"]] = Field(default_factory=lambda: ["accuracy", "speedup"])
+    accuracy_drop_floor: float | None = Field(0.05, ge=0, le=1, description="max drop vs dense; null disables early stop")
+    early_stop: EarlyStop = EarlyStop()
+    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    population_size: int = Field(8, ge=2, description="NSGA-II population size")
+    n_trials: int = Field(20, ge=1)
+    trials_in_flight: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1, gt=0)
+    seed: int = 0
+
+    # set by load_search_space, not by the file
+    _source: str = PrivateAttr("<space>")
+    _base_dir: str | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> str:
+        """The file this space was read from (for error messages)."""
+        return self._source
+
+    @property
+    def base_dir(self) -> str | None:
+        """Folder that relative paths in the space start from."""
+        return self._base_dir
+
+    @field_validator("criteria", "granularities")
+    @classmethod
+    def _nonempty(cls, v: list[str], info: Any) -> list[str]:
+        if not v:
+            raise ValueError(f"'{info.field_name}' is empty; list at least one choice")
+        if len(set(v)) != len(v):
+            raise ValueError(f"'{info.field_name}' lists a choice twice: {v}")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if sorted(v) != ["accuracy", "speedup"]:
+            raise ValueError("'objectives' must be [accuracy, speedup] (both maximised)")
+        return ["accuracy", "speedup"]
+
+    @model_validator(mode="after")
+    def _structured_any(self) -> "SearchSpace":
+        if "structured" in self.granularities:
+            h, f = self.structured.heads, self.structured.ffn
+            if h.mode == "fixed" and f.mode == "fixed" and h.value == 0 and f.value == 0:
+                raise ValueError("'structured': heads and ffn are both fixed at 0; nothing would be pruned")
+        return self
+
+    # ------------------------------------------------------------------ run config
+    def run_config(self) -> RunConfig:
+        """The RunConfig this space searches over (a path relative to the space file, or inline)."""
+        base = Path(self.base_dir) if self.base_dir else Path.cwd()
+        if isinstance(self.config, str):
+            p = Path(self.config)
+            if not p.is_absolute():
+                p = base / p
+            if not p.is_file():
+                raise ConfigError(f"{self.source}: field 'config': run config file {p} not found "
+                                  f"(a relative path starts at the search space's folder)")
+            return load_config(p)
+        return config_from_dict(self.config, f"{self.source} (field 'config')", base)
+
+    def check_depth(self, num_layers: int) -> None:
+        """Raise ConfigError if per-layer ranges do not fit a model of ``num_layers`` layers."""
+        try:
+            self.structured.heads.check_depth(num_layers, "structured.heads")
+            self.structured.ffn.check_depth(num_layers, "structured.ffn")
+            self.unstructured.weights.check_depth(num_layers, "unstructured.weights")
+        except ValueError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None
+
+    # ------------------------------------------------------------------ sampling
+    def sample_policy(self, trial: Any, num_layers: int) -> "Any":
+        """Draw a :class:`~autoprune.policy.PruningPolicy` from an Optuna trial (ask/tell)."""
+        from autoprune.policy import Distillation, PruningPolicy, RetrainBudget
+
+        def pick(name: str, v: Any) -> Any:
+            if isinstance(v, list):
+                return v[0] if len(v) == 1 else trial.suggest_categorical(name, v)
+            return v
+
+        criterion = pick("criterion", list(self.criteria))
+        granularity = pick("granularity", list(self.granularities))
+        kw: dict[str, Any] = {}
+        if granularity == "structured":
+            kw["head_sparsity"] = self.structured.heads.sample(trial, "heads", num_layers)
+            kw["ffn_sparsity"] = self.structured.ffn.sample(trial, "ffn", num_layers)
+        else:
+            kw["weight_sparsity"] = self.unstructured.weights.sample(trial, "weights", num_layers)
+        r = self.retrain
+        retrain = RetrainBudget(steps=pick("retrain_steps", r.steps), learning_rate=pick("learning_rate", r.learning_rate),
+                                warmup_ratio=pick("warmup_ratio", r.warmup_ratio), batch_size=pick("batch_size", r.batch_size))
+        distill = None
+        if pick("distill", self.distillation.enabled):
+            distill = Distillation(weight=pick("distill_weight", self.distillation.weight),
+                                   temperature=pick("distill_temperature", self.distillation.temperature))
+        return PruningPolicy(criterion=criterion, granularity=granularity, iterative_steps=pick("iterative_steps", r.iterative_steps),
+                             retrain=retrain, distillation=distill, quantize=bool(pick("quantize", self.quantize)),
+                             seed=self.seed + trial.number, **kw)
+
+    def raw(self) -> dict[str, Any]:
+        """JSON-able form stored in the study (``user_attrs['space']``)."""
+        return self.model_dump(mode="json")
+
+
+def space_from_dict(raw: dict[str, Any], source: str = "<space>", base_dir: str | Path | None = None) -> SearchSpace:
+    """Validate a raw mapping into a :class:`SearchSpace` with one clear line per problem."""
+    try:
+        space = SearchSpace.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    space._source = source
+    space._base_dir = str(Path(base_dir).resolve()) if base_dir is not None else None
+    return space
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
+    """Load and validate a search space YAML (``yaml.safe_load``); its run config is validated too.
+
+    Example:
+        >>> space = load_search_space("search_spaces/quickstart.yaml")  # doctest: +SKIP
+        >>> space.n_trials
+        8
+    """
+    p = Path(path)
+    raw = read_yaml_mapping(p, ConfigError)
+    space = space_from_dict(raw, str(p), p.resolve().parent)
+    space.run_config()  # fail early on a bad run config
+    return space

@@ -1,0 +1,210 @@
+"""Study storage: URLs (masked in every message), opening studies, and the driver lease.
+
+Only the driver touches the storage. A *lease* in the study's user attrs (``driver_lease``:
+driver id, host, pid, heartbeat time) keeps a second driver off a live study; a heartbeat
+thread renews it every few seconds. A lease is stale (and may be taken over) when its
+heartbeat is older than ``LEASE_TIMEOUT_S`` or when its driver process on this host is gone.
+
+Example:
+    >>> mask_url("postgresql://bob:secret@db.example:5432/studies")
+    'postgresql://bob:***@db.example:5432/studies'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import StudyError
+
+log = logging.getLogger("autoprune.search")
+
+ATTR_LEASE = "driver_lease"
+LEASE_TIMEOUT_S = float(os.environ.get("AUTOPRUNE_LEASE_TIMEOUT", "30"))
+HEARTBEAT_S = 3.0
+
+_PW = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)[^@\s]*@")
+
+
+def mask_url(url: str | None) -> str:
+    """Hide the password of a storage URL: ``scheme://user:***@host/db``."""
+    if url is None:
+        return "<none>"
+    return _PW.sub(lambda m: m.group("head") + "***@", str(url))
+
+
+def default_storage(run_dir: str | Path, study_name: str) -> str:
+    """``sqlite:///<run_dir>/<study_name>.db`` (absolute; the folder is created)."""
+    d = Path(run_dir).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{d / (study_name + '.db')}"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    return None
+
+
+def get_storage(url: str) -> Any:
+    """An Optuna storage for ``url``; any failure becomes a StudyError with the URL masked."""
+    import optuna
+
+    f = _sqlite_file(url)
+    if f is not None and not f.parent.is_dir():
+        raise StudyError(f"storage {mask_url(url)}: folder {f.parent} does not exist")
+    try:
+        if url.startswith(("sqlite", "postgresql", "mysql")):
+            kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        return optuna.storages.get_storage(url)
+    except StudyError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any driver/URL problem is a user problem here
+        msg = mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise StudyError(f"cannot open storage {mask_url(url)}: {msg}") from None
+
+
+def study_names(storage: Any) -> list[str]:
+    import optuna
+
+    return [s.study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def open_study(storage: str | Any, study_name: str | None, sampler: Any = None) -> Any:
+    """Load an existing study; a clear StudyError lists the names that exist when it is missing.
+
+    With ``study_name=None`` the storage must hold exactly one study.
+
+    Example:
+        >>> open_study("sqlite:///runs/quickstart.db", "quickstart")  # doctest: +SKIP
+    """
+    import optuna
+
+    url = storage if isinstance(storage, str) else getattr(storage, "url", "<storage>")
+    if isinstance(storage, str):
+        f = _sqlite_file(storage)
+        if f is not None and not f.is_file():
+            raise StudyError(f"no study storage at {mask_url(storage)} (file {f} does not exist); "
+                             f"run 'autoprune search' first or pass the right --storage")
+        storage = get_storage(storage)
+    names = study_names(storage)
+    if study_name is None:
+        if len(names) == 1:
+            study_name = names[0]
+        else:
+            raise StudyError(f"storage {mask_url(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                             f"choose one with --study")
+    if study_name not in names:
+        raise StudyError(f"study '{study_name}' not found in {mask_url(url)}; existing studies: "
+                         f"{', '.join(sorted(names)) or 'none'}")
+    return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler)
+
+
+# ----------------------------------------------------------------------------- lease
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie counts as dead
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def lease_is_live(lease: dict[str, Any] | None, now: float | None = None) -> bool:
+    """True when ``lease`` belongs to a driver that is (probably) still running."""
+    if not lease or lease.get("released"):
+        return False
+    now = time.time() if now is None else now
+    if now - float(lease.get("heartbeat", 0)) > LEASE_TIMEOUT_S:
+        return False
+    if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int):
+        return _pid_alive(lease["pid"])
+    return True
+
+
+class Lease:
+    """Exclusive right of one driver to run a study; renewed by a daemon heartbeat thread.
+
+    Example:
+        >>> with Lease(study):  # doctest: +SKIP
+        ...     pass  # dispatch trials
+    """
+
+    def __init__(self, study: Any) -> None:
+        self.study = study
+        self.id = uuid.uuid4().hex[:12]
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.started = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self, released: bool = False) -> dict[str, Any]:
+        rec = {"id": self.id, "host": self.host, "pid": self.pid, "started": self.started, "heartbeat": time.time()}
+        if released:
+            rec["released"] = True
+        return rec
+
+    def _write(self, released: bool = False) -> None:
+        self.study._storage.set_study_user_attr(self.study._study_id, ATTR_LEASE, self._record(released))
+
+    def _read(self) -> dict[str, Any] | None:
+        return self.study._storage.get_study_user_attrs(self.study._study_id).get(ATTR_LEASE)
+
+    def acquire(self) -> "Lease":
+        cur = self._read()
+        if lease_is_live(cur):
+            age = time.time() - float(cur.get("heartbeat", 0))  # type: ignore[union-attr]
+            raise StudyError(
+                f"study '{self.study.study_name}' is being run by another driver (pid {cur.get('pid')} on "  # type: ignore[union-attr]
+                f"{cur.get('host')}, heartbeat {age:.0f} s ago); wait for it to finish or stop it "  # type: ignore[union-attr]
+                f"(a lease without heartbeat for {LEASE_TIMEOUT_S:.0f} s is taken over)")
+        if cur and not cur.get("released"):
+            log.warning("taking over the stale lease of driver pid %s on %s", cur.get("pid"), cur.get("host"))
+        self._write()
+        time.sleep(0.2)  # two drivers racing: the last writer wins, the other sees it and backs off
+        cur = self._read()
+        if not cur or cur.get("id") != self.id:
+            raise StudyError(f"study '{self.study.study_name}' was just taken by another driver "
+                             f"(pid {cur.get('pid') if cur else '?'}); not starting a second one")
+        self._thread = threading.Thread(target=self._beat, name="autoprune-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._write()
+            except Exception as exc:  # noqa: BLE001 - keep beating; storage may be briefly locked
+                log.debug("lease heartbeat failed: %s", mask_url(str(exc)))
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            cur = self._read()
+            if cur and cur.get("id") == self.id:
+                self._write(released=True)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not release the study lease: %s", mask_url(str(exc)))
+
+    def __enter__(self) -> "Lease":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
