@@ -1,0 +1,579 @@
+"""Export a chosen trial of a study, load an exported model, re-apply an exported policy.
+
+Selectors (exactly one; all but ``trial`` choose among the study's Pareto front):
+
+* ``Selector(trial=N)``: trial ``N`` (any COMPLETE trial; a warning if it is not on the front).
+* ``Selector(max_accuracy_drop=X)``: the **fastest** front trial whose validation accuracy is at
+  most ``X`` **percentage points** below the dense baseline (``1.0`` = one point, i.e. 0.90 -> 0.89).
+* ``Selector(min_speedup=Y)``: the **most accurate** front trial with measured speedup ``>= Y``.
+
+An export directory holds the pruned, fine-tuned model (``model.safetensors`` + ``config.json`` +
+tokenizer files), ``policy.yaml`` (the policy with the kept head/neuron indices per layer under
+``policy:``, then ``metrics``, ``base_model`` with the sha256 of its weights, ``dataset``,
+``versions``, ``source``), a ``README.md`` and, with ``onnx=True``, ``model.onnx``.
+
+Example (see tests/test_export.py for a full run on a tiny model):
+    >>> Selector.parse(max_accuracy_drop=1.0)
+    Selector(trial=None, max_accuracy_drop=1.0, min_speedup=None)
+    >>> Selector.parse(trial=3).describe()
+    'trial 3'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoprune import _study as S
+from autoprune.errors import AutopruneError, ModelError, PolicyError, StudyError
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMAT = 1
+_TOL = 1e-9
+
+
+class ExportError(AutopruneError):
+    """No trial qualifies for a selector, or the chosen trial cannot be exported."""
+
+
+# ----------------------------------------------------------------------------- selection
+@dataclass(frozen=True)
+class Selector:
+    """Which trial to export; exactly one field is set (see the module docstring)."""
+
+    trial: int | None = None
+    max_accuracy_drop: float | None = None  # percentage points below the dense accuracy
+    min_speedup: float | None = None
+
+    @classmethod
+    def parse(cls, trial: int | None = None, max_accuracy_drop: float | None = None,
+              min_speedup: float | None = None) -> "Selector":
+        """Validate a selector given as keyword arguments (the CLI's three options)."""
+        given = [n for n, v in (("--trial", trial), ("--max-accuracy-drop", max_accuracy_drop),
+                                ("--min-speedup", min_speedup)) if v is not None]
+        if len(given) != 1:
+            raise ExportError("choose exactly one of --trial N, --max-accuracy-drop POINTS, --min-speedup X"
+                              + (f" (got {', '.join(given)})" if given else ""))
+        if trial is not None and trial < 0:
+            raise ExportError(f"--trial {trial}: trial numbers start at 0")
+        if max_accuracy_drop is not None and not (0 <= max_accuracy_drop <= 100):
+            raise ExportError(f"--max-accuracy-drop {max_accuracy_drop}: give percentage points in [0, 100] "
+                              f"(1.0 means one point below the dense accuracy)")
+        if min_speedup is not None and not (min_speedup > 0):
+            raise ExportError(f"--min-speedup {min_speedup}: give a positive factor, e.g. 2.0")
+        return cls(trial, max_accuracy_drop, min_speedup)
+
+    def describe(self) -> str:
+        if self.trial is not None:
+            return f"trial {self.trial}"
+        if self.max_accuracy_drop is not None:
+            return f"fastest front trial within {self.max_accuracy_drop:g} accuracy points of dense"
+        return f"most accurate front trial at >= {self.min_speedup:g}x speedup"
+
+
+def _as_selector(selector: Any) -> Selector:
+    if isinstance(selector, Selector):
+        return Selector.parse(selector.trial, selector.max_accuracy_drop, selector.min_speedup)
+    if isinstance(selector, int) and not isinstance(selector, bool):
+        return Selector.parse(trial=selector)
+    if isinstance(selector, dict):
+        return Selector.parse(**selector)
+    raise ExportError(f"unsupported selector {selector!r}; use Selector(trial=...), an int or a dict")
+
+
+def _drop_points(trial: Any) -> float:
+    res = trial.user_attrs.get(S.T_RESULT) or {}
+    if res.get("accuracy_drop") is not None:
+        return 100.0 * float(res["accuracy_drop"])
+    if res.get("dense_accuracy") is not None:
+        return 100.0 * (float(res["dense_accuracy"]) - float(trial.values[0]))
+    raise ExportError(f"trial {trial.number} has no recorded accuracy drop (no 'result' attribute)")
+
+
+def _describe_front(front: list[Any]) -> str:
+    if not front:
+        return "the study has no completed trials yet"
+    parts = []
+    for t in sorted(front, key=lambda t: t.values[1]):
+        try:
+            drop = f"drop {_drop_points(t):.2f} pts, "
+        except ExportError:
+            drop = ""
+        parts.append(f"trial {t.number}: accuracy {t.values[0]:.4f} ({drop}speedup {t.values[1]:.2f}x)")
+    return "the front offers " + "; ".join(parts)
+
+
+def select_trial(study: Any, selector: Any) -> Any:
+    """Return the FrozenTrial the selector picks; :class:`ExportError` when none qualifies.
+
+    Example:
+        >>> import optuna
+        >>> s = optuna.create_study(directions=["maximize", "maximize"])
+        >>> for acc, sp in [(0.90, 1.2), (0.89, 1.8), (0.85, 2.5)]:
+        ...     s.add_trial(optuna.trial.create_trial(values=[acc, sp],
+        ...                 user_attrs={"result": {"accuracy_drop": 0.91 - acc}}))
+        >>> select_trial(s, Selector(max_accuracy_drop=2.0)).number
+        1
+        >>> select_trial(s, Selector(min_speedup=2.0)).number
+        2
+    """
+    import optuna
+
+    sel = _as_selector(selector)
+    front = list(study.best_trials)
+    if sel.trial is not None:
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        t = by_number.get(sel.trial)
+        if t is None:
+            raise ExportError(f"study '{study.study_name}' has no trial {sel.trial} "
+                              f"(trials 0..{max(by_number) if by_number else -1}); {_describe_front(front)}")
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            raise ExportError(f"trial {sel.trial} is {t.state.name}, not COMPLETE; only completed trials can be "
+                              f"exported; {_describe_front(front)}")
+        if sel.trial not in {f.number for f in front}:
+            logger.warning("trial %d is not on the Pareto front (it is dominated); exporting it anyway", sel.trial)
+        return t
+    if sel.max_accuracy_drop is not None:
+        ok = [t for t in front if _drop_points(t) <= sel.max_accuracy_drop + _TOL]
+        if not ok:
+            raise ExportError(f"no Pareto-front trial is within {sel.max_accuracy_drop:g} accuracy points of the "
+                              f"dense baseline; {_describe_front(front)}")
+        return max(ok, key=lambda t: (t.values[1], t.values[0], -t.number))
+    ok = [t for t in front if t.values[1] >= sel.min_speedup - _TOL]
+    if not ok:
+        raise ExportError(f"no Pareto-front trial reaches {sel.min_speedup:g}x speedup; {_describe_front(front)}")
+    return max(ok, key=lambda t: (t.values[0], t.values[1], -t.number))
+
+
+# ----------------------------------------------------------------------------- provenance
+def weights_sha256(model_path: str | Path) -> tuple[str | None, list[str]]:
+    """sha256 of a model directory's weight files (``*.safetensors``, else ``*.bin``), concatenated in name order.
+
+    Returns ``(hexdigest, file names)``; ``(None, [])`` when the path is not a local directory.
+    """
+    p = Path(model_path)
+    if not p.is_dir():
+        return None, []
+    files = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+    if not files:
+        return None, []
+    h = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest(), [f.name for f in files]
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import torch
+    import transformers
+
+    import autoprune
+
+    return {"autoprune": autoprune.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def _dataset_section(cfg: Any) -> dict[str, Any]:
+    d = cfg.data
+    out: dict[str, Any] = {}
+    if d.files:
+        out["files"] = dict(d.files)
+    else:
+        out["dataset"] = d.dataset
+        if d.subset:
+            out["subset"] = d.subset
+    out["splits"] = {"train": d.train_split, "validation": d.validation_split, "test": d.test_split}
+    out["columns"] = {"text": d.text_column, "text_pair": d.text_pair_column, "label": d.label_column}
+    out["max_length"] = d.max_length
+    for k in ("max_train_samples", "max_validation_samples", "max_test_samples"):
+        if getattr(d, k) is not None:
+            out[k] = getattr(d, k)
+    return out
+
+
+_METRIC_KEYS = ("accuracy", "macro_f1", "dense_accuracy", "dense_macro_f1", "accuracy_drop", "eval_split", "eval_n",
+                "speedup", "speed_label", "latency_ms", "dense_latency_ms", "speedup_b1", "flops_reduction", "flops",
+                "dense_flops", "params", "dense_params", "size_bytes", "dense_size_bytes", "heads_per_layer",
+                "ffn_per_layer", "weight_sparsity", "retrain_steps", "measure")
+
+
+# ----------------------------------------------------------------------------- model files
+_MODEL_PATTERNS = ("*.safetensors", "config.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json",
+                   "spiece.model", "sentencepiece*", "added_tokens.json")
+
+
+def _has_model(path: str | Path | None) -> bool:
+    if not path:
+        return False
+    p = Path(path)
+    return (p / "config.json").is_file() and any(p.glob("*.safetensors"))
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    for pattern in _MODEL_PATTERNS:
+        for f in src.glob(pattern):
+            if f.is_file():
+                shutil.copy2(f, dst / f.name)
+
+
+def load_pruned(path: str | Path) -> Any:
+    """Load an exported (or trial-saved) pruned model in eval mode: one call, no pickles.
+
+    The dense architecture is built from ``config.json``, resized per layer to the recorded head
+    counts and FFN sizes (``config.autoprune``), then the weights are read with
+    ``safetensors.torch.load_file``. A model marked ``quantized`` is re-quantized to dynamic int8.
+
+    Example:
+        >>> # model = autoprune.load_pruned("exports/sst2-trial7")
+        >>> # logits = model(**tokenizer("great film", return_tensors="pt")).logits
+    """
+    from transformers import AutoConfig
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ModelError(f"{p}: no config.json; expected a directory written by 'autoprune export'")
+    try:
+        hf = AutoConfig.from_pretrained(str(p))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{p}/config.json: cannot be read: {str(exc).splitlines()[0]}") from None
+    meta = getattr(hf, "autoprune", None)
+    if not meta or "heads_per_layer" not in meta or "ffn_per_layer" not in meta:
+        raise ModelError(f"{p}/config.json has no 'autoprune' shape record (heads_per_layer/ffn_per_layer); "
+                         f"it was not saved by autoprune")
+    from autoprune.surgery import load_reshaped
+
+    model = load_reshaped(str(p), hf)
+    if meta.get("quantized"):
+        from autoprune.trial import quantize_dynamic_int8
+
+        model = quantize_dynamic_int8(model)
+    model.eval()
+    return model
+
+
+def _onnx_inputs(model: Any, seq_len: int = 16, batch: int = 2) -> tuple[dict[str, Any], list[str]]:
+    import inspect
+
+    import torch
+
+    vocab = int(getattr(model.config, "vocab_size", 100))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(min(5, vocab - 1), vocab, (batch, seq_len), generator=g)
+    mask = torch.ones_like(ids)
+    mask[-1, seq_len // 2:] = 0
+    names = ["input_ids", "attention_mask"]
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    params = inspect.signature(model.forward).parameters
+    if "token_type_ids" in params and getattr(model.config, "type_vocab_size", 0):
+        inputs["token_type_ids"] = torch.zeros_like(ids)
+        names.append("token_type_ids")
+    return inputs, names
+
+
+def export_onnx(model: Any, out_path: str | Path, *, check: bool = True, atol: float = 1e-4) -> Path:
+    """Export a float pruned model to ONNX (legacy TorchScript exporter, opset 17, dynamic batch/sequence).
+
+    With ``check`` the ONNX model is run in onnxruntime on a fresh batch of another shape and its
+    logits are compared with PyTorch's (``atol``). Dynamic-int8 models are refused.
+    """
+    import warnings
+
+    import numpy as np
+    import torch
+
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        raise ExportError("ONNX export of a dynamically int8-quantized model is not supported (torch's dynamic "
+                          "quantized Linear has no ONNX mapping); export without --onnx, or quantize the float "
+                          "ONNX model with onnxruntime.quantization.quantize_dynamic yourself")
+    out = Path(out_path)
+    inputs, names = _onnx_inputs(model)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch"}
+    model.eval()
+
+    class _Logits(torch.nn.Module):
+        def __init__(self, m: Any):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *args: Any) -> Any:
+            return self.m(**dict(zip(names, args))).logits
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Logits(model), tuple(inputs[n] for n in names), str(out), input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False,
+                          do_constant_folding=True)
+    if check:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        test, _ = _onnx_inputs(model, seq_len=11, batch=3)
+        got = sess.run(["logits"], {n: test[n].numpy() for n in names})[0]
+        with torch.no_grad():
+            ref = model(**test).logits.numpy()
+        diff = float(np.abs(got - ref).max())
+        if not diff <= atol:
+            raise ExportError(f"ONNX check failed: logits differ from PyTorch by {diff:.2e} (> {atol:g})")
+        logger.info("ONNX model %s matches PyTorch (max |diff| %.2e)", out, diff)
+    return out
+
+
+# ----------------------------------------------------------------------------- export
+def _study_config(study: Any) -> Any:
+    from autoprune.config import config_from_dict
+
+    raw = study.user_attrs.get(S.ATTR_CONFIG)
+    if not isinstance(raw, dict):
+        raise StudyError(f"study '{study.study_name}' has no stored run configuration ('config' attribute); "
+                         f"it was not written by 'autoprune search'")
+    return config_from_dict(raw, source=f"study '{study.study_name}' config")
+
+
+def _readme(info: dict[str, Any]) -> str:
+    m = info["metrics"]
+    src = info["source"]
+    lines = [
+        f"# Pruned model: study `{info['study']}`, trial {info['trial']}",
+        "",
+        f"Policy: `{info['policy_summary']}`",
+        "",
+        "| metric | dense | pruned |",
+        "|---|---:|---:|",
+        f"| validation accuracy ({m.get('eval_split')}, n={m.get('eval_n')}) | {m.get('dense_accuracy', 0):.4f} "
+        f"| {m.get('accuracy', 0):.4f} |",
+        f"| macro-F1 | {m.get('dense_macro_f1', 0) or 0:.4f} | {m.get('macro_f1', 0) or 0:.4f} |",
+        f"| speedup ({m.get('speed_label', 'measured')}) | 1.00x | {m.get('speedup', 0):.2f}x |",
+        f"| FLOPs reduction | 1.00x | {m.get('flops_reduction', 0):.2f}x |",
+        f"| parameters | {m.get('dense_params', 0):,} | {m.get('params', 0):,} |",
+        "",
+        f"Heads per layer: {m.get('heads_per_layer')}; FFN neurons per layer: {m.get('ffn_per_layer')}.",
+        "",
+        f"Model files: {src['description']}.",
+    ]
+    if src.get("rebuilt_metrics"):
+        r = src["rebuilt_metrics"]
+        lines.append(f"The rebuilt model measured accuracy {r['accuracy']:.4f} and speedup {r['speedup']:.2f}x "
+                     f"(the table shows the numbers recorded in the study).")
+    if info["quantized"]:
+        lines.append("The policy quantizes to dynamic int8: the float weights are stored and `load_pruned` "
+                     "re-quantizes them on load.")
+    lines += [
+        "",
+        "## Load",
+        "",
+        "```python",
+        "import autoprune",
+        "from transformers import AutoTokenizer",
+        f"model = autoprune.load_pruned(\"{info['dir_name']}\")  # eval mode; safetensors, no pickles",
+        f"tok = AutoTokenizer.from_pretrained(\"{info['dir_name']}\")",
+        "logits = model(**tok([\"a great film\"], return_tensors=\"pt\")).logits",
+        "```",
+        "",
+    ]
+    if info.get("onnx"):
+        lines += ["`model.onnx` (opset 17, dynamic batch and sequence; inputs "
+                  f"{', '.join(info['onnx_inputs'])}; output `logits`) runs in onnxruntime:", "",
+                  "```python", "import onnxruntime as ort",
+                  "sess = ort.InferenceSession(\"model.onnx\")",
+                  "logits = sess.run([\"logits\"], dict(tok([\"a great film\"], return_tensors=\"np\")))[0]",
+                  "```", ""]
+    lines += ["Re-apply the policy to a fresh base model and retrain with the stored budget:", "",
+              "```", "autoprune apply policy.yaml -c CONFIG.yaml", "```", "",
+              "`policy.yaml` also records the metrics, the base model and the sha256 of its weights, the dataset "
+              "and splits, and the versions used.", ""]
+    return "\n".join(lines)
+
+
+def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = False) -> Path:
+    """Export the trial ``selector`` picks to ``out_dir`` and return the directory.
+
+    If the trial saved its model (``result['model_dir']`` exists) the files are copied; otherwise
+    the model is rebuilt by re-applying the policy with its recorded kept indices (``run_trial`` on
+    the study's stored config). ``policy.yaml`` and ``README.md`` say which happened.
+
+    Example:
+        >>> # export_trial(study, Selector(min_speedup=2.0), "exports/fast", onnx=True)
+    """
+    import yaml
+
+    from autoprune.policy import PruningPolicy
+
+    sel = _as_selector(selector)
+    trial = select_trial(study, sel)
+    res = trial.user_attrs.get(S.T_RESULT)
+    pol_raw = trial.user_attrs.get(S.T_POLICY) or (res or {}).get("policy")
+    if not isinstance(res, dict) or not isinstance(pol_raw, dict):
+        raise ExportError(f"trial {trial.number} has no recorded result/policy; it was not written by "
+                          f"'autoprune search'")
+    cfg = _study_config(study)
+    # the result's policy carries the kept indices the trial ended with
+    merged = dict(pol_raw)
+    rp = res.get("policy") or {}
+    for k in ("kept_heads", "kept_neurons"):
+        v = res.get(k) if res.get(k) is not None else rp.get(k)
+        if v is not None:
+            merged[k] = v
+    policy = PruningPolicy.from_dict(merged, source=f"trial {trial.number} policy")
+    if onnx and policy.quantize:
+        raise ExportError(f"trial {trial.number} uses dynamic int8 quantization (quantize: true), which has no "
+                          f"ONNX export in torch; rerun without --onnx (the PyTorch export keeps the int8 model)")
+    logger.info("selected trial %d (%s): accuracy %.4f, speedup %.2fx", trial.number, sel.describe(),
+                trial.values[0], trial.values[1])
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not (out / "policy.yaml").is_file():
+            raise ExportError(f"{out} exists and is not empty (and not an earlier export); choose a new -o DIR")
+        for f in out.iterdir():  # overwrite an earlier export
+            if f.is_file():
+                f.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+    source: dict[str, Any]
+    if _has_model(res.get("model_dir")):
+        _copy_model(Path(res["model_dir"]), out)
+        source = {"kind": "copied", "from": str(res["model_dir"]),
+                  "description": f"copied from the trial's saved model ({res['model_dir']})"}
+        logger.info("copied the trial's saved model from %s", res["model_dir"])
+    else:
+        from autoprune.trial import run_trial
+
+        logger.warning("trial %d did not keep its model; rebuilding it by re-applying the policy with its kept "
+                       "indices and retraining (%d steps)", trial.number, policy.retrain.steps)
+        with tempfile.TemporaryDirectory(dir=str(out)) as tmp:
+            rebuilt = run_trial(cfg, policy, save_dir=tmp)
+            _copy_model(Path(tmp), out)
+        source = {"kind": "rebuilt",
+                  "description": "rebuilt by re-applying the policy with its recorded kept indices to the dense "
+                                 "baseline and retraining with the stored budget (the trial did not keep its model)",
+                  "rebuilt_metrics": {"accuracy": rebuilt.accuracy, "macro_f1": rebuilt.macro_f1,
+                                      "speedup": rebuilt.speedup}}
+    base_path = cfg.model.resolve()
+    sha, files = weights_sha256(base_path)
+    metrics = {k: res[k] for k in _METRIC_KEYS if k in res}
+    doc = {
+        "autoprune_export": EXPORT_FORMAT,
+        "study": study.study_name,
+        "trial": trial.number,
+        "selector": sel.describe(),
+        "policy": policy.to_dict(),
+        "policy_summary": policy.summary(),
+        "metrics": metrics,
+        "base_model": {"name_or_path": cfg.model.name_or_path, "resolved": str(base_path), "weights_files": files,
+                       "sha256": sha},
+        "dataset": _dataset_section(cfg),
+        "baseline_training": cfg.baseline.model_dump(),
+        "versions": _versions(),
+        "source": source,
+    }
+    onnx_inputs: list[str] = []
+    if onnx:
+        model = load_pruned(out)
+        export_onnx(model, out / "model.onnx")
+        onnx_inputs = _onnx_inputs(model)[1]
+        doc["onnx"] = {"file": "model.onnx", "opset": 17, "inputs": onnx_inputs, "output": "logits"}
+    (out / "policy.yaml").write_text(
+        "# autoprune export: the policy (with kept indices) under 'policy:', then provenance.\n"
+        "# Re-apply with: autoprune apply policy.yaml -c CONFIG.yaml\n"
+        + yaml.safe_dump(json.loads(json.dumps(doc, default=str)), sort_keys=False), encoding="utf-8")
+    (out / "README.md").write_text(_readme({**doc, "dir_name": out.name, "quantized": policy.quantize,
+                                            "onnx": onnx, "onnx_inputs": onnx_inputs}), encoding="utf-8")
+    logger.info("exported trial %d to %s (%s)", trial.number, out, source["kind"])
+    return out
+
+
+# ----------------------------------------------------------------------------- apply
+def read_export(policy_path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """Read an exported ``policy.yaml`` (or a plain policy file): ``(PruningPolicy, whole document)``.
+
+    A corrupt file, a missing/invalid ``policy`` section or malformed sections raise :class:`PolicyError`.
+    """
+    from autoprune._yaml import read_yaml_mapping
+    from autoprune.policy import PruningPolicy
+
+    p = Path(policy_path)
+    if p.suffix == ".json":
+        return PruningPolicy.load(p), {}
+    doc = read_yaml_mapping(p, PolicyError)
+    if "policy" in doc:
+        if not isinstance(doc["policy"], dict):
+            raise PolicyError(f"{p}: 'policy' must be a mapping (the policy fields), got "
+                              f"{type(doc['policy']).__name__}")
+        pol = PruningPolicy.from_dict(doc["policy"], source=f"{p}: policy")
+    elif "criterion" in doc:
+        pol = PruningPolicy.from_dict(doc, source=str(p))
+        doc = {}
+    else:
+        raise PolicyError(f"{p}: no 'policy' section; expected a policy.yaml written by 'autoprune export' "
+                          f"or a policy file with 'criterion'")
+    for section in ("metrics", "base_model", "dataset", "versions"):
+        if section in doc and not isinstance(doc[section], dict):
+            raise PolicyError(f"{p}: section '{section}' must be a mapping")
+    for k in ("kept_heads", "kept_neurons"):
+        v = getattr(pol, k)
+        if v is not None and any(len(set(layer)) != len(layer) or any(i < 0 for i in layer) for layer in v):
+            raise PolicyError(f"{p}: '{k}' has duplicate or negative indices; the file is corrupt")
+    return pol, doc
+
+
+def apply_policy(policy_path: str | Path, config: Any, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Re-apply an exported policy to a fresh base model, retrain with its stored budget, measure.
+
+    ``config`` is a :class:`~autoprune.config.RunConfig` or a path to one. The recorded kept indices
+    are reused when the base model's weights hash matches the one in ``policy.yaml``; otherwise a
+    warning is logged and the units are re-scored with the policy's criterion. Returns a dict with
+    ``result`` (the new TrialResult as dict), ``stored`` (metrics from the file), ``kept_indices``
+    (bool: whether they were reused) and ``model_dir``.
+
+    Example:
+        >>> # out = apply_policy("exports/fast/policy.yaml", "run.yaml", out_dir="reapplied")
+        >>> # out["result"]["accuracy"], out["stored"]["accuracy"]
+    """
+    from autoprune.config import RunConfig, load_config
+    from autoprune.models import model_depth
+    from autoprune.trial import run_trial
+
+    cfg = config if isinstance(config, RunConfig) else load_config(config)
+    pol, doc = read_export(policy_path)
+    depth = model_depth(cfg)
+    pol.check_layers(depth, source=str(policy_path))
+    sha, _ = weights_sha256(cfg.model.resolve())
+    stored_sha = (doc.get("base_model") or {}).get("sha256")
+    reuse = pol.kept_heads is not None or pol.kept_neurons is not None
+    if reuse and (stored_sha is None or sha is None or sha != stored_sha):
+        why = ("the policy file records no base-model hash" if stored_sha is None else
+               "the base model is not a local directory, so its weights cannot be hashed" if sha is None else
+               f"the base model's weights differ (sha256 {sha[:12]}... vs {stored_sha[:12]}... in the policy)")
+        logger.warning("%s: re-scoring units with the '%s' criterion instead of reusing the kept indices",
+                       why, pol.criterion)
+        pol = pol.model_copy(update={"kept_heads": None, "kept_neurons": None})
+        reuse = False
+    elif reuse:
+        logger.info("base model matches the policy (sha256 %s...): reusing the kept indices", sha[:12])
+    if pol.kept_heads is not None:
+        from transformers import AutoConfig
+
+        hf = AutoConfig.from_pretrained(cfg.model.resolve())
+        n_heads = int(getattr(hf, "num_attention_heads", getattr(hf, "n_heads", 0)))
+        n_ffn = int(getattr(hf, "intermediate_size", getattr(hf, "hidden_dim", 0)))
+        for name, kept, total in (("kept_heads", pol.kept_heads, n_heads), ("kept_neurons", pol.kept_neurons, n_ffn)):
+            for i, layer in enumerate(kept or []):
+                if total and any(j >= total for j in layer):
+                    raise PolicyError(f"{policy_path}: '{name}[{i}]' indexes unit {max(layer)} but the model has "
+                                      f"{total} per layer; the policy does not match this model")
+    res = run_trial(cfg, pol, save_dir=str(out_dir) if out_dir else None)
+    return {"result": res.to_dict(), "stored": dict(doc.get("metrics") or {}), "kept_indices": reuse,
+            "model_dir": str(out_dir) if out_dir else None, "policy_summary": pol.summary()}
