@@ -133,8 +133,166 @@ def result_table(r: dict[str, Any], title: str = "") -> Table:
 
 
 # ----------------------------------------------------------------------------- search commands (issue 3)
+def _search_common(space: Path, study: Optional[str], storage: Optional[str], address: Optional[str],
+                   n_trials: Optional[int], resume_only: bool) -> None:
+    from autoprune.search import load_search_space, run_search, study_status
+    from autoprune.search._storage import mask_url
+
+    sp = load_search_space(space)
+    st = run_search(sp, study_name=study, storage=storage, address=address, n_trials=n_trials,
+                    progress=True, resume_only=resume_only)
+    rows = [r for r in study_status(st.study_name, st._storage) if r["on_front"]]
+    out.print(_status_table(sorted(rows, key=lambda r: -(r["speedup"] or 0)),
+                            title=f"Pareto front of '{st.study_name}' ({len(rows)} trials)"))
+    console.print(f"study '{st.study_name}' in {mask_url(getattr(st._storage, 'url', None) or storage or '')}; "
+                  f"see all trials with: autoprune status -c {space}", highlight=False)
+
+
+def _status_table(rows: list[dict[str, Any]], title: str = "") -> Table:
+    t = Table(title=title)
+    for col, just in (("#", "right"), ("policy", "left"), ("accuracy", "right"), ("speedup", "right"),
+                      ("state", "left"), ("front", "center"), ("note", "left")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in rows:
+        t.add_row(str(r["number"]), r["policy_summary"] or "",
+                  "" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
+                  "" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+                  r["state"], "*" if r["on_front"] else "", (r.get("reason") or "")[:80])
+    return t
+
+
+_SPACE_OPT = typer.Option(..., "-c", "--config", help="search space YAML")
+_STUDY_OPT = typer.Option(None, "--study", help="study name (default: the space file's stem)")
+_STORAGE_OPT = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite:///<run_dir>/<study>.db)")
+_ADDRESS_OPT = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS or a local Ray)")
+_NTRIALS_OPT = typer.Option(None, "--n-trials", help="total trials the study should reach (default: the space's)")
+
+
+@app.command()
+@handle_errors
+def search(space: Path = _SPACE_OPT, study: Optional[str] = _STUDY_OPT, storage: Optional[str] = _STORAGE_OPT,
+           address: Optional[str] = _ADDRESS_OPT, n_trials: Optional[int] = _NTRIALS_OPT) -> None:
+    """Search pruning policies (Optuna study, trials on Ray); re-running the same command resumes."""
+    _search_common(space, study, storage, address, n_trials, resume_only=False)
+
+
+@app.command()
+@handle_errors
+def resume(space: Path = _SPACE_OPT, study: Optional[str] = _STUDY_OPT, storage: Optional[str] = _STORAGE_OPT,
+           address: Optional[str] = _ADDRESS_OPT, n_trials: Optional[int] = _NTRIALS_OPT) -> None:
+    """Continue an existing search: finished trials are kept, interrupted ones re-run."""
+    _search_common(space, study, storage, address, n_trials, resume_only=True)
+
+
+@app.command()
+@handle_errors
+def status(space: Optional[Path] = typer.Option(None, "-c", "--config", help="search space YAML"),
+           study: Optional[str] = _STUDY_OPT, storage: Optional[str] = _STORAGE_OPT,
+           json_out: bool = typer.Option(False, "--json", help="print a JSON list, one object per trial")) -> None:
+    """Show the trials of a study: policy, accuracy, speedup, state, and whether it is on the Pareto front."""
+    from autoprune.errors import ConfigError
+    from autoprune.search import default_storage, default_study_name, load_search_space, study_status
+
+    if space is not None:
+        sp = load_search_space(space)
+        study = study or default_study_name(sp)
+        storage = storage or default_storage(sp.run_config().run_dir, study)
+    elif storage is None:
+        raise ConfigError("give the search space (-c SPACE.yaml) or the storage (--storage URL) of the study")
+    rows = study_status(study, storage)
+    if json_out:
+        _print_json(rows)
+        return
+    out.print(_status_table(rows, title=f"study '{study or ''}': {len(rows)} trials"))
+
 
 # ----------------------------------------------------------------------------- dashboard / export commands (issue 4)
+_SPACE_OPT = typer.Option(None, "-c", "--config", help="search space YAML (default storage and study name)")
+_STUDY_OPT = typer.Option(None, "--study", help="study name (default: the space file's stem)")
+_STORAGE_OPT = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite:///<run_dir>/<stem>.db)")
+
+
+@app.command()
+@handle_errors
+def dashboard(space: Optional[Path] = _SPACE_OPT, study: Optional[str] = _STUDY_OPT,
+              storage: Optional[str] = _STORAGE_OPT,
+              output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                                    help="HTML file (default: <run_dir>/<study>_dashboard.html)"),
+              serve: bool = typer.Option(False, "--serve", help="serve a live page that rebuilds on each request"),
+              port: int = typer.Option(8765, "--port", help="port for --serve"),
+              host: str = typer.Option("127.0.0.1", "--host", help="address for --serve (default: local only)"),
+              refresh: int = typer.Option(10, "--refresh", help="seconds between page reloads with --serve")) -> None:
+    """Write the Pareto-front dashboard of a study as one offline HTML page, or serve it live."""
+    from autoprune.dashboard import default_output, locate_study, mask_url, serve_dashboard, write_dashboard
+
+    st, url, run_dir = locate_study(space, study, storage)
+    if serve:
+        import optuna
+
+        name = st.study_name
+        console.print(f"serving study '{name}' from {mask_url(url)} on http://{host}:{port}/ (Ctrl-C stops)",
+                      highlight=False)
+        serve_dashboard(lambda: optuna.load_study(study_name=name, storage=url), host=host, port=port,
+                        storage=url, refresh_seconds=refresh)
+        return
+    path = write_dashboard(st, output or default_output(st.study_name, run_dir), storage=url)
+    out.print(f"dashboard written to {path}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def export(space: Optional[Path] = _SPACE_OPT, study: Optional[str] = _STUDY_OPT,
+           storage: Optional[str] = _STORAGE_OPT,
+           trial: Optional[int] = typer.Option(None, "--trial", help="export this trial number"),
+           max_accuracy_drop: Optional[float] = typer.Option(
+               None, "--max-accuracy-drop",
+               help="fastest front trial at most this many accuracy POINTS below dense (1.0 = one point)"),
+           min_speedup: Optional[float] = typer.Option(None, "--min-speedup",
+                                                       help="most accurate front trial at >= this speedup"),
+           output: Path = typer.Option(..., "-o", "--output", help="export directory"),
+           onnx: bool = typer.Option(False, "--onnx", help="also write model.onnx (checked in onnxruntime)")) -> None:
+    """Export a trial of the front: policy.yaml, the pruned model (safetensors), README, optional ONNX."""
+    from autoprune.dashboard import locate_study
+    from autoprune.export import Selector, export_trial
+
+    sel = Selector.parse(trial=trial, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup)
+    st, _, _ = locate_study(space, study, storage)
+    path = export_trial(st, sel, output, onnx=onnx)
+    import yaml
+
+    doc = yaml.safe_load((path / "policy.yaml").read_text(encoding="utf-8"))
+    m = doc.get("metrics", {})
+    out.print(f"exported trial {doc['trial']} ({doc['policy_summary']}) to {path}: accuracy "
+              f"{m.get('accuracy', float('nan')):.4f}, speedup {m.get('speedup', float('nan')):.2f}x; "
+              f"model {doc['source']['kind']}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def apply(policy: Path = typer.Argument(..., help="policy.yaml written by 'autoprune export'"),
+          config: Path = typer.Option(..., "-c", "--config", help="run configuration YAML"),
+          output: Optional[Path] = typer.Option(None, "-o", "--output", help="save the pruned model here"),
+          json_out: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """Re-apply an exported policy to a fresh base model, retrain, and compare with the stored numbers."""
+    from autoprune.export import apply_policy
+
+    rep = apply_policy(policy, config, out_dir=output)
+    if json_out:
+        _print_json(rep)
+        return
+    r, s = rep["result"], rep["stored"]
+    t = Table(title=f"apply {policy}: {rep['policy_summary']}"
+                    + (" (kept indices reused)" if rep["kept_indices"] else " (units re-scored)"))
+    t.add_column("")
+    t.add_column("stored", justify="right")
+    t.add_column("now", justify="right")
+    for key, fmt in (("accuracy", ".4f"), ("macro_f1", ".4f"), ("dense_accuracy", ".4f"), ("speedup", ".2f"),
+                     ("flops_reduction", ".2f"), ("params", ",")):
+        sv, nv = s.get(key), r.get(key)
+        t.add_row(key, "-" if sv is None else format(sv, fmt), "-" if nv is None else format(nv, fmt))
+    out.print(t)
+    if output:
+        out.print(f"pruned model saved to {output}", highlight=False)
 
 
 def main() -> None:
