@@ -77,6 +77,12 @@ def _load_raw(cfg: DataConfig, cache_dir: str | None) -> Any:
                 raise DataError(f"data.files.{split}: unsupported file type '{p.suffix}'; "
                                 f"use one of {', '.join(sorted(_BUILDERS))}")
             suffixes.add(p.suffix.lower())
+            if p.suffix.lower() != ".parquet":
+                header = 1 if p.suffix.lower() in (".tsv", ".csv") else 0
+                with open(p, encoding="utf-8", errors="replace") as fh:
+                    rows = sum(1 for line in fh if line.strip()) - header
+                if rows <= 0:
+                    raise DataError(f"split '{split}' is empty: {p} has no data rows; it needs at least one labelled row")
         if len({_BUILDERS[s] for s in suffixes}) > 1:
             raise DataError(f"data.files mixes file types {sorted(suffixes)}; use one format for all splits")
         suffix = suffixes.pop()

@@ -75,6 +75,7 @@ def load_model(name_or_path: str, num_labels: int | None = None) -> "nn.Module":
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # per-tensor loading bars drown the trial's own progress
     hf = _hf_config(name_or_path)
     adapter_for_type(hf.model_type)
     kw: dict[str, Any] = {}
