@@ -157,7 +157,7 @@ def ray_session(*, address: str | None, num_cpus: float, run_dir: str | Path) ->
             tmp = ray_temp_dir(run_dir)
             Path(tmp).mkdir(parents=True, exist_ok=True)
             log.info("starting a local Ray with %s CPUs (temp dir %s)", num_cpus, tmp)
-            ray.init(num_cpus=max(int(math.ceil(num_cpus)), 1), _temp_dir=tmp, _node_ip_address="127.0.0.1", **kw)
+            ray.init(address="local", num_cpus=max(int(math.ceil(num_cpus)), 1), _temp_dir=tmp, _node_ip_address="127.0.0.1", **kw)
     except Exception as exc:  # noqa: BLE001
         from autoprune.errors import StudyError
 

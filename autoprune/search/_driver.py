@@ -154,7 +154,11 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
         log.info("continuing study '%s' in %s (%d trials so far)", name, mask_url(url), len(study.trials))
     else:
         study = optuna.create_study(study_name=name, storage=st, directions=S.DIRECTIONS, sampler=make_sampler(space))
-        study.set_metric_names(S.METRIC_NAMES)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(S.METRIC_NAMES)
         log.info("created study '%s' in %s", name, mask_url(url))
 
     lease = Lease(study).acquire()
