@@ -221,9 +221,11 @@ def _kill_ray_of(temp_dir: str) -> None:
             continue
         try:
             cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+            if temp_dir not in cmd:  # Ray agents rename themselves; find them by their open log files
+                cmd = " ".join(os.readlink(fd) for fd in (d / "fd").iterdir())
         except OSError:
             continue
-        if temp_dir in cmd:
+        if temp_dir in cmd and int(d.name) != os.getpid():
             try:
                 os.kill(int(d.name), signal.SIGKILL)
             except ProcessLookupError:
