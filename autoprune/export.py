@@ -210,8 +210,7 @@ _METRIC_KEYS = ("accuracy", "macro_f1", "dense_accuracy", "dense_macro_f1", "acc
 
 
 # ----------------------------------------------------------------------------- model files
-_MODEL_PATTERNS = ("*.safetensors", "config.json", "tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json",
-                   "spiece.model", "sentencepiece*", "added_tokens.json")
+_SKIP_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".lock")  # never copy pickles
 
 
 def _has_model(path: str | Path | None) -> bool:
@@ -222,10 +221,10 @@ def _has_model(path: str | Path | None) -> bool:
 
 
 def _copy_model(src: Path, dst: Path) -> None:
-    for pattern in _MODEL_PATTERNS:
-        for f in src.glob(pattern):
-            if f.is_file():
-                shutil.copy2(f, dst / f.name)
+    """Copy a saved model directory's files (weights, config, tokenizer) but no pickled checkpoints."""
+    for f in src.iterdir():
+        if f.is_file() and f.suffix not in _SKIP_SUFFIXES and f.name not in ("policy.yaml", "README.md"):
+            shutil.copy2(f, dst / f.name)
 
 
 def load_pruned(path: str | Path) -> Any:
@@ -313,9 +312,10 @@ def export_onnx(model: Any, out_path: str | Path, *, check: bool = True, atol: f
 
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_Logits(model), tuple(inputs[n] for n in names), str(out), input_names=names,
+        torch.onnx.export(_Logits(model).eval(), tuple(inputs[n] for n in names), str(out), input_names=names,
                           output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False,
                           do_constant_folding=True)
+    model.eval()  # the exporter restores the wrapper's mode; keep the model in eval mode whatever happens
     if check:
         import onnxruntime as ort
 
