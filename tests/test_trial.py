@@ -1,0 +1,131 @@
+"""run_trial end to end on a tiny model: exact sparsities, baseline cache, early stop, distillation, int8."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from autoprune.config import RunConfig
+from autoprune.errors import PolicyError, TrialFailed
+from autoprune.policy import PruningPolicy
+from autoprune.train import baseline_dir, distillation_loss, ensure_baseline
+from autoprune.trial import TrialStopped, run_trial
+from conftest import tiny_config_dict
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    # 4 heads x 64 neurons per layer, 3 layers; the baseline is trained once for the module
+    return RunConfig.model_validate(tiny_config_dict(tmp_path_factory.mktemp("trial"), layers=3, baseline_steps=60))
+
+
+def test_baseline_is_cached_and_keyed(cfg):
+    path = ensure_baseline(cfg, progress=False)
+    metrics = json.loads((path / "metrics.json").read_text())
+    mtime = (path / "metrics.json").stat().st_mtime
+    assert ensure_baseline(cfg, progress=False) == path and (path / "metrics.json").stat().st_mtime == mtime
+    assert metrics["steps"] == 60 and 0 <= metrics["test_accuracy"] <= 1
+    other = cfg.model_copy(update={"baseline": cfg.baseline.model_copy(update={"steps": 61})})
+    assert baseline_dir(other) != path
+
+
+def test_zero_sparsity_keeps_dense_accuracy(cfg):
+    res = run_trial(cfg, PruningPolicy.uniform("l1", 3, heads=0.0, ffn=0.0, retrain_steps=0))
+    assert res.accuracy == res.dense_accuracy and res.accuracy_drop == 0
+    assert res.heads_per_layer == [4, 4, 4] and res.flops_reduction == 1.0 and res.params == res.dense_params
+
+
+@pytest.mark.parametrize("criterion", ["random", "gradient", "l1", "l2"])
+def test_structured_sparsities_are_exact_per_layer(cfg, criterion):
+    pol = PruningPolicy(criterion=criterion, head_sparsity=[0.0, 0.25, 0.75], ffn_sparsity=[0.5, 0.1, 0.9],
+                        retrain={"steps": 4}, iterative_steps=2)
+    res = run_trial(cfg, pol)
+    assert res.heads_per_layer == [4, 3, 1]
+    assert res.ffn_per_layer == [32, 58, 6]  # 64 - round(s * 64)
+    assert [len(k) for k in res.kept_heads] == res.heads_per_layer
+    assert res.flops < res.dense_flops and res.flops_reduction > 1
+    assert res.speed_label == "measured" and res.speedup > 0 and res.retrain_steps == 4
+    assert set(res.phase_seconds) >= {"prune", "retrain", "evaluate", "measure"}
+    assert PruningPolicy.from_dict(res.policy).kept_heads == res.kept_heads
+
+
+def test_kept_indices_are_reapplied_exactly(cfg):
+    first = run_trial(cfg, PruningPolicy(criterion="l2", head_sparsity=[0.5] * 3, ffn_sparsity=[0.5] * 3,
+                                         retrain={"steps": 0}))
+    again = run_trial(cfg, PruningPolicy.from_dict(first.policy))
+    assert again.kept_heads == first.kept_heads and again.kept_neurons == first.kept_neurons
+    assert again.accuracy == first.accuracy
+
+
+def test_unstructured_is_labelled_size_only(cfg):
+    res = run_trial(cfg, PruningPolicy(criterion="l1", granularity="unstructured",
+                                       weight_sparsity=[0.5, 0.5, 0.5], retrain={"steps": 3}))
+    assert res.speed_label == "size-only"
+    assert res.weight_sparsity == pytest.approx(0.5, abs=0.01)
+    assert res.params < res.dense_params
+
+
+def test_on_eval_can_stop_a_trial(cfg):
+    seen = []
+
+    def stop(step, acc):
+        seen.append((step, acc))
+        return True
+
+    with pytest.raises(TrialStopped) as exc:
+        run_trial(cfg, PruningPolicy.uniform("l1", 3, heads=0.5, ffn=0.5, retrain_steps=10), on_eval=stop)
+    assert seen and exc.value.history[0][0] == 5
+
+
+def test_nan_loss_fails_the_trial(cfg, monkeypatch):
+    import autoprune.train as train_mod
+
+    ensure_baseline(cfg, progress=False)  # train the baseline before the loss is poisoned
+    real = train_mod.F.cross_entropy
+    calls = []
+
+    def poisoned(logits, labels, *a, **kw):  # the third training step produces NaN
+        calls.append(1)
+        loss = real(logits, labels, *a, **kw)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", poisoned)
+    with pytest.raises(TrialFailed, match="loss became nan at step 3 of 5"):
+        run_trial(cfg, PruningPolicy.uniform("l1", 3, heads=0.5, ffn=0.5, retrain_steps=5))
+
+
+def test_policy_for_a_different_depth_is_refused(cfg):
+    with pytest.raises(PolicyError, match="has 6 entries but the model has 3"):
+        run_trial(cfg, PruningPolicy.uniform("l1", 6, heads=0.5))
+
+
+def test_distillation_loss_moves_student_towards_teacher():
+    torch.manual_seed(0)
+    student = torch.nn.Linear(8, 3)
+    x = torch.randn(64, 8)
+    teacher_logits = (x @ torch.randn(8, 3) * 2).detach()  # a teacher the student can imitate
+    labels = teacher_logits.argmax(-1)
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    def kl():
+        return torch.nn.functional.kl_div(torch.log_softmax(student(x), -1), torch.log_softmax(teacher_logits, -1),
+                                          reduction="batchmean", log_target=True).item()
+    before = kl()
+    for _ in range(50):
+        loss = distillation_loss(student(x), teacher_logits, labels, weight=1.0, temperature=2.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert kl() < 0.2 * before
+
+
+def test_distilled_and_quantized_trial(cfg, tmp_path):
+    from autoprune.models import load_model
+
+    pol = PruningPolicy.uniform("l1", 3, heads=0.5, ffn=0.5, retrain_steps=4, distillation={"weight": 0.5},
+                                quantize=True)
+    res = run_trial(cfg, pol, save_dir=str(tmp_path / "q"))
+    assert res.size_bytes < res.dense_size_bytes / 2  # int8 weights and half the units
+    saved = load_model(str(tmp_path / "q"))
+    assert saved.config.autoprune["quantized"] is True and saved.config.autoprune["heads_per_layer"] == [2, 2, 2]
