@@ -135,8 +135,7 @@ def result_table(r: dict[str, Any], title: str = "") -> Table:
 # ----------------------------------------------------------------------------- search commands (issue 3)
 def _search_common(space: Path, study: Optional[str], storage: Optional[str], address: Optional[str],
                    n_trials: Optional[int], resume_only: bool) -> None:
-    from autoprune.search import load_search_space, run_search, study_status
-    from autoprune.search._storage import mask_url
+    from autoprune.search import default_storage, load_search_space, mask_url, run_search, study_status
 
     sp = load_search_space(space)
     st = run_search(sp, study_name=study, storage=storage, address=address, n_trials=n_trials,
@@ -144,7 +143,8 @@ def _search_common(space: Path, study: Optional[str], storage: Optional[str], ad
     rows = [r for r in study_status(st.study_name, st._storage) if r["on_front"]]
     out.print(_status_table(sorted(rows, key=lambda r: -(r["speedup"] or 0)),
                             title=f"Pareto front of '{st.study_name}' ({len(rows)} trials)"))
-    console.print(f"study '{st.study_name}' in {mask_url(getattr(st._storage, 'url', None) or storage or '')}; "
+    url = storage or default_storage(sp.run_config().run_dir, st.study_name)
+    console.print(f"study '{st.study_name}' in {mask_url(url)}; "
                   f"see all trials with: autoprune status -c {space}", highlight=False)
 
 

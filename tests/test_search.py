@@ -232,6 +232,23 @@ def _kill_ray_of(temp_dir: str) -> None:
                 pass
 
 
+def _states(db: Path) -> list[str]:
+    """Trial states read straight from SQLite, read-only: polling through Optuna could race the
+    driver's schema creation."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return [r[0] for r in con.execute("SELECT state FROM trials")]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return []
+
+
 @pytest.mark.slow
 def test_sigkilled_driver_resumes_without_loss(tiny, tmp_path, ray_local):
     space = make_space(tiny, tmp_path, n_trials=6, trials_in_flight=2, accuracy_drop_floor=None)
@@ -243,24 +260,17 @@ def test_sigkilled_driver_resumes_without_loss(tiny, tmp_path, ray_local):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "space.json")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.err", "wb"))
     url = storage_of(tmp_path)
-    before = {}
+    db = tmp_path / "runs" / "s.db"
+    ready = False
     try:
         deadline = time.time() + 150
-        while time.time() < deadline:
+        while time.time() < deadline and not ready:
             time.sleep(0.5)
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            try:
-                st = optuna.load_study(study_name="s", storage=url)
-            except Exception:  # noqa: BLE001 - not created yet
-                continue
-            ts = st.get_trials(deepcopy=False)
-            done = [t for t in ts if t.state == TrialState.COMPLETE]
-            if len(done) >= 2 and any(t.state == TrialState.RUNNING for t in ts):
-                before = {t.number: (t.values, t.params) for t in done}
-                break
-        assert before, "driver did not get going in time"
+            assert proc.poll() is None, (tmp_path / "driver.err").read_text(errors="replace")[-3000:]
+            ready = _states(db).count("COMPLETE") >= 2 and "RUNNING" in _states(db)
+        assert ready, "driver did not get going in time"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -290,6 +300,30 @@ def test_sigkilled_driver_resumes_without_loss(tiny, tmp_path, ray_local):
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 6  # none duplicated: one COMPLETE per counted trial
     assert len({t.number for t in finished}) == 6
+
+
+def test_interrupted_driver_leaves_nothing_running(tiny, tmp_path, ray_local, monkeypatch):
+    import autoprune.search._driver as drv
+
+    space = make_space(tiny, tmp_path, n_trials=4, trials_in_flight=2, accuracy_drop_floor=None)
+    real_finish = drv._finish
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(drv, "_finish", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(space, study_name="s", trial_fn=functools.partial(fake_trial, sleep=0.2), dense_metrics=DENSE,
+                   progress=False)
+    st = optuna.load_study(study_name="s", storage=storage_of(tmp_path))
+    states = [t.state for t in st.get_trials()]
+    assert TrialState.RUNNING not in states and states.count(TrialState.WAITING) == 2
+    assert st.user_attrs[ATTR_LEASE]["released"] is True
+    monkeypatch.setattr(drv, "_finish", real_finish)
+    study = resume(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
+    trials = study.get_trials()
+    assert counted(trials) == 4 and len([t for t in trials if t.state == TrialState.COMPLETE]) == 4
+    assert sorted(t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs) == [0, 1]
 
 
 # ----------------------------------------------------------------------------- CLI

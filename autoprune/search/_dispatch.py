@@ -162,7 +162,10 @@ def ray_session(*, address: str | None, num_cpus: float, run_dir: str | Path) ->
         from autoprune.errors import StudyError
 
         where = f"the Ray cluster at {address}" if address else "a local Ray"
-        raise StudyError(f"cannot start or join {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and the cluster's token in "
+                "RAY_AUTH_TOKEN (or ~/.ray/auth_token)") if address and "auth" in str(exc).lower() else ""
+        raise StudyError(f"cannot start or join {where}: {msg}{hint}") from None
     try:
         yield True
     finally:

@@ -201,7 +201,7 @@ def _loop(study: Any, space: SearchSpace, cfg: Any, depth: int, target: int, flo
     import ray
     from optuna.trial import TrialState
 
-    from autoprune.search._dispatch import ray_session, submit
+    from autoprune.search._dispatch import ray_session
     from autoprune.search._progress import Progress
 
     cfg_dict = cfg.model_dump(mode="json")
@@ -214,30 +214,66 @@ def _loop(study: Any, space: SearchSpace, cfg: Any, depth: int, target: int, flo
     with ray_session(address=address, num_cpus=n_cpus, run_dir=cfg.run_dir), \
             Progress(study, target, enabled=progress) as prog:
         inflight: dict[Any, Any] = {}  # ObjectRef -> optuna Trial
-        while True:
-            while len(inflight) < space.trials_in_flight and done + len(inflight) < target:
-                trial = study.ask()
-                try:
-                    policy = space.sample_policy(trial, depth)
-                except Exception as exc:  # noqa: BLE001 - a bad sample must not stop the search
-                    trial.set_user_attr(S.T_FAIL, f"cannot build a policy from the sampled parameters: {exc}")
-                    study.tell(trial, state=TrialState.FAIL)
-                    done += 1
-                    continue
-                trial.set_user_attr(S.T_POLICY, policy.to_dict())
-                trial.set_user_attr(S.T_SUMMARY, policy.summary())
-                ref = submit(trial_fn, cfg_dict, policy.to_dict(), floor, early, trial.number, space.cpus_per_trial)
-                inflight[ref] = trial
-                log.info("trial %d dispatched: %s", trial.number, policy.summary())
-                prog.update(running=len(inflight))
-            if not inflight:
-                break
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            for ref in ready:
-                trial = inflight.pop(ref)
-                _finish(study, trial, ref)
+        try:
+            done = _dispatch_all(study, space, cfg_dict, depth, target, floor, trial_fn, early, prog, inflight, done)
+        except BaseException:
+            _abandon(study, inflight)
+            raise
+
+
+def _abandon(study: Any, inflight: dict[Any, Any]) -> None:
+    """The driver is stopping (Ctrl-C, error): in-flight trials become FAIL (orphaned) and are re-enqueued."""
+    import ray
+    from optuna.trial import TrialState
+
+    for ref, trial in list(inflight.items()):
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            trial.set_user_attr(S.T_FAIL, "driver stopped while the trial ran; re-enqueued")
+            trial.set_user_attr(T_ORPHANED, True)
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(dict(trial.params), user_attrs={T_RETRY_OF: trial.number})
+        except Exception as exc:  # noqa: BLE001 - the next start recovers RUNNING trials anyway
+            log.warning("could not mark trial %d as interrupted: %s", trial.number, exc)
+    inflight.clear()
+
+
+def _dispatch_all(study: Any, space: SearchSpace, cfg_dict: dict[str, Any], depth: int, target: int,
+                  floor: float | None, trial_fn: Callable[..., Any] | None, early: dict[str, float], prog: Any,
+                  inflight: dict[Any, Any], done: int) -> int:
+    import ray
+    from optuna.trial import TrialState
+
+    from autoprune.search._dispatch import submit
+
+    while True:
+        while len(inflight) < space.trials_in_flight and done + len(inflight) < target:
+            trial = study.ask()
+            try:
+                policy = space.sample_policy(trial, depth)
+            except Exception as exc:  # noqa: BLE001 - a bad sample must not stop the search
+                trial.set_user_attr(S.T_FAIL, f"cannot build a policy from the sampled parameters: {exc}")
+                study.tell(trial, state=TrialState.FAIL)
                 done += 1
+                continue
+            trial.set_user_attr(S.T_POLICY, policy.to_dict())
+            trial.set_user_attr(S.T_SUMMARY, policy.summary())
+            ref = submit(trial_fn, cfg_dict, policy.to_dict(), floor, early, trial.number, space.cpus_per_trial)
+            inflight[ref] = trial
+            log.info("trial %d dispatched: %s", trial.number, policy.summary())
             prog.update(running=len(inflight))
+        if not inflight:
+            break
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+        for ref in ready:
+            _finish(study, inflight[ref], ref)
+            del inflight[ref]
+            done += 1
+        prog.update(running=len(inflight))
+    return done
 
 
 def _finish(study: Any, trial: Any, ref: Any) -> None:
