@@ -53,11 +53,15 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 def finetune(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], *, steps: int, learning_rate: float,
              warmup_ratio: float = 0.06, weight_decay: float = 0.01, max_grad_norm: float = 1.0, seed: int = 0,
              teacher: nn.Module | None = None, distill_weight: float = 0.0, temperature: float = 2.0,
-             hooks: dict[int, EvalHook] | None = None, desc: str = "fine-tune", progress: bool = True) -> list[float]:
+             hooks: dict[int, EvalHook] | None = None, desc: str = "fine-tune", progress: bool = True,
+             checkpoint: Path | None = None, checkpoint_every: int = 250) -> list[float]:
     """Train ``model`` for ``steps`` optimiser steps; returns the loss of every step.
 
     ``hooks`` maps a step number to a callback run after that step (e.g. a validation check);
     a callback returning True stops training early. A non-finite loss raises :class:`TrialFailed`.
+    With ``checkpoint`` (a file path), the model, optimiser, schedule and step are saved every
+    ``checkpoint_every`` steps and an interrupted run resumes from there (the batch stream is
+    fast-forwarded, so the resumed run sees the same batches).
     """
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -77,10 +81,22 @@ def finetune(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], *, st
     sched = get_linear_schedule_with_warmup(opt, int(warmup_ratio * steps), steps)
     if teacher is not None:
         teacher.eval()
+    start = 1
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        losses = list(state["losses"])
+        start = int(state["step"]) + 1
+        for _ in range(start - 1):  # replay the batch stream up to where the run stopped
+            next(batches)
+        torch.set_rng_state(state["rng"])
+        logger.info("%s: resumed from %s at step %d", desc, checkpoint, start - 1)
     model.train()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=start - 1, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     try:
-        for step in range(1, steps + 1):
+        for step in range(start, steps + 1):
             batch = next(batches)
             out = model(**{k: v for k, v in batch.items() if k != "labels"})
             if teacher is not None and distill_weight > 0:
@@ -100,6 +116,11 @@ def finetune(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], *, st
             losses.append(float(loss.item()))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             bar.update(1)
+            if checkpoint is not None and (step % checkpoint_every == 0) and step < steps:
+                tmp = Path(checkpoint).with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "step": step, "losses": losses, "rng": torch.get_rng_state()}, tmp)
+                os.replace(tmp, checkpoint)
             if hooks and step in hooks and hooks[step](step):
                 break
     finally:
@@ -175,12 +196,13 @@ def ensure_baseline(config: RunConfig, *, progress: bool = True) -> Path:
         set_seed(config.baseline.seed)
         model = load_model(config.model.resolve(), num_labels=task.num_labels)
         b = config.baseline
+        ckpt = out.parent / f"{out.name}.ckpt"
         logger.info("training the dense baseline (%d steps, batch %d) -> %s", b.steps, b.batch_size, out)
         losses = finetune(model, train_batches(task.train, b.batch_size, seed=b.seed, pad_id=task.pad_token_id,
                                                padding=b.padding, max_length=config.data.max_length),
                           steps=b.steps, learning_rate=b.learning_rate, warmup_ratio=b.warmup_ratio,
                           weight_decay=b.weight_decay, max_grad_norm=b.max_grad_norm, seed=b.seed,
-                          desc="dense baseline", progress=progress)
+                          desc="dense baseline", progress=progress, checkpoint=ckpt)
         train_s = time.perf_counter() - t0
         val = evaluate(model, eval_batches(task.validation, config.eval_batch_size, task.pad_token_id),
                        task.num_labels)
@@ -205,6 +227,7 @@ def ensure_baseline(config: RunConfig, *, progress: bool = True) -> Path:
 
             shutil.rmtree(out)
         os.replace(tmp, out)
+        ckpt.unlink(missing_ok=True)
         logger.info("dense baseline: validation accuracy %.4f%s", val.accuracy,
                     f", test accuracy {metrics['test_accuracy']:.4f}" if "test_accuracy" in metrics else "")
     return out
