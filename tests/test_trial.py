@@ -129,3 +129,37 @@ def test_distilled_and_quantized_trial(cfg, tmp_path):
     assert res.size_bytes < res.dense_size_bytes / 2  # int8 weights and half the units
     saved = load_model(str(tmp_path / "q"))
     assert saved.config.autoprune["quantized"] is True and saved.config.autoprune["heads_per_layer"] == [2, 2, 2]
+
+
+def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path):
+    from autoprune.data import Split, train_batches
+    from autoprune.models import load_model
+    from autoprune.train import finetune
+    from conftest import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "m", "bert")
+    g = torch.Generator().manual_seed(0)
+    split = Split([torch.randint(5, 30, (int(n),), generator=g).tolist() for n in torch.randint(3, 12, (64,))],
+                  [i % 2 for i in range(64)])
+
+    def run(ckpt=None, stop_at=None):
+        model = load_model(str(path))
+        hooks = None
+        if stop_at:
+            def boom(step):
+                raise KeyboardInterrupt
+            hooks = {stop_at: boom}
+        try:
+            finetune(model, train_batches(split, 8, seed=1, pad_id=0), steps=10, learning_rate=1e-3, seed=0,
+                     hooks=hooks, progress=False, checkpoint=ckpt, checkpoint_every=5)
+        except KeyboardInterrupt:
+            pass
+        return model
+
+    straight = run()
+    ckpt = tmp_path / "b.ckpt"
+    run(ckpt, stop_at=7)
+    assert ckpt.is_file()
+    resumed = run(ckpt)
+    for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=n)
