@@ -176,6 +176,23 @@ def test_search_completes_with_front_failures_and_prunes(tiny, tmp_path, ray_loc
     assert len(again.get_trials()) == 9
 
 
+def test_duplicate_policies_are_skipped(tiny, tmp_path, ray_local):
+    # a space with only 2 distinct policies: the third ask is a duplicate and is skipped, not run
+    space = make_space(tiny, tmp_path, n_trials=3, trials_in_flight=1, criteria=["l1"], retrain={"steps": 10},
+                       structured={"heads": {"mode": "fixed", "value": 0.5}, "ffn": {"mode": "free", "range": [0.2, 0.25]}},
+                       accuracy_drop_floor=None)
+    # ffn free with step 0.05 over [0.2, 0.25] on 2 layers: 4 distinct policies
+    study = run_search(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
+    trials = study.get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    keys = [json.dumps(t.user_attrs[S.T_POLICY]["ffn_sparsity"]) for t in done]
+    assert len(done) == 3 and len(set(keys)) == 3
+    for t in trials:
+        if t.user_attrs.get("duplicate"):
+            assert t.state == TrialState.FAIL and "duplicate of trial" in t.user_attrs[S.T_FAIL]
+    assert counted(trials) == 3
+
+
 def test_second_driver_refused_and_stale_lease_taken_over(tiny, tmp_path, ray_local):
     space = make_space(tiny, tmp_path, n_trials=2)
     url = storage_of(tmp_path)

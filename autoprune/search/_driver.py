@@ -31,6 +31,7 @@ log = logging.getLogger("autoprune.search")
 
 T_ORPHANED = "orphaned"      # FAIL trial left RUNNING by a dead driver (not counted; re-enqueued)
 T_RETRY_OF = "retry_of"      # number of the orphaned trial this one re-runs
+T_DUPLICATE = "duplicate"    # FAIL trial whose policy was already tried (not counted, never run)
 T_NODE = "node_id"
 T_WORKER = "worker"
 
@@ -80,16 +81,24 @@ def default_study_name(space: SearchSpace) -> str:
 
 
 def counted(trials: list[Any]) -> int:
-    """Trials that count towards ``n_trials``: finished ones, except orphans that were re-enqueued."""
+    """Trials that count towards ``n_trials``: finished ones, except orphans that were re-enqueued and
+    skipped duplicates."""
     from optuna.trial import TrialState
 
     n = 0
     for t in trials:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             n += 1
-        elif t.state == TrialState.FAIL and not t.user_attrs.get(T_ORPHANED):
+        elif t.state == TrialState.FAIL and not t.user_attrs.get(T_ORPHANED) and not t.user_attrs.get(T_DUPLICATE):
             n += 1
     return n
+
+
+def _policy_key(policy: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps({k: v for k, v in policy.items() if k not in ("seed", "kept_heads", "kept_neurons")},
+                      sort_keys=True)
 
 
 def recover_orphans(study: Any) -> list[int]:
@@ -249,6 +258,9 @@ def _dispatch_all(study: Any, space: SearchSpace, cfg_dict: dict[str, Any], dept
 
     from autoprune.search._dispatch import submit
 
+    seen = {_policy_key(t.user_attrs[S.T_POLICY]): t.number for t in study.get_trials(deepcopy=False)
+            if S.T_POLICY in t.user_attrs and not t.user_attrs.get(T_DUPLICATE)}
+    dup_streak = 0
     while True:
         while len(inflight) < space.trials_in_flight and done + len(inflight) < target:
             trial = study.ask()
@@ -259,6 +271,16 @@ def _dispatch_all(study: Any, space: SearchSpace, cfg_dict: dict[str, Any], dept
                 study.tell(trial, state=TrialState.FAIL)
                 done += 1
                 continue
+            key = _policy_key(policy.to_dict())
+            if key in seen and T_RETRY_OF not in trial.user_attrs and dup_streak < 10:
+                # the sampler proposed a policy already tried: skip it (not counted), ask again
+                dup_streak += 1
+                trial.set_user_attr(S.T_FAIL, f"duplicate of trial {seen[key]}; skipped")
+                trial.set_user_attr(T_DUPLICATE, True)
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            dup_streak = 0
+            seen.setdefault(key, trial.number)
             trial.set_user_attr(S.T_POLICY, policy.to_dict())
             trial.set_user_attr(S.T_SUMMARY, policy.summary())
             ref = submit(trial_fn, cfg_dict, policy.to_dict(), floor, early, trial.number, space.cpus_per_trial)
