@@ -1,0 +1,5 @@
+"""``python -m autoprune`` runs the CLI."""
+
+from autoprune.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""The core CLI commands: baseline and prune, with JSON output and clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from autoprune.cli import app
+from conftest import REPO, tiny_config_dict
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cfg_file(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    f = tmp / "config.yaml"
+    f.write_text(yaml.safe_dump(tiny_config_dict(tmp)))
+    return f
+
+
+def test_baseline_then_prune_json(cfg_file, tmp_path):
+    r = runner.invoke(app, ["baseline", "-c", str(cfg_file), "--json"])
+    assert r.exit_code == 0, r.output
+    base = json.loads(r.stdout)
+    assert 0 <= base["validation_accuracy"] <= 1 and base["steps"] == 30
+    pol = tmp_path / "p.yaml"
+    pol.write_text("criterion: l2\nhead_sparsity: [0.5, 0.25]\nffn_sparsity: [0.5, 0.5]\nretrain: {steps: 4}\n")
+    r = runner.invoke(app, ["prune", "-c", str(cfg_file), "--policy", str(pol), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    for key in ("accuracy", "dense_accuracy", "accuracy_drop", "speedup", "flops_reduction", "params",
+                "dense_params", "latency_ms", "dense_latency_ms"):
+        assert key in res, key
+    assert res["heads_per_layer"] == [2, 3] and res["params"] < res["dense_params"]
+    assert res["accuracy_drop"] == pytest.approx(res["dense_accuracy"] - res["accuracy"])
+    r = runner.invoke(app, ["prune", "-c", str(cfg_file), "--policy", str(pol)])
+    assert r.exit_code == 0 and "speedup" in r.stdout and "FLOPs reduction" in r.stdout
+
+
+@pytest.mark.parametrize("policy_text, fragment", [
+    ("criterion: magnitude\nhead_sparsity: [0.5, 0.5]\n", "criterion"),
+    ("criterion: l1\nhead_sparsity: [0.5, 1.5]\n", "outside [0, 1)"),
+    ("criterion: l1\nhead_sparsity: [0.5, 0.5, 0.5]\n", "has 3 entries but the model has 2"),
+    ("criterion: l1\nhead_sparsity: [0.5\n", "malformed YAML"),
+])
+def test_bad_policy_exits_2_with_one_line(cfg_file, tmp_path, policy_text, fragment):
+    pol = tmp_path / "bad.yaml"
+    pol.write_text(policy_text)
+    r = runner.invoke(app, ["prune", "-c", str(cfg_file), "--policy", str(pol)])
+    assert r.exit_code == 2
+    assert fragment in r.output and "Traceback" not in r.output
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name_or_path: /nonexistent/model}\ndata: {files: {train: a.tsv, validation: b.tsv}}\n")
+    proc = subprocess.run([sys.executable, "-m", "autoprune", "baseline", "-c", str(cfg)], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "Traceback" not in proc.stderr
+    assert "/nonexistent/model" in proc.stderr
