@@ -6,6 +6,7 @@ trials keep their model (``save_dir``), one does not (export must rebuild it), o
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -341,6 +342,10 @@ def test_cli_export_and_errors(real, tmp_path):
     cfg_file.write_text(yaml.safe_dump(real["raw"]))
     r = runner.invoke(app, ["apply", str(bad), "-c", str(cfg_file)])
     assert r.exit_code == 2 and "malformed YAML" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["apply", str(tmp_path / "e" / "policy.yaml"), "-c", str(cfg_file), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["kept_indices"] is True and abs(rep["result"]["accuracy"] - rep["stored"]["accuracy"]) <= 0.005
 
 
 def test_errors_are_autoprune_errors():
