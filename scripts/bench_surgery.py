@@ -1,0 +1,109 @@
+"""Benchmark: structured surgery on the real MiniLM-L6 -- measured speedup against FLOPs reduction,
+and SST-2 test accuracy right after pruning (no retraining) for each criterion.
+
+Speed: for head and FFN sparsity 0/25/50/75% (heads only, FFN only, both), the pruned model and
+the dense model are timed interleaved in this process (dense, pruned, pruned, dense, ...) after
+warm-up, at a fixed thread count, on the same random batch (default 32 x 64 tokens and 1 x 64);
+medians are reported with the ratio speedup / FLOPs reduction (target >= 0.85).
+
+Accuracy: the dense baseline of the config is fine-tuned once (cached, resumable) and every
+criterion prunes a copy of it uniformly; accuracy is measured on the test split with no retraining.
+
+    .venv/bin/python scripts/bench_surgery.py [-c CONFIG] [--repeats 15] [--threads 1] [--skip-accuracy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from autoprune.config import load_config  # noqa: E402
+from autoprune.data import eval_batches, train_batches  # noqa: E402
+from autoprune.importance import accumulate_gradients, keep_top, n_removed, score_structured  # noqa: E402
+from autoprune.measure import count_flops, evaluate, measure_speed  # noqa: E402
+from autoprune.models import get_adapter, load_model  # noqa: E402
+from autoprune.surgery import prune_structured  # noqa: E402
+from autoprune.train import ensure_baseline, load_baseline_metrics, load_task_data, load_tokenizer  # noqa: E402
+
+
+def prune_uniform(model, criterion: str, heads: float, ffn: float, seed: int = 0) -> None:
+    adapter = get_adapter(model)
+    h0, f0 = adapter.shape(model)
+    hs, ns = score_structured(model, criterion, seed=seed)
+    prune_structured(model, [keep_top(hs[i], h0[i] - n_removed(h0[i], heads)) for i in range(len(h0))],
+                     [keep_top(ns[i], f0[i] - n_removed(f0[i], ffn)) for i in range(len(f0))])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-c", "--config", default=str(ROOT / "search_spaces" / "minilm_sst2_config.yaml"))
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--skip-accuracy", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(args.config)
+    print(f"# bench_surgery on {cfg.model.name_or_path} ({cfg.model.resolve()})")
+    print(f"# machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
+          f"{args.threads} thread(s); latency medians of {args.repeats} interleaved runs after 3 warm-up runs")
+    dense = load_model(cfg.model.resolve(), num_labels=2).eval()
+    sp = [0.0, 0.25, 0.5, 0.75]
+    print(f"\n## Speed vs FLOPs (batch {args.batch_size} x {args.seq_len}; batch 1 x {args.seq_len})\n")
+    print("| pruned | sparsity | dense ms | pruned ms | speedup | FLOPs reduction | speedup / FLOPs | "
+          "b1 dense ms | b1 pruned ms | b1 speedup |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    dense_flops = count_flops(dense, args.seq_len, args.batch_size)
+    for what in ("heads", "ffn", "both"):
+        for s in sp:
+            if s == 0 and what != "both":
+                continue
+            m = copy.deepcopy(dense)
+            prune_uniform(m, "l1", s if what in ("heads", "both") else 0.0, s if what in ("ffn", "both") else 0.0)
+            rep = measure_speed(dense, m, batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads,
+                                repeats=args.repeats)
+            fr = dense_flops / count_flops(m, args.seq_len, args.batch_size)
+            print(f"| {what} | {s:.0%} | {rep.dense_ms:.1f} | {rep.pruned_ms:.1f} | {rep.speedup:.2f}x | {fr:.2f}x | "
+                  f"{rep.speedup / fr:.2f} | {rep.dense_ms_b1:.2f} | {rep.pruned_ms_b1:.2f} | {rep.speedup_b1:.2f}x |",
+                  flush=True)
+    if args.skip_accuracy:
+        return
+    t0 = time.perf_counter()
+    bdir = ensure_baseline(cfg)
+    metrics = load_baseline_metrics(bdir)
+    tok = load_tokenizer(cfg)
+    task = load_task_data(cfg, tok)
+    base = load_model(str(bdir)).eval()
+    print(f"\n## Test accuracy right after pruning (no retraining), heads and FFN pruned uniformly\n")
+    print(f"dense baseline: {metrics['steps']} steps at batch {metrics['settings']['batch_size']}, "
+          f"test accuracy {metrics['test_accuracy']:.4f} (n={metrics['test_n']}), "
+          f"validation {metrics['validation_accuracy']:.4f}; {bdir}\n")
+    print("| criterion | " + " | ".join(f"{s:.0%}" for s in sp[1:]) + " |")
+    print("|---|" + "---|" * (len(sp) - 1))
+    for crit in ("random", "gradient", "l1", "l2"):
+        row = []
+        for s in sp[1:]:
+            m = copy.deepcopy(base)
+            if crit == "gradient":
+                it = train_batches(task.train, 32, seed=7, pad_id=task.pad_token_id)
+                accumulate_gradients(m, (next(it) for _ in range(cfg.calibration_batches)))
+            prune_uniform(m, crit, s, s)
+            acc = evaluate(m, eval_batches(task.test, 128, task.pad_token_id), task.num_labels).accuracy
+            row.append(f"{acc:.4f}")
+        print(f"| {crit} | " + " | ".join(row) + " |", flush=True)
+    print(f"\n(accuracy part: {time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
