@@ -451,14 +451,16 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
     else:
         from autoprune.trial import run_trial
 
-        logger.warning("trial %d did not keep its model; rebuilding it by re-applying the policy with its kept "
-                       "indices and retraining (%d steps)", trial.number, policy.retrain.steps)
+        how = ("re-applying the policy with its recorded kept indices" if policy.kept_heads or policy.kept_neurons
+               else f"re-scoring with the '{policy.criterion}' criterion and the same seed (unstructured)")
+        logger.warning("trial %d did not keep its model; rebuilding it by %s and retraining (%d steps)",
+                       trial.number, how, policy.retrain.steps)
         with tempfile.TemporaryDirectory(dir=str(out)) as tmp:
             rebuilt = run_trial(cfg, policy, save_dir=tmp)
             _copy_model(Path(tmp), out)
         source = {"kind": "rebuilt",
-                  "description": "rebuilt by re-applying the policy with its recorded kept indices to the dense "
-                                 "baseline and retraining with the stored budget (the trial did not keep its model)",
+                  "description": f"rebuilt by {how} on the dense baseline and retraining with the stored budget "
+                                 f"(the trial did not keep its model)",
                   "rebuilt_metrics": {"accuracy": rebuilt.accuracy, "macro_f1": rebuilt.macro_f1,
                                       "speedup": rebuilt.speedup}}
     base_path = cfg.model.resolve()
