@@ -389,6 +389,7 @@ def _progress_figure(study: Any) -> Any:
         if c:
             fig.add_trace(go.Scatter(x=numbers, y=counts, mode="lines", name=state.name.lower(),
                                      line=dict(color=_STATE_COLORS.get(state.name), shape="hv")), row=1, col=1)
+    reached_none: list[str] = []
     for mark, dash in zip(SPEEDUP_MARKS, ("solid", "dot")):
         best, xs, ys = None, [], []
         for t in trials:
@@ -398,6 +399,12 @@ def _progress_figure(study: Any) -> Any:
             ys.append(best)
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"best accuracy at >= {mark:g}x",
                                  line=dict(dash=dash, shape="hv", width=2), connectgaps=False), row=1, col=2)
+        if best is None:
+            reached_none.append(f"{mark:g}x")
+    if reached_none:
+        fig.add_annotation(text="no completed trial has reached " + " or ".join(reached_none) + " yet",
+                           xref="x2 domain", yref="y2 domain", x=0.5, y=0.5, showarrow=False,
+                           font=dict(color="#7a5200"))
     fig.update_xaxes(title_text="trial number")
     fig.update_yaxes(title_text="trials", row=1, col=1)
     fig.update_yaxes(title_text="validation accuracy", row=1, col=2)
@@ -428,8 +435,8 @@ def _importance_figures(study: Any, n_complete: int) -> tuple[list[Any], str | N
                                    marker_color="#1f77b4" if i == 0 else "#2ca02c",
                                    hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
             fig.update_layout(title=f"Parameter importance for {name} (optuna.importance)",
-                              xaxis_title="importance (normalised)", height=max(260, 70 + 28 * len(items)),
-                              margin=dict(l=200))
+                              xaxis_title="importance (normalised)", height=max(280, 140 + 34 * len(items)))
+            fig.update_yaxes(automargin=True, tickmode="array", tickvals=[k for k, _ in items])
             figs.append(fig)
         except Exception as exc:  # too few distinct values, a single parameter, ...
             notes.append(f"importance for {name} not available: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
@@ -443,7 +450,6 @@ h1{font-size:22px;margin:18px 0 4px} h2{font-size:18px;margin:28px 0 6px}
 .meta{color:#555;font-size:13px} .note{color:#7a5200;background:#fff6e0;padding:6px 10px;border-radius:4px}
 table{border-collapse:collapse;font-size:13px;margin-top:8px} th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
 th{background:#f3f3f3} td.l{text-align:left} code{font-size:12px;background:#f6f6f6;padding:1px 4px}
-.row{display:flex;flex-wrap:wrap;gap:12px} .row>div{flex:1 1 560px;min-width:480px}
 """
 
 
@@ -514,8 +520,7 @@ def build_dashboard(study: Any, *, storage: str | None = None, refresh_seconds: 
     figs, note = _importance_figures(study, len(points))
     imp_html = "<h2>Parameter importances</h2>"
     if figs:
-        imp_html += "<div class=row>" + "".join(f"<div>{_fig_html(f, f'importance-{i}')}</div>"
-                                                for i, f in enumerate(figs)) + "</div>"
+        imp_html += "".join(_fig_html(f, f"importance-{i}") for i, f in enumerate(figs))
     if note:
         imp_html += f"<p class=note>{_html.escape(note)}</p>"
     sections.append(imp_html)

@@ -452,7 +452,7 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         from autoprune.trial import run_trial
 
         how = ("re-applying the policy with its recorded kept indices" if policy.kept_heads or policy.kept_neurons
-               else f"re-scoring with the '{policy.criterion}' criterion and the same seed (unstructured)")
+               else f"re-scoring with the '{policy.criterion}' criterion and the same seed (no kept indices recorded)")
         logger.warning("trial %d did not keep its model; rebuilding it by %s and retraining (%d steps)",
                        trial.number, how, policy.retrain.steps)
         with tempfile.TemporaryDirectory(dir=str(out)) as tmp:
