@@ -223,17 +223,27 @@ def dashboard(space: Optional[Path] = _SPACE_OPT, study: Optional[str] = _STUDY_
               host: str = typer.Option("127.0.0.1", "--host", help="address for --serve (default: local only)"),
               refresh: int = typer.Option(10, "--refresh", help="seconds between page reloads with --serve")) -> None:
     """Write the Pareto-front dashboard of a study as one offline HTML page, or serve it live."""
-    from autoprune.dashboard import default_output, locate_study, mask_url, serve_dashboard, write_dashboard
+    from autoprune.dashboard import default_output, locate_study, make_server, mask_url, write_dashboard
 
     st, url, run_dir = locate_study(space, study, storage)
     if serve:
         import optuna
 
         name = st.study_name
-        console.print(f"serving study '{name}' from {mask_url(url)} on http://{host}:{port}/ (Ctrl-C stops)",
+        try:
+            server = make_server(lambda: optuna.load_study(study_name=name, storage=url), host=host, port=port,
+                                 storage=url, refresh_seconds=refresh)
+        except OSError as exc:
+            from autoprune.errors import AutopruneError
+
+            raise AutopruneError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; pick another --port") from None
+        h, p = server.server_address[:2]
+        console.print(f"serving study '{name}' from {mask_url(url)} on http://{h}:{p}/ (Ctrl-C stops)",
                       highlight=False)
-        serve_dashboard(lambda: optuna.load_study(study_name=name, storage=url), host=host, port=port,
-                        storage=url, refresh_seconds=refresh)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
         return
     path = write_dashboard(st, output or default_output(st.study_name, run_dir), storage=url)
     out.print(f"dashboard written to {path}", highlight=False)
