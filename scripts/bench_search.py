@@ -44,6 +44,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.ERROR)
 
     import ray
 
@@ -60,7 +61,7 @@ def main() -> None:
     print(f"method: fake trials sleeping S seconds, real driver (ask/tell, Ray tasks, SQLite, lease heartbeat); "
           f"local Ray with {max(args.in_flight)} CPUs started once in {ray_start:.1f} s (not counted below)")
     print(f"{'S (s)':>6} {'k':>2} {'N':>3} {'wall (s)':>9} {'ideal (s)':>9} {'ovh/trial (s)':>13} {'ovh %':>6} "
-          f"{'trials/h':>9} {'ideal/h':>8}")
+          f"{'trials/h':>9} {'ideal/h':>8} {'call (s)':>8}")
     rows = []
     try:
         for S in args.lengths:
@@ -87,11 +88,12 @@ def main() -> None:
                      "mean_trial_latency_overhead_s": sum(per_trial) / n}
                 rows.append(r)
                 print(f"{S:>6g} {k:>2} {n:>3} {loop:>9.2f} {ideal:>9.1f} {r['overhead_per_trial_s']:>13.3f} "
-                      f"{100 * r['overhead_frac']:>5.1f}% {r['trials_per_hour']:>9.0f} {r['ideal_trials_per_hour']:>8.0f}")
+                      f"{100 * r['overhead_frac']:>5.1f}% {r['trials_per_hour']:>9.0f} {r['ideal_trials_per_hour']:>8.0f} "
+                      f"{wall:>8.2f}")
     finally:
         ray.shutdown()
-    print("wall: first trial start to last trial end as stored in the study (the whole run_search call, "
-          "including study creation and lease, took a little longer)")
+    print("wall: first trial start to last trial end as stored in the study; call: the whole run_search call "
+          "(study creation, lease, attrs, the trials)")
     if args.json:
         print(json.dumps(rows, indent=2))
 

@@ -176,6 +176,19 @@ def test_search_completes_with_front_failures_and_prunes(tiny, tmp_path, ray_loc
     assert len(again.get_trials()) == 9
 
 
+def test_dead_worker_is_retried_once_then_fail(tiny, tmp_path, ray_local):
+    space = make_space(tiny, tmp_path, n_trials=3, criteria=["l1", "l2"], accuracy_drop_floor=None)
+    fn = functools.partial(fake_trial, sleep=0.1, crash_criterion="l2")
+    study = run_search(space, study_name="s", trial_fn=fn, dense_metrics=DENSE, progress=False)
+    assert any(t.user_attrs[S.T_POLICY]["criterion"] == "l2" for t in study.get_trials())
+    for t in study.get_trials():
+        if t.user_attrs[S.T_POLICY]["criterion"] == "l2":
+            assert t.state == TrialState.FAIL and "worker lost (retried once)" in t.user_attrs[S.T_FAIL]
+        else:
+            assert t.state == TrialState.COMPLETE
+    assert counted(study.get_trials()) == 3
+
+
 def test_duplicate_policies_are_skipped(tiny, tmp_path, ray_local):
     # a space with only 2 distinct policies: the third ask is a duplicate and is skipped, not run
     space = make_space(tiny, tmp_path, n_trials=3, trials_in_flight=1, criteria=["l1"], retrain={"steps": 10},

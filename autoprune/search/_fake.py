@@ -58,12 +58,18 @@ def _mean_sparsity(policy: Any) -> float:
 
 def fake_trial(config: Any, policy: Any, *, on_eval: Callable[[int, float], bool] | None = None,
                save_dir: str | None = None, sleep: float = 0.1, fail_criterion: str | None = None,
-               evals: int = 4, low_accuracy_criterion: str | None = None) -> TrialResult:
+               evals: int = 4, low_accuracy_criterion: str | None = None,
+               crash_criterion: str | None = None) -> TrialResult:
     """Sleep ``sleep`` seconds in ``evals`` slices, calling ``on_eval`` after each; return fake metrics.
 
     ``fail_criterion``: raise RuntimeError for policies with that criterion.
     ``low_accuracy_criterion``: report a very low accuracy for that criterion (so early stop triggers).
+    ``crash_criterion``: kill the worker process (``os._exit``) for that criterion, like an OOM kill.
     """
+    if crash_criterion is not None and policy.criterion == crash_criterion:
+        import os
+
+        os._exit(1)
     t0 = time.time()
     s = _mean_sparsity(policy)
     acc = 0.9 - 0.3 * s * s
