@@ -33,14 +33,16 @@ POLICIES = [
     ("gradient", PruningPolicy.uniform("gradient", 2, heads=0.5, ffn=0.25, retrain_steps=10), False),
     ("random", PruningPolicy.uniform("random", 2, heads=0.75, ffn=0.5, retrain_steps=10), True),
     ("l1q", PruningPolicy.uniform("l1", 2, heads=0.25, ffn=0.25, retrain_steps=10, quantize=True), True),
+    ("l2u", PruningPolicy.uniform("l2", 2, weights=0.6, retrain_steps=10), True),
 ]
 
 
 def _params(pol: PruningPolicy) -> tuple[dict, dict]:
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    params = {"criterion": pol.criterion, "head_sparsity": pol.head_sparsity[0], "ffn_sparsity": pol.ffn_sparsity[0],
-              "retrain_steps": pol.retrain.steps, "quantize": pol.quantize}
+    params = {"criterion": pol.criterion, "head_sparsity": (pol.head_sparsity or pol.weight_sparsity)[0],
+              "ffn_sparsity": (pol.ffn_sparsity or pol.weight_sparsity)[0], "retrain_steps": pol.retrain.steps,
+              "quantize": pol.quantize}
     dists = {"criterion": CategoricalDistribution(["random", "gradient", "l1", "l2"]),
              "head_sparsity": FloatDistribution(0.0, 0.9), "ffn_sparsity": FloatDistribution(0.0, 0.9),
              "retrain_steps": IntDistribution(0, 400), "quantize": CategoricalDistribution([False, True])}
@@ -244,6 +246,18 @@ def test_quantized_trial_exports_int8_and_refuses_onnx(real, tmp_path):
         assert torch.allclose(model(**b).logits, ref(**b).logits, atol=1e-6)
     with pytest.raises(ExportError, match="int8.*ONNX"):
         export_trial(real["study"], Selector(trial=n), tmp_path / "q2", onnx=True)
+
+
+def test_unstructured_trial_exports_with_its_zeros(real, tmp_path):
+    from autoprune.surgery import encoder_weight_sparsity
+
+    res = real["results"]["l2u"]
+    out = export_trial(real["study"], Selector(trial=real["numbers"]["l2u"]), tmp_path / "u", onnx=True)
+    model = load_pruned(out)
+    assert encoder_weight_sparsity(model) == pytest.approx(res.weight_sparsity, abs=1e-6)
+    assert not any("weight_orig" in k for k in model.state_dict())
+    doc = yaml.safe_load((out / "policy.yaml").read_text())
+    assert doc["policy"]["granularity"] == "unstructured" and "kept_heads" not in doc["policy"]
 
 
 def test_export_refuses_a_foreign_non_empty_directory(real, tmp_path):
