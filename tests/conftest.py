@@ -55,7 +55,7 @@ def make_tiny_model(path: Path, model_type: str = "bert", *, layers: int = 2, he
         raise ValueError(model_type)
     model = AutoModelForSequenceClassification.from_config(cfg)
     model.save_pretrained(path)
-    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=True)
     tok.save_pretrained(path)
     return path
 

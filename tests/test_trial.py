@@ -126,7 +126,9 @@ def test_distilled_and_quantized_trial(cfg, tmp_path):
     pol = PruningPolicy.uniform("l1", 3, heads=0.5, ffn=0.5, retrain_steps=4, distillation={"weight": 0.5},
                                 quantize=True)
     res = run_trial(cfg, pol, save_dir=str(tmp_path / "q"))
-    assert res.size_bytes < res.dense_size_bytes / 2  # int8 weights and half the units
+    fp32 = run_trial(cfg, pol.model_copy(update={"quantize": False}))
+    assert res.size_bytes < fp32.size_bytes < res.dense_size_bytes  # int8 Linear weights, half the units
+    assert res.heads_per_layer == fp32.heads_per_layer
     saved = load_model(str(tmp_path / "q"))
     assert saved.config.autoprune["quantized"] is True and saved.config.autoprune["heads_per_layer"] == [2, 2, 2]
 
