@@ -198,7 +198,9 @@ def _dense_baseline(cfg: Any, attrs: dict[str, Any]) -> tuple[dict[str, Any], st
     from autoprune.train import ensure_baseline, load_baseline_metrics
 
     log.info("dense baseline: training or loading from cache under %s", cfg.run_dir)
-    path = ensure_baseline(cfg)
+    # no trial runs yet: the driver trains with torch's default thread count (all cores) instead of
+    # the per-trial torch_threads; the thread count is not part of the baseline's cache key
+    path = ensure_baseline(cfg.model_copy(update={"torch_threads": None}))
     m = dict(load_baseline_metrics(path))
     m.setdefault("accuracy", m.get("validation_accuracy"))
     m.setdefault("macro_f1", m.get("validation_macro_f1"))

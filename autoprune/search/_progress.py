@@ -25,15 +25,18 @@ def summarize(study: Any, running: int = 0) -> dict[str, Any]:
 
     trials = study.get_trials(deepcopy=False)
     by = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL")}
+    skipped = 0
     points = []
     for t in trials:
-        if t.state.name in by:
+        if t.state == TrialState.FAIL and (t.user_attrs.get("orphaned") or t.user_attrs.get("duplicate")):
+            skipped += 1  # re-enqueued after a driver stop, or a duplicate policy: not counted
+        elif t.state.name in by:
             by[t.state.name] += 1
         if t.state == TrialState.COMPLETE and t.values:
             points.append((t.values[0], t.values[1]))
     front = len(study.best_trials) if points else 0
     return {"complete": by["COMPLETE"], "pruned": by["PRUNED"], "failed": by["FAIL"], "running": running,
-            "front": front, "best": best_at_levels(points)}
+            "skipped": skipped, "front": front, "best": best_at_levels(points)}
 
 
 class Progress:
@@ -54,7 +57,8 @@ class Progress:
         best = "  ".join(f">={lv:g}x: {'-' if v is None else f'{v:.4f}'}" for lv, v in s["best"].items())
         return Text(
             f"search '{self.study.study_name}'  {int(el // 60)}m{int(el % 60):02d}s  "
-            f"finished {done}/{self.target} (complete {s['complete']}, pruned {s['pruned']}, failed {s['failed']})  "
+            f"finished {done}/{self.target} (complete {s['complete']}, pruned {s['pruned']}, failed {s['failed']}"
+            + (f", {s['skipped']} skipped/re-run" if s["skipped"] else "") + ")  "
             f"running {running}  front {s['front']}\n  best accuracy at speedup {best}")
 
     def update(self, running: int = 0, force: bool = False) -> None:
