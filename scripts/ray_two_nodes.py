@@ -75,10 +75,10 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tmp = Path(tempfile.mkdtemp(prefix="ap2n_", dir="/tmp"))
     port = free_port()
-    # Ray 2.x token authentication: the head enables it for a new cluster; joining nodes and the
-    # driver must enable it too (the token is ~/.ray/auth_token, created by the head if missing)
-    os.environ["RAY_AUTH_MODE"] = "token"
-    env = dict(os.environ)
+    # Ray 2.60 token authentication: the head enables it for a new cluster, but a joining node must
+    # be told (RAY_AUTH_MODE=token; the token is ~/.ray/auth_token, created by the head if missing).
+    # The search driver turns it on by itself when it joins with --address and a token exists.
+    env = dict(os.environ, RAY_AUTH_MODE="token")
     env.pop("RAY_ADDRESS", None)
     addr = f"127.0.0.1:{port}"
     try:
@@ -97,11 +97,11 @@ def main() -> int:
         cfg = tiny_config_dict(tmp / "tiny")
         space = space_from_dict({"config": dict(cfg, run_dir=str(tmp / "runs")), "n_trials": 6, "trials_in_flight": 2,
                                  "sampler": "random", "accuracy_drop_floor": None, "criteria": ["l1"]}, "two_nodes")
+        study = run_search(space, study_name="two_nodes", address=addr, progress=False,
+                           trial_fn=functools.partial(sleep_trial, sleep=3.0), dense_metrics={"accuracy": 0.9})
         ray.init(address=addr, configure_logging=False, log_to_driver=False)
         nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
         print(f"cluster at {addr}: {len(nodes)} nodes, {ray.cluster_resources().get('CPU')} CPUs")
-        study = run_search(space, study_name="two_nodes", trial_fn=functools.partial(sleep_trial, sleep=3.0),
-                           dense_metrics={"accuracy": 0.9}, progress=False)
         ray.shutdown()
         per = Counter()
         for t in study.get_trials():

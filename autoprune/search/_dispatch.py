@@ -131,6 +131,24 @@ def ray_temp_dir(run_dir: str | Path) -> str:
     return str(Path(tempfile.gettempdir()) / f"ap_ray_{h}")
 
 
+def _auth_for_join() -> None:
+    """Ray 2.60 clusters use token authentication by default, but a client only sends its token when
+    ``RAY_AUTH_MODE=token``; without it, joining hangs on "InvalidAuthToken" retries. When the mode is
+    unset and a token is at hand, turn it on (a token client also joins a cluster without auth)."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or Path(path).is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray caches its config at import; refresh it the way ray.init does for a new cluster
+            from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+            _enable_token_auth()
+        except Exception as exc:  # noqa: BLE001 - other Ray versions: the environment variable suffices
+            log.debug("could not refresh Ray's auth config: %s", exc)
+        log.info("RAY_AUTH_MODE=token (a Ray auth token is available) to join the cluster")
+
+
 @contextlib.contextmanager
 def ray_session(*, address: str | None, num_cpus: float, run_dir: str | Path) -> Iterator[bool]:
     """Use the Ray this process already runs, join ``address``/``RAY_ADDRESS``, or start a quiet local one.
@@ -152,6 +170,7 @@ def ray_session(*, address: str | None, num_cpus: float, run_dir: str | Path) ->
     try:
         if address:
             log.info("joining Ray cluster at %s", address)
+            _auth_for_join()
             ray.init(address=address, **kw)
         else:
             tmp = ray_temp_dir(run_dir)
