@@ -229,8 +229,13 @@ def test_second_driver_refused_and_stale_lease_taken_over(tiny, tmp_path, ray_lo
 
 def test_resume_refuses_unknown_study(tiny, tmp_path):
     space = make_space(tiny, tmp_path)
-    with pytest.raises(StudyError, match="study 'nope' not found"):
+    with pytest.raises(StudyError, match="no study storage"):
         resume(space, study_name="nope", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
+    assert not (tmp_path / "runs" / "nope.db").exists()
+    url = storage_of(tmp_path, "x")
+    optuna.create_study(study_name="other", storage=url, directions=S.DIRECTIONS)
+    with pytest.raises(StudyError, match="study 'nope' not found.*existing studies: other"):
+        resume(space, study_name="nope", storage=url, trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
 
 
 _DRIVER = textwrap.dedent("""

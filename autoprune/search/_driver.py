@@ -153,6 +153,8 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     if target < 1:
         raise ConfigError("--n-trials must be at least 1")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if resume_only and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        open_study(url, name)  # "no study storage at ..." without creating an empty database
     st = get_storage(url)
     exists = name in study_names(st)
     if resume_only and not exists:
