@@ -284,7 +284,7 @@ def load_search_space(path: str | Path) -> SearchSpace:
 
     Example:
         >>> space = load_search_space("search_spaces/quickstart.yaml")  # doctest: +SKIP
-        >>> space.n_trials
+        >>> space.n_trials  # doctest: +SKIP
         8
     """
     p = Path(path)

@@ -53,6 +53,16 @@ def _sqlite_file(url: str) -> Path | None:
     return None
 
 
+def _pg_driver(url: str) -> str:
+    """SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3; use psycopg2 when only that is installed."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def get_storage(url: str) -> Any:
     """An Optuna storage for ``url``; any failure becomes a StudyError with the URL masked."""
     import optuna
@@ -60,6 +70,7 @@ def get_storage(url: str) -> Any:
     f = _sqlite_file(url)
     if f is not None and not f.parent.is_dir():
         raise StudyError(f"storage {mask_url(url)}: folder {f.parent} does not exist")
+    url = _pg_driver(url)
     try:
         if url.startswith(("sqlite", "postgresql", "mysql")):
             kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -69,6 +80,8 @@ def get_storage(url: str) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - any driver/URL problem is a user problem here
         msg = mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if exc.__cause__ is not None:
+            msg += f" ({mask_url(str(exc.__cause__).splitlines()[0])})"
         raise StudyError(f"cannot open storage {mask_url(url)}: {msg}") from None
 
 
