@@ -235,15 +235,14 @@ def _loop(study: Any, space: SearchSpace, cfg: Any, depth: int, target: int, flo
 
 
 def _abandon(study: Any, inflight: dict[Any, Any]) -> None:
-    """The driver is stopping (Ctrl-C, error): in-flight trials become FAIL (orphaned) and are re-enqueued."""
-    import ray
+    """The driver is stopping (Ctrl-C, error): in-flight trials become FAIL (orphaned) and are re-enqueued.
+
+    The Ray tasks are not cancelled (``ray.cancel`` racing a task that just finished crashes the Ray
+    2.60 driver): a local Ray is shut down anyway, and on a cluster the task's result is dropped.
+    """
     from optuna.trial import TrialState
 
-    for ref, trial in list(inflight.items()):
-        try:
-            ray.cancel(ref, force=True)
-        except Exception:  # noqa: BLE001
-            pass
+    for trial in list(inflight.values()):
         try:
             trial.set_user_attr(S.T_FAIL, "driver stopped while the trial ran; re-enqueued")
             trial.set_user_attr(T_ORPHANED, True)
