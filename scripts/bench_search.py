@@ -92,6 +92,9 @@ def main() -> None:
                       f"{wall:>8.2f}")
     finally:
         ray.shutdown()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
     print("wall: first trial start to last trial end as stored in the study; call: the whole run_search call "
           "(study creation, lease, attrs, the trials)")
     if args.json:

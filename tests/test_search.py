@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def ray_local(tmp_path_factory):
              _temp_dir=str(tmp), _node_ip_address="127.0.0.1")
     yield
     ray.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def make_space(tiny, tmp_path, **over) -> SearchSpace:
@@ -313,6 +315,7 @@ def test_sigkilled_driver_resumes_without_loss(tiny, tmp_path, ray_local):
             proc.kill()
             proc.wait()
         _kill_ray_of(temp)
+        shutil.rmtree(temp, ignore_errors=True)
     st = optuna.load_study(study_name="s", storage=url)
     before = {t.number: (t.values, t.params) for t in st.get_trials() if t.state == TrialState.COMPLETE}
     running_before = [t.number for t in st.get_trials() if t.state == TrialState.RUNNING]
