@@ -59,17 +59,24 @@ def _mean_sparsity(policy: Any) -> float:
 def fake_trial(config: Any, policy: Any, *, on_eval: Callable[[int, float], bool] | None = None,
                save_dir: str | None = None, sleep: float = 0.1, fail_criterion: str | None = None,
                evals: int = 4, low_accuracy_criterion: str | None = None,
-               crash_criterion: str | None = None) -> TrialResult:
+               crash_criterion: str | None = None, fault_dir: str | None = None) -> TrialResult:
     """Sleep ``sleep`` seconds in ``evals`` slices, calling ``on_eval`` after each; return fake metrics.
 
     ``fail_criterion``: raise RuntimeError for policies with that criterion.
     ``low_accuracy_criterion``: report a very low accuracy for that criterion (so early stop triggers).
     ``crash_criterion``: kill the worker process (``os._exit``) for that criterion, like an OOM kill.
+    ``fault_dir``: fault injection for ``scripts/chaos_search.py``. While it runs, the trial keeps a file
+    ``<fault_dir>/running/<pid>`` (so a test can SIGKILL the worker mid-trial). One-shot tokens: the
+    first trial to remove the file ``<fault_dir>/nan`` reports accuracy NaN (a diverged loss); the
+    first to remove ``<fault_dir>/raise`` raises ``RuntimeError("injected fault")``.
     """
     if crash_criterion is not None and policy.criterion == crash_criterion:
         import os
 
         os._exit(1)
+    if fault_dir is not None:
+        return _with_faults(fault_dir, config, policy, on_eval=on_eval, save_dir=save_dir, sleep=sleep,
+                            fail_criterion=fail_criterion, evals=evals, low_accuracy_criterion=low_accuracy_criterion)
     t0 = time.time()
     s = _mean_sparsity(policy)
     acc = 0.9 - 0.3 * s * s
@@ -89,6 +96,40 @@ def fake_trial(config: Any, policy: Any, *, on_eval: Callable[[int, float], bool
     res = fake_result(policy, acc, speedup, time.time() - t0)
     res.history = history
     return res
+
+
+def _claim(fault_dir: str, name: str) -> bool:
+    """Take the one-shot token ``fault_dir/name``: True for exactly one caller (``os.remove`` is atomic)."""
+    import os
+
+    try:
+        os.remove(os.path.join(fault_dir, name))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _with_faults(fault_dir: str, config: Any, policy: Any, **kw: Any) -> TrialResult:
+    import math
+    import os
+
+    run = os.path.join(fault_dir, "running")
+    os.makedirs(run, exist_ok=True)
+    mark = os.path.join(run, str(os.getpid()))
+    with open(mark, "w") as fh:
+        fh.write(policy.summary())
+    try:
+        res = fake_trial(config, policy, **kw)
+        if _claim(fault_dir, "raise"):
+            raise RuntimeError("injected fault (fault_dir/raise)")
+        if _claim(fault_dir, "nan"):
+            res.accuracy = math.nan
+        return res
+    finally:
+        try:
+            os.remove(mark)
+        except OSError:
+            pass
 
 
 def sleep_trial(config: Any, policy: Any, *, on_eval: Callable[[int, float], bool] | None = None,
