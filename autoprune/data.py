@@ -55,11 +55,11 @@ class TaskData:
         return len(self.label_names)
 
 
-def _load_raw(cfg: DataConfig, cache_dir: str | None) -> Any:
-    import datasets
-
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+def check_files(cfg: DataConfig) -> tuple[dict[str, str], str] | None:
+    """Cheap checks of local data files before anything is loaded (or a study is created): every split
+    has a file that exists, has a supported type and at least one data row, one format for all, and
+    (tsv/csv/jsonl) the configured text and label columns. Returns ``(split -> file, suffix)``, or None
+    for a Hub dataset."""
     splits = [s for s in (cfg.train_split, cfg.validation_split, cfg.test_split) if s]
     if cfg.files:
         missing = [s for s in splits if s not in cfg.files]
@@ -86,6 +86,46 @@ def _load_raw(cfg: DataConfig, cache_dir: str | None) -> Any:
         if len({_BUILDERS[s] for s in suffixes}) > 1:
             raise DataError(f"data.files mixes file types {sorted(suffixes)}; use one format for all splits")
         suffix = suffixes.pop()
+        for split, f in files.items():
+            cols = _header(Path(f), suffix)
+            want = [c for c in (cfg.text_column, cfg.text_pair_column, cfg.label_column) if c]
+            for c in want:
+                if cols is not None and c not in cols:
+                    raise DataError(f"split '{split}' has no column '{c}' (it has {cols}); "
+                                    f"set data.text_column / data.label_column")
+        return files, suffix
+    return None
+
+
+def _header(p: Path, suffix: str) -> list[str] | None:
+    """Column names of a tsv/csv (header row) or jsonl (first object) file; None when not cheap to tell."""
+    import csv
+    import json
+
+    try:
+        with open(p, encoding="utf-8", errors="replace", newline="") as fh:
+            if suffix in (".tsv", ".csv"):
+                row = next(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ",", quoting=csv.QUOTE_NONE
+                                      if suffix == ".tsv" else csv.QUOTE_MINIMAL), None)
+                return [c.strip() for c in row] if row else None
+            if suffix == ".jsonl":
+                for line in fh:
+                    if line.strip():
+                        obj = json.loads(line)
+                        return list(obj) if isinstance(obj, dict) else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _load_raw(cfg: DataConfig, cache_dir: str | None) -> Any:
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    checked = check_files(cfg)
+    if checked is not None:
+        files, suffix = checked
         kw: dict[str, Any] = {}
         if suffix == ".tsv":
             kw = {"delimiter": "\t", "quoting": 3}  # csv.QUOTE_NONE: SST-2 sentences contain quotes

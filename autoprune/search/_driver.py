@@ -149,6 +149,10 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
 
     space = _resolve(space)
     config, name, url, depth = _prepare(space, study_name, storage)
+    if dense_metrics is None:  # the baseline will be trained: check the data files before a study exists
+        from autoprune.data import check_files
+
+        check_files(config.data)
     target = n_trials if n_trials is not None else space.n_trials
     if target < 1:
         raise ConfigError("--n-trials must be at least 1")
