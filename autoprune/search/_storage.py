@@ -82,7 +82,10 @@ def get_storage(url: str) -> Any:
         msg = mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if exc.__cause__ is not None:
             msg += f" ({mask_url(str(exc.__cause__).splitlines()[0])})"
-        raise StudyError(f"cannot open storage {mask_url(url)}: {msg}") from None
+        hint = ("" if "://" in url and url.split("://")[0].split("+")[0] in ("sqlite", "postgresql", "mysql") else
+                "; expected an Optuna storage URL such as sqlite:///runs/study.db or "
+                "postgresql://user:password@host:5432/db")
+        raise StudyError(f"cannot open storage {mask_url(url)}: {msg}{hint}") from None
 
 
 def study_names(storage: Any) -> list[str]:
