@@ -70,6 +70,7 @@ def get_storage(url: str) -> Any:
     f = _sqlite_file(url)
     if f is not None and not f.parent.is_dir():
         raise StudyError(f"storage {mask_url(url)}: folder {f.parent} does not exist")
+    given = url
     url = _pg_driver(url)
     try:
         if url.startswith(("sqlite", "postgresql", "mysql")):
@@ -85,7 +86,7 @@ def get_storage(url: str) -> Any:
         hint = ("" if "://" in url and url.split("://")[0].split("+")[0] in ("sqlite", "postgresql", "mysql") else
                 "; expected an Optuna storage URL such as sqlite:///runs/study.db or "
                 "postgresql://user:password@host:5432/db")
-        raise StudyError(f"cannot open storage {mask_url(url)}: {msg}{hint}") from None
+        raise StudyError(f"cannot open storage {mask_url(given)}: {msg}{hint}") from None
 
 
 def study_names(storage: Any) -> list[str]:
