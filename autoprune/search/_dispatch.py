@@ -150,6 +150,35 @@ def _auth_for_join() -> None:
 
 
 @contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Keep a local Ray on 127.0.0.1. On Linux Ray ignores ``_node_ip_address="127.0.0.1"`` (it resolves
+    localhost to the machine's reachable IP) and its servers listen on all interfaces; with cluster mode
+    off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, the macOS/Windows default) the node IP and every Ray
+    server (GCS, raylet, agents, workers) are on 127.0.0.1. The variable is inherited by the processes
+    Ray starts; both are restored afterwards so a later join of a real cluster is unaffected."""
+    var = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    old_env = os.environ.get(var)
+    os.environ[var] = "0"
+    consts: Any = None
+    try:
+        from ray._private import ray_constants as consts
+
+        old_const = consts.ENABLE_RAY_CLUSTER
+        consts.ENABLE_RAY_CLUSTER = False
+    except Exception:  # noqa: BLE001 - other Ray versions: the environment variable is what counts
+        consts = None
+    try:
+        yield
+    finally:
+        if old_env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = old_env
+        if consts is not None:
+            consts.ENABLE_RAY_CLUSTER = old_const
+
+
+@contextlib.contextmanager
 def ray_session(*, address: str | None, num_cpus: float, run_dir: str | Path) -> Iterator[bool]:
     """Use the Ray this process already runs, join ``address``/``RAY_ADDRESS``, or start a quiet local one.
 
@@ -167,6 +196,7 @@ def ray_session(*, address: str | None, num_cpus: float, run_dir: str | Path) ->
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     kw: dict[str, Any] = dict(include_dashboard=False, configure_logging=False, log_to_driver=False,
                               logging_level=logging.ERROR)
+    local = contextlib.ExitStack()
     try:
         if address:
             log.info("joining Ray cluster at %s", address)
@@ -175,7 +205,8 @@ def ray_session(*, address: str | None, num_cpus: float, run_dir: str | Path) ->
         else:
             tmp = ray_temp_dir(run_dir)
             Path(tmp).mkdir(parents=True, exist_ok=True)
-            log.info("starting a local Ray with %s CPUs (temp dir %s)", num_cpus, tmp)
+            log.info("starting a local Ray with %s CPUs on 127.0.0.1 (temp dir %s)", num_cpus, tmp)
+            local.enter_context(_loopback_only())
             ray.init(address="local", num_cpus=max(int(math.ceil(num_cpus)), 1), _temp_dir=tmp, _node_ip_address="127.0.0.1", **kw)
     except Exception as exc:  # noqa: BLE001
         from autoprune.errors import StudyError
@@ -184,8 +215,10 @@ def ray_session(*, address: str | None, num_cpus: float, run_dir: str | Path) ->
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and the cluster's token in "
                 "RAY_AUTH_TOKEN (or ~/.ray/auth_token)") if address and "auth" in str(exc).lower() else ""
+        local.close()
         raise StudyError(f"cannot start or join {where}: {msg}{hint}") from None
     try:
         yield True
     finally:
         ray.shutdown()
+        local.close()
