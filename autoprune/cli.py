@@ -235,9 +235,12 @@ def dashboard(space: Optional[Path] = _SPACE_OPT, study: Optional[str] = _STUDY_
     if serve:
         import optuna
 
+        from autoprune.search._storage import get_storage
+
         name = st.study_name
+        rdb = get_storage(url)  # postgresql:// needs the psycopg2 mapping of get_storage, not a raw URL
         try:
-            server = make_server(lambda: optuna.load_study(study_name=name, storage=url), host=host, port=port,
+            server = make_server(lambda: optuna.load_study(study_name=name, storage=rdb), host=host, port=port,
                                  storage=url, refresh_seconds=refresh)
         except OSError as exc:
             from autoprune.errors import AutopruneError

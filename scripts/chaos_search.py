@@ -63,7 +63,7 @@ def make_workspace(work: Path, n_trials: int, trials_in_flight: int = 2, seed: i
 
 
 # ----------------------------------------------------------------------------- one driver (child process)
-def driver_main(space_file: str, storage: str, sleep: float, fault_dir: str) -> None:
+def driver_main(space_file: str, storage: str, sleep: float, fault_dir: str, study: str = STUDY) -> None:
     import functools
 
     from autoprune.search import run_search, space_from_dict
@@ -71,7 +71,7 @@ def driver_main(space_file: str, storage: str, sleep: float, fault_dir: str) -> 
 
     raw = json.loads(Path(space_file).read_text())
     space = space_from_dict(raw, space_file, None)
-    run_search(space, study_name=STUDY, storage=storage, dense_metrics=DENSE, progress=False,
+    run_search(space, study_name=study, storage=storage, dense_metrics=DENSE, progress=False,
                trial_fn=functools.partial(fake_trial, sleep=sleep, fault_dir=fault_dir))
 
 
@@ -150,14 +150,15 @@ def _reason(t: Any) -> str:
 
 class Chaos:
     def __init__(self, work: Path, storage: str | None, n_trials: int, kills: int, sleep: float, seed: int,
-                 time_limit: float, log: Any = print) -> None:
+                 time_limit: float, log: Any = print, study: str = STUDY) -> None:
         from autoprune.search._dispatch import ray_temp_dir
 
         self.work = work
+        self.study = study
         self.raw = make_workspace(work, n_trials, seed=seed)
         self.space_file = work / "space.json"
         self.space_file.write_text(json.dumps(self.raw))
-        self.url = storage or f"sqlite:///{work / 'runs' / (STUDY + '.db')}"
+        self.url = storage or f"sqlite:///{work / 'runs' / (study + '.db')}"
         (work / "runs").mkdir(parents=True, exist_ok=True)
         self.n_trials, self.kills, self.sleep = n_trials, kills, sleep
         self.rng = random.Random(seed)
@@ -181,13 +182,13 @@ class Chaos:
         self.spawns += 1
         err = open(self.work / f"driver{self.spawns}.err", "wb")
         return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "driver", str(self.space_file),
-                                 self.url, str(self.sleep), str(self.faults)],
+                                 self.url, str(self.sleep), str(self.faults), self.study],
                                 env=env, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
 
     def _rearm(self) -> None:
         """(Re)create the one-shot NaN / raise tokens until a trial carrying each is on record (a token
         taken by a trial whose driver was killed before recording it is put back)."""
-        trials = snapshot(self.url)
+        trials = snapshot(self.url, self.study)
         reasons = [_reason(t) for t in trials]
         if not any("non-finite" in r for r in reasons):
             (self.faults / "nan").touch()
@@ -202,7 +203,7 @@ class Chaos:
         return n
 
     def record(self) -> list[Any]:
-        trials = snapshot(self.url)
+        trials = snapshot(self.url, self.study)
         from optuna.trial import TrialState
 
         for t in trials:
@@ -217,7 +218,7 @@ class Chaos:
     def kill_once(self, i: int) -> None:
         from optuna.trial import TrialState
 
-        before = live_states(self.url)
+        before = live_states(self.url, self.study)
         proc = self.spawn()
         t0 = time.time()
         if self.rng.random() < 0.3:  # during start-up: imports, Ray, study creation, lease, recovery
@@ -228,7 +229,7 @@ class Chaos:
             phase = "trials in flight"
             limit = min(t0 + 120, self.deadline)
             while time.time() < limit and proc.poll() is None:
-                st = live_states(self.url)
+                st = live_states(self.url, self.study)
                 if len(st) > len(before) and "RUNNING" in st:
                     break
                 time.sleep(0.1)
@@ -373,7 +374,7 @@ def report(rep: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "driver":
-        driver_main(argv[1], argv[2], float(argv[3]), argv[4])
+        driver_main(argv[1], argv[2], float(argv[3]), argv[4], argv[5] if len(argv) > 5 else STUDY)
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=10, help="driver SIGKILLs (default 10)")
