@@ -48,6 +48,19 @@ class _Context:
     dense: nn.Module
     dense_eval: EvalMetrics
     num_layers: int
+    dense_test: EvalMetrics | None = None
+
+    def dense_on(self, role: str, batch_size: int) -> EvalMetrics:
+        """Dense metrics on ``validation`` (computed at load) or ``test`` (computed once, on demand)."""
+        from autoprune.data import eval_batches
+        from autoprune.measure import evaluate
+
+        if role == "validation":
+            return self.dense_eval
+        if self.dense_test is None:
+            self.dense_test = evaluate(self.dense, eval_batches(self.task.test, batch_size, self.task.pad_token_id),
+                                       self.task.num_labels)
+        return self.dense_test
 
 
 _CONTEXTS: dict[str, _Context] = {}
@@ -125,11 +138,14 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
 
 
 def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | None = None,
-              save_dir: str | None = None, progress: bool = False) -> TrialResult:
+              save_dir: str | None = None, progress: bool = False, final_split: str = "validation") -> TrialResult:
     """Prune the dense baseline by ``policy``, retrain, evaluate on the validation split, measure.
 
     ``on_eval(step, accuracy)`` is called at the middle of every retraining phase; returning True
-    stops the trial with :class:`TrialStopped`. ``save_dir`` saves the pruned, fine-tuned model
+    stops the trial with :class:`TrialStopped`. ``final_split`` (``validation`` or ``test``) is the
+    split of the reported accuracy, for the pruned and the dense model alike; the search always
+    selects on ``validation``, benchmarks re-measure the chosen policies on ``test``.
+    ``save_dir`` saves the pruned, fine-tuned model
     (``save_pretrained`` + tokenizer; its config records the per-layer shape in ``autoprune``).
 
     Example (tiny model from tests/conftest.py; see tests/test_trial.py):
@@ -224,7 +240,17 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     record_shape(model)
 
     te = time.perf_counter()
-    final = val_metrics()
+    if final_split == "test":
+        if task.test is None:
+            from autoprune.errors import DataError
+
+            raise DataError("final_split='test' but the data config has no test split")
+        final = evaluate(model, eval_batches(task.test, config.eval_batch_size, task.pad_token_id), task.num_labels)
+    elif final_split == "validation":
+        final = val_metrics()
+    else:
+        raise ValueError(f"final_split must be 'validation' or 'test', got {final_split!r}")
+    dense_final = ctx.dense_on(final_split, config.eval_batch_size)
     history.append([done_steps, final.accuracy])
     phases["evaluate"] += time.perf_counter() - te
 
@@ -244,8 +270,9 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         policy=policy.model_copy(update={"kept_heads": kept_heads if not unstructured else None,
                                          "kept_neurons": kept_neurons if not unstructured else None}).to_dict(),
         accuracy=final.accuracy, macro_f1=final.macro_f1, per_class_recall=final.per_class_recall,
-        dense_accuracy=ctx.dense_eval.accuracy, dense_macro_f1=ctx.dense_eval.macro_f1,
-        accuracy_drop=ctx.dense_eval.accuracy - final.accuracy, eval_split=config.data.validation_split,
+        dense_accuracy=dense_final.accuracy, dense_macro_f1=dense_final.macro_f1,
+        accuracy_drop=dense_final.accuracy - final.accuracy,
+        eval_split=config.data.validation_split if final_split == "validation" else str(config.data.test_split),
         eval_n=final.n, speedup=speed.speedup, latency_ms=speed.pruned_ms, dense_latency_ms=speed.dense_ms,
         speedup_b1=speed.speedup_b1, latency_b1_ms=speed.pruned_ms_b1, dense_latency_b1_ms=speed.dense_ms_b1,
         speed_label="size-only" if unstructured else "measured",

@@ -165,3 +165,12 @@ def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path):
     resumed = run(ckpt)
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         torch.testing.assert_close(a, b, msg=n)
+
+
+def test_final_split_test_reports_test_accuracy_for_both_models(cfg):
+    import json as _json
+
+    res = run_trial(cfg, PruningPolicy.uniform("l1", 3, heads=0.0, ffn=0.0, retrain_steps=0), final_split="test")
+    metrics = _json.loads((ensure_baseline(cfg) / "metrics.json").read_text())
+    assert res.eval_split == "test" and res.eval_n == metrics["test_n"]
+    assert res.dense_accuracy == pytest.approx(metrics["test_accuracy"]) and res.accuracy == res.dense_accuracy
