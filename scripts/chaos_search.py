@@ -252,7 +252,7 @@ class Chaos:
                  "running_at_kill": running, "ray_processes_killed": n_ray}
         self.kill_log.append(entry)
         self.log(f"kill {i:2d}: SIGKILL after {at:5.1f} s ({phase}); study: {len(trials)} trials, {done} complete, "
-                 f"in flight at the kill: {running or 'none'}; {n_ray} Ray processes of that driver killed")
+                 f"RUNNING after the kill: {running or 'none'}; {n_ray} Ray processes of that driver killed")
 
     def final_run(self) -> None:
         """Run to the end, SIGKILLing one Ray worker in the middle of a trial."""
@@ -329,17 +329,19 @@ class Chaos:
         raised = [n for n, r in reasons.items() if "injected fault" in r]
         worker_lost = [n for n, r in reasons.items() if "worker lost" in r]
         orphans = [t.number for t in trials if t.user_attrs.get("orphaned")]
+        retry_of = [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs]
+        bad_retries = [n for n in orphans if retry_of.count(n) != 1]  # each orphan re-run exactly once
         states: dict[str, int] = {}
         for t in trials:
             states[t.state.name] = states.get(t.state.name, 0) + 1
         ok = (not lost and not dups and not left and n_counted == self.n_trials and len(nan) == 1 and len(raised) == 1
-              and not worker_lost and len(self.kill_log) == self.kills)
+              and not worker_lost and not bad_retries and len(self.kill_log) == self.kills)
         return {
             "ok": ok, "storage": _mask(self.url), "driver_kills": len(self.kill_log), "drivers_started": self.spawns,
             "n_trials": self.n_trials, "counted": n_counted, "reached_n_trials": n_counted == self.n_trials,
             "completed_seen": len(self.completed), "completed_lost": lost, "duplicates": dups,
             "left_running_or_waiting": left, "trials_total": len(trials), "states": states,
-            "orphans_reenqueued": orphans, "nan_trial": nan, "raising_trial": raised,
+            "orphans_reenqueued": orphans, "orphans_not_rerun_once": bad_retries, "nan_trial": nan, "raising_trial": raised,
             "worker_kill": self.worker_kill, "worker_lost_failures": worker_lost, "kills": self.kill_log,
         }
 
@@ -360,7 +362,8 @@ def report(rep: dict[str, Any]) -> str:
         f"duplicate trials:               {len(rep['duplicates'])}",
         f"trials left RUNNING/WAITING:    {len(rep['left_running_or_waiting'])}",
         f"study reached n_trials:         {yes(rep['reached_n_trials'])} ({rep['counted']}/{rep['n_trials']} counted)",
-        f"orphans re-enqueued:            {len(rep['orphans_reenqueued'])} (FAIL 'orphaned', each re-run once)",
+        f"orphans re-enqueued:            {len(rep['orphans_reenqueued'])} (FAIL 'orphaned'; not re-run exactly once: "
+        f"{len(rep['orphans_not_rerun_once'])})",
         f"NaN trial recorded as FAIL:     {yes(len(rep['nan_trial']) == 1)} (trial {rep['nan_trial']})",
         f"raising trial recorded as FAIL: {yes(len(rep['raising_trial']) == 1)} (trial {rep['raising_trial']})",
         f"Ray worker killed mid-trial:    {('pid %s, trial %s' % (wk['pid'], wk['policy'])) if wk else 'NOT DONE'}; "
