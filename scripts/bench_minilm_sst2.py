@@ -1,0 +1,229 @@
+"""Reference benchmark: the MiniLM-L6 / SST-2 search against random search and a hand-made sweep.
+
+Every phase is resumable (all results live in Optuna studies in one SQLite file), so the script
+can be stopped and re-run across sessions; finished work is never recomputed.
+
+1. the search of ``search_spaces/minilm_sst2.yaml`` (NSGA-II by default), ``--n-trials`` trials;
+2. the same space with Optuna's RandomSampler, the same number of trials;
+3. the hand-made baseline a user would try: uniform L1 head+FFN sparsity of 25/50/75%, with the
+   space's middle retraining budget;
+4. hypervolume of each accuracy/speedup front (reference point: dense validation accuracy minus
+   5 points, speedup 1.0) and the ratios search/random and search/hand-made (target >= 1.1x);
+5. which criterion wins at which speedup (best validation accuracy per criterion per speedup bin);
+6. the search's front exported (``autoprune export``) and re-measured on the *test* split, the
+   exported model timed interleaved against the dense baseline (batch 32 x 64).
+
+It writes ``docs/BENCHMARKS.md``'s section between the markers ``<!-- minilm_sst2:begin -->`` and
+``<!-- minilm_sst2:end -->`` and prints the same text.
+
+    .venv/bin/python scripts/bench_minilm_sst2.py [--n-trials 60] [--phases search,random,uniform,report]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from autoprune.search import load_search_space, open_study, run_search  # noqa: E402
+
+log = logging.getLogger("bench_minilm_sst2")
+BEGIN, END = "<!-- minilm_sst2:begin -->", "<!-- minilm_sst2:end -->"
+
+
+def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
+    """Area dominated by ``points`` (accuracy, speedup), both maximised, above the reference point.
+
+    >>> hypervolume([(0.9, 2.0), (0.95, 1.5)], (0.85, 1.0))
+    0.075
+    """
+    pts = sorted(((s, a) for a, s in points if a > ref[0] and s > ref[1]), reverse=True)
+    area, best, prev_s = 0.0, ref[0], None
+    for i, (s, a) in enumerate(pts):
+        best = max(best, a)
+        nxt = pts[i + 1][0] if i + 1 < len(pts) else ref[1]
+        area += (s - nxt) * (best - ref[0])
+    return round(area, 10)
+
+
+def completed(study: Any) -> list[dict[str, Any]]:
+    from optuna.trial import TrialState
+
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        r = t.user_attrs.get("result")
+        if r:
+            out.append({"number": t.number, **r})
+    return out
+
+
+def run_uniform(space: Any, storage: str, name: str) -> Any:
+    """The hand-made sweep, stored as a study so it is resumable and read like the others."""
+    import optuna
+
+    from autoprune.policy import PruningPolicy, RetrainBudget
+    from autoprune.search._driver import model_depth
+    from autoprune.trial import run_trial
+
+    cfg = space.run_config()
+    depth = model_depth(cfg)
+    steps = space.retrain.steps if isinstance(space.retrain.steps, int) else sorted(space.retrain.steps)[
+        len(space.retrain.steps) // 2]
+    lr = space.retrain.learning_rate if isinstance(space.retrain.learning_rate, float) else 5e-5
+    study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "maximize"],
+                                load_if_exists=True)
+    study.set_metric_names(["accuracy", "speedup"])
+    done = {json.dumps(t.user_attrs.get("policy"), sort_keys=True) for t in completed_trials(study)}
+    for s in (0.25, 0.5, 0.75):
+        pol = PruningPolicy.uniform("l1", depth, heads=s, ffn=s).model_copy(
+            update={"retrain": RetrainBudget(steps=steps, learning_rate=lr)})
+        key = json.dumps(pol.to_dict(), sort_keys=True)
+        if key in done:
+            continue
+        log.info("hand-made: %s", pol.summary())
+        res = run_trial(cfg, pol)
+        study.add_trial(optuna.trial.create_trial(
+            values=[res.accuracy, res.speedup],
+            user_attrs={"policy": pol.to_dict(), "policy_summary": pol.summary(), "result": res.to_dict()}))
+    return study
+
+
+def completed_trials(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export_dir: Path, wall: dict) -> str:
+    import torch
+
+    from autoprune.data import eval_batches
+    from autoprune.export import export_trial, load_pruned
+    from autoprune.measure import evaluate, measure_speed
+    from autoprune.models import load_model
+    from autoprune.train import ensure_baseline, load_baseline_metrics, load_task_data, load_tokenizer
+
+    cfg = space.run_config()
+    studies = {k: open_study(storage, n) for k, n in names.items() if _exists(storage, n)}
+    main = studies["search"]
+    dense_val = main.user_attrs.get("dense", {}).get("accuracy")
+    bdir = ensure_baseline(cfg)
+    bm = load_baseline_metrics(bdir)
+    ref = ((dense_val or bm["validation_accuracy"]) - 0.05, 1.0)
+    lines = [BEGIN, "## Reference benchmark: MiniLM-L6 / SST-2", "",
+             f"Command: `.venv/bin/python scripts/bench_minilm_sst2.py` · machine: {platform.machine()}, "
+             f"{torch.get_num_threads()} torch threads, {platform.platform()} · generated "
+             f"{time.strftime('%Y-%m-%d %H:%M')}", "",
+             f"Dense baseline: {bm['steps']} steps at batch {bm['settings']['batch_size']} "
+             f"(lr {bm['settings']['learning_rate']}), **test accuracy {bm.get('test_accuracy', float('nan')):.4f}** "
+             f"(n={bm.get('test_n')}), validation {bm['validation_accuracy']:.4f}; trained in "
+             f"{bm['train_seconds'] / 60:.0f} min.", ""]
+    lines += ["### Hypervolume of the accuracy/speedup front (validation)", "",
+              f"Reference point: dense validation accuracy - 5 points ({ref[0]:.4f}), speedup 1.0.", "",
+              "| study | completed trials | front size | hypervolume |", "|---|---:|---:|---:|"]
+    hv = {}
+    for k, st in studies.items():
+        pts = [(r["accuracy"], r["speedup"]) for r in completed(st)]
+        hv[k] = hypervolume(pts, ref)
+        lines.append(f"| {k} ({names[k]}) | {len(pts)} | {len(st.best_trials)} | {hv[k]:.5f} |")
+    for k in ("random", "uniform"):
+        if k in hv and hv[k] > 0:
+            lines.append(f"\nsearch / {k}: **{hv['search'] / hv[k]:.2f}x** (target >= 1.1x)")
+    lines += ["", "### Which criterion wins at which speedup (best validation accuracy, all studies)", "",
+              "| criterion | >= 1.25x | >= 1.5x | >= 2x | >= 2.5x | >= 3x | trials |", "|---|---|---|---|---|---|---:|"]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for st in studies.values():
+        for r in completed(st):
+            rows.setdefault(r["policy"]["criterion"], []).append(r)
+    for crit in ("random", "gradient", "l1", "l2"):
+        rs = rows.get(crit, [])
+        cells = []
+        for b in (1.25, 1.5, 2.0, 2.5, 3.0):
+            ok = [r["accuracy"] for r in rs if r["speedup"] >= b]
+            cells.append(f"{max(ok):.4f}" if ok else "-")
+        lines.append(f"| {crit} | " + " | ".join(cells) + f" | {len(rs)} |")
+    # the front, exported and re-measured on the test split
+    tok = load_tokenizer(cfg)
+    task = load_task_data(cfg, tok)
+    dense = load_model(str(bdir)).eval()
+    lines += ["", "### The search's front, exported and re-measured on the test split", "",
+              "| trial | criterion | granularity | distill | int8 | heads/layer | FFN/layer | val acc | test acc | "
+              "test drop (pts) | speedup b32x64 | FLOPs red. | speedup/FLOPs | params |",
+              "|---:|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    dense_test = evaluate(dense, eval_batches(task.test, 128, task.pad_token_id), task.num_labels).accuracy
+    for t in sorted(main.best_trials, key=lambda t: t.values[1]):
+        d = export_dir / f"trial{t.number}"
+        if not (d / "policy.yaml").is_file():
+            export_trial(main, {"trial": t.number}, d)
+        model = load_pruned(d)
+        acc = evaluate(model, eval_batches(task.test, 128, task.pad_token_id), task.num_labels).accuracy
+        sp = measure_speed(dense, model, batch_size=32, seq_len=64, threads=1, repeats=15, batch1=False)
+        r = t.user_attrs["result"]
+        p = r["policy"]
+        lines.append(
+            f"| {t.number} | {p['criterion']} | {p.get('granularity', 'structured')} | "
+            f"{'yes' if p.get('distillation') else 'no'} | {'yes' if p.get('quantize') else 'no'} | "
+            f"{r['heads_per_layer']} | {r['ffn_per_layer']} | {r['accuracy']:.4f} | {acc:.4f} | "
+            f"{100 * (dense_test - acc):.2f} | {sp.speedup:.2f}x | {r['flops_reduction']:.2f}x | "
+            f"{sp.speedup / r['flops_reduction']:.2f} | {r['params']:,} |")
+    lines += ["", f"Dense test accuracy in this table: {dense_test:.4f}. Wall time of the phases run in this "
+              f"invocation: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in wall.items()) + ".", END]
+    text = "\n".join(lines)
+    old = out_md.read_text() if out_md.is_file() else "# Benchmarks\n"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip() + "\n\n" + text + "\n"
+    out_md.write_text(new)
+    return text
+
+
+def _exists(storage: str, name: str) -> bool:
+    import optuna
+
+    return name in [s.study_name for s in optuna.get_all_study_summaries(storage)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-c", "--space", default=str(ROOT / "search_spaces" / "minilm_sst2.yaml"))
+    ap.add_argument("--n-trials", type=int, default=60)
+    ap.add_argument("--phases", default="search,random,uniform,report")
+    ap.add_argument("--storage", default=None, help="default: sqlite:///<run_dir>/minilm_sst2_bench.db")
+    ap.add_argument("--markdown", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    space = load_search_space(args.space)
+    run_dir = Path(space.run_config().run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or f"sqlite:///{run_dir / 'minilm_sst2_bench.db'}"
+    names = {"search": "minilm_sst2", "random": "minilm_sst2_random", "uniform": "minilm_sst2_uniform"}
+    phases = args.phases.split(",")
+    wall: dict[str, float] = {}
+    if "search" in phases:
+        t = time.perf_counter()
+        run_search(space, study_name=names["search"], storage=storage, n_trials=args.n_trials)
+        wall["search"] = time.perf_counter() - t
+    if "random" in phases:
+        t = time.perf_counter()
+        run_search(space.model_copy(update={"sampler": "random"}), study_name=names["random"], storage=storage,
+                   n_trials=args.n_trials)
+        wall["random"] = time.perf_counter() - t
+    if "uniform" in phases:
+        t = time.perf_counter()
+        run_uniform(space, storage, names["uniform"])
+        wall["uniform"] = time.perf_counter() - t
+    if "report" in phases:
+        print(report(space, storage, names, Path(args.markdown), run_dir / "bench_exports", wall))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Helpers of the benchmark scripts that decide reported numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from conftest import REPO
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_hypervolume_of_a_two_objective_front():
+    hv = _load("bench_minilm_sst2").hypervolume
+    ref = (0.85, 1.0)
+    assert hv([(0.9, 2.0)], ref) == pytest.approx(0.05)
+    # a dominated point adds nothing; a point below the reference adds nothing
+    assert hv([(0.9, 2.0), (0.88, 1.5), (0.80, 3.0)], ref) == pytest.approx(0.05)
+    # staircase: (0.95, 1.5) adds the strip between 0.9 and 0.95 up to 1.5x
+    assert hv([(0.9, 2.0), (0.95, 1.5)], ref) == pytest.approx(0.05 + 0.5 * 0.05)
+    assert hv([], ref) == 0
