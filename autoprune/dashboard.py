@@ -30,13 +30,13 @@ import html as _html
 import json
 import logging
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autoprune import _study as S
 from autoprune.errors import StudyError
+from autoprune.search._storage import mask_url
 
 logger = logging.getLogger(__name__)
 
@@ -46,21 +46,6 @@ _STATE_COLORS = {"COMPLETE": "#2ca02c", "PRUNED": "#ff7f0e", "FAIL": "#d62728", 
                  "WAITING": "#9467bd"}
 SPEEDUP_MARKS = (1.5, 2.0)
 MIN_TRIALS_FOR_IMPORTANCE = 5
-
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@\s'\"<>]+):(?P<pw>[^@/\s'\"<>]*)@")
-
-
-def mask_url(text: str | None) -> str:
-    """Replace the password of every ``scheme://user:password@host`` URL in ``text`` with ``***``.
-
-    Example:
-        >>> mask_url("see mysql+pymysql://u:p4ss@h/db and sqlite:///x.db")
-        'see mysql+pymysql://u:***@h/db and sqlite:///x.db'
-    """
-    if not text:
-        return text or ""
-    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:***@", text)
-
 
 # ----------------------------------------------------------------------------- study access
 def _space_defaults(space_path: Path) -> tuple[str, str, Path]:
@@ -104,8 +89,6 @@ def locate_study(space: str | Path | None = None, study_name: str | None = None,
     ``sqlite:///<run_dir>/<stem>.db`` and study name ``<stem>``. A missing database or an
     unknown study name raises :class:`StudyError` listing the studies that are there.
     """
-    import optuna
-
     run_dir: Path | None = None
     if space is not None:
         d_storage, d_name, run_dir = _space_defaults(Path(space))
@@ -121,27 +104,9 @@ def locate_study(space: str | Path | None = None, study_name: str | None = None,
                              f"or pass the right --storage")
         if run_dir is None:
             run_dir = db.parent
-    try:
-        from autoprune.search import open_study  # type: ignore[attr-defined]
-    except ImportError:
-        open_study = None
-    if open_study is not None:
-        return open_study(storage, study_name), storage, run_dir
-    try:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-    except Exception as exc:
-        raise StudyError(f"cannot read study storage {mask_url(storage)}: "
-                         f"{mask_url(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}") from None
-    if study_name is None:
-        if len(names) == 1:
-            study_name = names[0]
-        else:
-            raise StudyError(f"several studies in {mask_url(storage)}; pick one with --study: "
-                             f"{', '.join(names) or '(none)'}")
-    if study_name not in names:
-        raise StudyError(f"no study named '{study_name}' in {mask_url(storage)}; studies there: "
-                         f"{', '.join(sorted(names)) or '(none)'}")
-    return optuna.load_study(study_name=study_name, storage=storage), storage, run_dir
+    from autoprune.search import open_study
+
+    return open_study(storage, study_name), storage, run_dir
 
 
 def default_output(study_name: str, run_dir: Path | None) -> Path:

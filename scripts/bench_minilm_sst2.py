@@ -70,7 +70,7 @@ def run_uniform(space: Any, storage: str, name: str) -> Any:
     import optuna
 
     from autoprune.policy import PruningPolicy, RetrainBudget
-    from autoprune.search._driver import model_depth
+    from autoprune.models import model_depth
     from autoprune.trial import run_trial
 
     cfg = space.run_config()

@@ -36,28 +36,6 @@ T_NODE = "node_id"
 T_WORKER = "worker"
 
 
-def model_depth(config: Any) -> int:
-    """Number of encoder layers (``autoprune.models.model_depth``; falls back to reading the HF config)."""
-    try:
-        from autoprune.models import model_depth as md
-
-        return int(md(config))
-    except ImportError:
-        pass
-    from transformers import AutoConfig
-
-    from autoprune.errors import ModelError
-
-    try:
-        hf = AutoConfig.from_pretrained(config.model.resolve())
-    except OSError as exc:
-        raise ModelError(f"cannot read the model config of '{config.model.name_or_path}': {exc}") from None
-    for name in ("num_hidden_layers", "n_layers", "num_layers"):
-        if isinstance(getattr(hf, name, None), int):
-            return int(getattr(hf, name))
-    raise ModelError(f"cannot tell the number of encoder layers of '{config.model.name_or_path}'")
-
-
 def make_sampler(space: SearchSpace, offset: int = 0) -> Any:
     """The Optuna sampler of the space; ``offset`` (trials already in the study) shifts the seed so a
     resumed study does not redraw the same parameters."""
@@ -120,6 +98,8 @@ def recover_orphans(study: Any) -> list[int]:
 def _prepare(space: SearchSpace, study_name: str | None, storage: str | None) -> tuple[Any, str, str, int]:
     """Validate everything that can be validated before a study exists; returns (config, name, url, depth)."""
     config = space.run_config()
+    from autoprune.models import model_depth
+
     depth = model_depth(config)
     space.check_depth(depth)
     name = study_name or default_study_name(space)

@@ -30,11 +30,18 @@ ATTR_LEASE = "driver_lease"
 LEASE_TIMEOUT_S = float(os.environ.get("AUTOPRUNE_LEASE_TIMEOUT", "30"))
 HEARTBEAT_S = 3.0
 
-_PW = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)[^@\s]*@")
+# scheme://user:password@ ; the character classes stop at quotes and angle brackets so that
+# masking a whole HTML page never swallows markup
+_PW = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@\s'\"<>]+:)[^@/\s'\"<>]*@")
 
 
 def mask_url(url: str | None) -> str:
-    """Hide the password of a storage URL: ``scheme://user:***@host/db``."""
+    """Hide the password of a storage URL, or of every URL in a text: ``scheme://user:***@host/db``.
+
+    Example:
+        >>> mask_url("see mysql+pymysql://u:p4ss@h/db and sqlite:///x.db")
+        'see mysql+pymysql://u:***@h/db and sqlite:///x.db'
+    """
     if url is None:
         return "<none>"
     return _PW.sub(lambda m: m.group("head") + "***@", str(url))
