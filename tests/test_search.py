@@ -401,7 +401,7 @@ def test_shipped_spaces_validate():
 def test_real_trial_end_to_end_through_ray(tiny, tmp_path, ray_local):
     pytest.importorskip("autoprune.trial")
     space = make_space(tiny, tmp_path, n_trials=2, trials_in_flight=2, criteria=["l1"],
-                       retrain={"steps": 8, "batch_size": 16}, accuracy_drop_floor=None)
+                       retrain={"steps": 8, "batch_size": 16}, accuracy_drop_floor=None, save_models=True)
     study = run_search(space, study_name="real", progress=False)  # real ensure_baseline + run_trial
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, [t.user_attrs.get(S.T_FAIL) for t in trials]
@@ -412,3 +412,8 @@ def test_real_trial_end_to_end_through_ray(tiny, tmp_path, ray_local):
         study.user_attrs[S.ATTR_DENSE]["validation_accuracy"])
     assert Path(study.user_attrs[S.ATTR_BASELINE_DIR]).is_dir()
     assert S.pareto_numbers(study)
+    # save_models: each completed trial kept its pruned model, which loads with the recorded shape
+    from autoprune.export import load_pruned
+
+    saved = load_pruned(res["model_dir"])
+    assert Path(res["model_dir"]).name == "trial_0" and saved.config.autoprune["heads_per_layer"] == res["heads_per_layer"]

@@ -59,7 +59,8 @@ class EarlyStopRule:
 
 
 def execute_trial(trial_fn: Callable[..., Any] | None, config: dict[str, Any], policy: dict[str, Any],
-                  floor: float | None, early_stop: dict[str, float], number: int) -> dict[str, Any]:
+                  floor: float | None, early_stop: dict[str, float], number: int,
+                  save_dir: str | None = None) -> dict[str, Any]:
     """Run one trial in the current process and describe the outcome as plain data (the Ray task body)."""
     t0 = time.time()
     out: dict[str, Any] = {"number": number, "host": socket.gethostname(), "pid": os.getpid(), "node_id": None}
@@ -79,7 +80,7 @@ def execute_trial(trial_fn: Callable[..., Any] | None, config: dict[str, Any], p
         pol = PruningPolicy.model_validate(policy)
         if trial_fn is None:
             from autoprune.trial import run_trial as trial_fn  # noqa: N806
-        res = trial_fn(cfg, pol, on_eval=rule, save_dir=None)
+        res = trial_fn(cfg, pol, on_eval=rule, save_dir=save_dir)
         res = res.to_dict() if hasattr(res, "to_dict") else dict(res)
         vals = [res.get("accuracy"), res.get("speedup")]
         if any(v is None or not math.isfinite(float(v)) for v in vals):
@@ -111,7 +112,7 @@ _remote_cache: dict[str, Any] = {}
 
 
 def submit(trial_fn: Callable[..., Any] | None, config: dict[str, Any], policy: dict[str, Any], floor: float | None,
-           early_stop: dict[str, float], number: int, num_cpus: float) -> Any:
+           early_stop: dict[str, float], number: int, num_cpus: float, save_dir: str | None = None) -> Any:
     """Submit one trial as a Ray task; returns its ObjectRef."""
     import ray
 
@@ -119,7 +120,7 @@ def submit(trial_fn: Callable[..., Any] | None, config: dict[str, Any], policy: 
     if fn is None:
         fn = _remote_cache["execute"] = ray.remote(execute_trial)
     return fn.options(num_cpus=num_cpus, max_retries=1, name=f"autoprune-trial-{number}").remote(
-        trial_fn, config, policy, floor, early_stop, number)
+        trial_fn, config, policy, floor, early_stop, number, save_dir)
 
 
 def ray_temp_dir(run_dir: str | Path) -> str:

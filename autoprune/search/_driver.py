@@ -270,7 +270,10 @@ def _dispatch_all(study: Any, space: SearchSpace, cfg_dict: dict[str, Any], dept
             seen.setdefault(key, trial.number)
             trial.set_user_attr(S.T_POLICY, policy.to_dict())
             trial.set_user_attr(S.T_SUMMARY, policy.summary())
-            ref = submit(trial_fn, cfg_dict, policy.to_dict(), floor, early, trial.number, space.cpus_per_trial)
+            save_dir = (str(Path(cfg_dict["run_dir"]).resolve() / "models" / study.study_name / f"trial_{trial.number}")
+                        if space.save_models else None)
+            ref = submit(trial_fn, cfg_dict, policy.to_dict(), floor, early, trial.number, space.cpus_per_trial,
+                         save_dir=save_dir)
             inflight[ref] = trial
             log.info("trial %d dispatched: %s", trial.number, policy.summary())
             prog.update(running=len(inflight))

@@ -172,6 +172,8 @@ class SearchSpace(_Strict):
     trials_in_flight: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1, gt=0)
     seed: int = 0
+    save_models: bool = Field(False, description="save every completed trial's pruned model under "
+                              "<run_dir>/models/<study>/trial_<n>, so export copies it instead of rebuilding")
 
     # set by load_search_space, not by the file
     _source: str = PrivateAttr("<space>")
