@@ -83,3 +83,11 @@ def test_shipped_example_config_is_valid():
     cfg = load_config(Path(__file__).resolve().parents[1] / "search_spaces" / "minilm_sst2_config.yaml")
     assert cfg.model.name_or_path == "minilm-l6"
     assert cfg.data.files["test"].endswith("sst2/test.tsv")
+
+
+def test_shipped_example_policy_fits_minilm_depth():
+    from pathlib import Path
+
+    p = PruningPolicy.load(Path(__file__).resolve().parents[1] / "search_spaces" / "example_policy.yaml")
+    p.check_layers(6)  # MiniLM-L6
+    assert p.distillation is not None and p.retrain.steps == 600
