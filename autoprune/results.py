@@ -54,7 +54,9 @@ class TrialResult:
     speedup_b1: float | None
     latency_b1_ms: float | None
     dense_latency_b1_ms: float | None
-    speed_label: str  # "measured" or "size-only" (unstructured without a sparse kernel)
+    # "measured"; "size-only" (unstructured: zeros speed up no dense kernel); or, unstructured + int8,
+    # "int8 measured; zeros size-only" (the measured speedup comes from the int8 kernels alone)
+    speed_label: str
     flops: int
     dense_flops: int
     flops_reduction: float

@@ -63,6 +63,9 @@ def test_unstructured_is_labelled_size_only(cfg):
     res = run_trial(cfg, PruningPolicy(criterion="l1", granularity="unstructured",
                                        weight_sparsity=[0.5, 0.5, 0.5], retrain={"steps": 3}))
     assert res.speed_label == "size-only"
+    from autoprune.trial import _speed_label
+
+    assert _speed_label(True, True) == "int8 measured; zeros size-only" and _speed_label(False, True) == "measured"
     assert res.weight_sparsity == pytest.approx(0.5, abs=0.01)
     assert res.params < res.dense_params
 
