@@ -102,7 +102,8 @@ def completed_trials(study: Any) -> list[Any]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export_dir: Path, wall: dict) -> str:
+def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export_dir: Path, wall: dict,
+           n_target: int) -> str:
     import torch
 
     from autoprune.data import eval_batches
@@ -126,6 +127,14 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
              f"(lr {bm['settings']['learning_rate']}), **test accuracy {bm.get('test_accuracy', float('nan')):.4f}** "
              f"(n={bm.get('test_n')}), validation {bm['validation_accuracy']:.4f}; trained in "
              f"{bm['train_seconds'] / 60:.0f} min.", ""]
+    from autoprune.search._driver import counted
+
+    status = {k: f"{counted(st.get_trials(deepcopy=False))} of {n_target if k != 'uniform' else 3} trials finished"
+              for k, st in studies.items()}
+    missing = [k for k in names if k not in studies]
+    lines += ["**Status of this report:** " + "; ".join(f"{k}: {v}" for k, v in status.items())
+              + (f"; not run yet: {', '.join(missing)}" if missing else "")
+              + ". Numbers below cover only what has finished; re-run the script to continue.", ""]
     lines += ["### Hypervolume of the accuracy/speedup front (validation)", "",
               f"Reference point: dense validation accuracy - 5 points ({ref[0]:.4f}), speedup 1.0.", "",
               "| study | completed trials | front size | hypervolume |", "|---|---:|---:|---:|"]
@@ -222,7 +231,7 @@ def main() -> None:
         run_uniform(space, storage, names["uniform"])
         wall["uniform"] = time.perf_counter() - t
     if "report" in phases:
-        print(report(space, storage, names, Path(args.markdown), run_dir / "bench_exports", wall))
+        print(report(space, storage, names, Path(args.markdown), run_dir / "bench_exports", wall, args.n_trials))
 
 
 if __name__ == "__main__":
