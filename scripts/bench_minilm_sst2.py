@@ -121,7 +121,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
     ref = ((dense_val or bm["validation_accuracy"]) - 0.05, 1.0)
     lines = [BEGIN, "## Reference benchmark: MiniLM-L6 / SST-2", "",
              f"Command: `.venv/bin/python scripts/bench_minilm_sst2.py` · machine: {platform.machine()}, "
-             f"{torch.get_num_threads()} torch threads, {platform.platform()} · generated "
+             f"{platform.platform()}; latency at 1 intra-op thread, interleaved against dense · generated "
              f"{time.strftime('%Y-%m-%d %H:%M')}", "",
              f"Dense baseline: {bm['steps']} steps at batch {bm['settings']['batch_size']} "
              f"(lr {bm['settings']['learning_rate']}), **test accuracy {bm.get('test_accuracy', float('nan')):.4f}** "
