@@ -33,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from autoprune._study import completed_results  # noqa: E402
 from autoprune.search import load_search_space, open_study, run_search  # noqa: E402
 
 log = logging.getLogger("bench_minilm_sst2")
@@ -55,14 +56,8 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
 
 
 def completed(study: Any) -> list[dict[str, Any]]:
-    from optuna.trial import TrialState
-
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        r = t.user_attrs.get("result")
-        if r:
-            out.append({"number": t.number, **r})
-    return out
+    """The result dict of every COMPLETE trial (as stored by the search, see autoprune/_study.py)."""
+    return [{"number": n, **r} for n, r in completed_results(study)]
 
 
 def run_uniform(space: Any, storage: str, name: str) -> Any:
@@ -81,7 +76,10 @@ def run_uniform(space: Any, storage: str, name: str) -> Any:
     study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "maximize"],
                                 load_if_exists=True)
     study.set_metric_names(["accuracy", "speedup"])
-    done = {json.dumps(t.user_attrs.get("policy"), sort_keys=True) for t in completed_trials(study)}
+    from optuna.trial import TrialState
+
+    done = {json.dumps(t.user_attrs.get("policy"), sort_keys=True)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     for s in (0.25, 0.5, 0.75):
         pol = PruningPolicy.uniform("l1", depth, heads=s, ffn=s).model_copy(
             update={"retrain": RetrainBudget(steps=steps, learning_rate=lr)})
@@ -94,12 +92,6 @@ def run_uniform(space: Any, storage: str, name: str) -> Any:
             values=[res.accuracy, res.speedup],
             user_attrs={"policy": pol.to_dict(), "policy_summary": pol.summary(), "result": res.to_dict()}))
     return study
-
-
-def completed_trials(study: Any) -> list[Any]:
-    from optuna.trial import TrialState
-
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
 def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export_dir: Path, wall: dict,
