@@ -87,10 +87,12 @@ def run_uniform(space: Any, storage: str, name: str) -> Any:
         if key in done:
             continue
         log.info("hand-made: %s", pol.summary())
+        t0 = time.perf_counter()
         res = run_trial(cfg, pol)
         study.add_trial(optuna.trial.create_trial(
             values=[res.accuracy, res.speedup],
-            user_attrs={"policy": pol.to_dict(), "policy_summary": pol.summary(), "result": res.to_dict()}))
+            user_attrs={"policy": pol.to_dict(), "policy_summary": pol.summary(), "result": res.to_dict(),
+                        "wall_seconds": time.perf_counter() - t0}))
     return study
 
 
@@ -129,12 +131,15 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
               + ". Numbers below cover only what has finished; re-run the script to continue.", ""]
     lines += ["### Hypervolume of the accuracy/speedup front (validation)", "",
               f"Reference point: dense validation accuracy - 5 points ({ref[0]:.4f}), speedup 1.0.", "",
-              "| study | completed trials | front size | hypervolume |", "|---|---:|---:|---:|"]
+              "| study | sampler | completed trials | front size | hypervolume | wall time |",
+              "|---|---|---:|---:|---:|---:|"]
     hv = {}
+    samplers = {"search": space.sampler, "random": "random", "uniform": "none (fixed sweep)"}
     for k, st in studies.items():
         pts = [(r["accuracy"], r["speedup"]) for r in completed(st)]
         hv[k] = hypervolume(pts, ref)
-        lines.append(f"| {k} ({names[k]}) | {len(pts)} | {len(st.best_trials)} | {hv[k]:.5f} |")
+        lines.append(f"| {k} ({names[k]}) | {samplers[k]} | {len(pts)} | {len(st.best_trials)} | {hv[k]:.5f} | "
+                     f"{_study_wall(st) / 60:.0f} min |")
     for k in ("random", "uniform"):
         if k in hv and hv[k] > 0:
             lines.append(f"\nsearch / {k}: **{hv['search'] / hv[k]:.2f}x** (target >= 1.1x)")
@@ -187,6 +192,17 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
     return text
 
 
+def _study_wall(study: Any) -> float:
+    """Seconds from the first trial's start to the last trial's end (across sessions, idle gaps included
+    only when a session was interrupted mid-study)."""
+    ts = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
+    if any("wall_seconds" in t.user_attrs for t in ts):  # the sweep's trials run one after another
+        return sum(t.user_attrs.get("wall_seconds", 0.0) for t in ts)
+    if not ts:
+        return 0.0
+    return (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)).total_seconds()
+
+
 def _exists(storage: str, name: str) -> bool:
     import optuna
 
@@ -206,7 +222,11 @@ def main() -> None:
     run_dir = Path(space.run_config().run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{run_dir / 'minilm_sst2_bench.db'}"
-    names = {"search": "minilm_sst2", "random": "minilm_sst2_random", "uniform": "minilm_sst2_uniform"}
+    # one set of studies per dense baseline: a changed baseline recipe starts fresh studies instead of
+    # mixing trials pruned from two different dense models (older studies stay in the file)
+    key = space.run_config().baseline_key()
+    names = {"search": f"minilm_sst2_{key}", "random": f"minilm_sst2_{key}_random",
+             "uniform": f"minilm_sst2_{key}_uniform"}
     phases = args.phases.split(",")
     wall: dict[str, float] = {}
     if "search" in phases:
@@ -223,7 +243,7 @@ def main() -> None:
         run_uniform(space, storage, names["uniform"])
         wall["uniform"] = time.perf_counter() - t
     if "report" in phases:
-        print(report(space, storage, names, Path(args.markdown), run_dir / "bench_exports", wall, args.n_trials))
+        print(report(space, storage, names, Path(args.markdown), run_dir / "bench_exports" / names["search"], wall, args.n_trials))
 
 
 if __name__ == "__main__":

@@ -168,6 +168,7 @@ class SearchSpace(_Strict):
     early_stop: EarlyStop = EarlyStop()
     sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
     population_size: int = Field(8, ge=2, description="NSGA-II population size")
+    startup_trials: int = Field(10, ge=1, description="TPE: random trials before it models the front")
     n_trials: int = Field(20, ge=1)
     trials_in_flight: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1, gt=0)
