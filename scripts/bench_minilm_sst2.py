@@ -11,12 +11,13 @@ can be stopped and re-run across sessions; finished work is never recomputed.
    5 points, speedup 1.0) and the ratios search/random and search/hand-made (target >= 1.1x);
 5. which criterion wins at which speedup (best validation accuracy per criterion per speedup bin);
 6. the search's front exported (``autoprune export``) and re-measured on the *test* split, the
-   exported model timed interleaved against the dense baseline (batch 32 x 64).
+   exported model timed interleaved against the dense baseline (batch 32 x 64);
+7. the search's dashboard as ``dashboards/minilm_sst2.html`` and ``.png``.
 
 It writes ``docs/BENCHMARKS.md``'s section between the markers ``<!-- minilm_sst2:begin -->`` and
 ``<!-- minilm_sst2:end -->`` and prints the same text.
 
-    .venv/bin/python scripts/bench_minilm_sst2.py [--n-trials 60] [--phases search,random,uniform,report]
+    .venv/bin/python scripts/bench_minilm_sst2.py [--n-trials 60] [--phases search,random,uniform,report,dashboard]
 """
 
 from __future__ import annotations
@@ -192,6 +193,38 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
     return text
 
 
+def write_reference_dashboard(storage: str, name: str, out_dir: Path) -> list[Path]:
+    """The search study's dashboard as ``out_dir/minilm_sst2.html`` and, where headless Chromium is
+    installed (``scripts/install_browser.sh``), a full-page ``minilm_sst2.png`` screenshot."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from autoprune.dashboard import write_dashboard
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shown = storage.replace(f"sqlite:///{ROOT}/", "sqlite:///")  # export commands relative to the repo
+    html = write_dashboard(open_study(storage, name), out_dir / "minilm_sst2.html", storage=shown)
+    written = [html]
+    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        log.warning("no chromium found: wrote %s without a PNG (bash scripts/install_browser.sh)", html)
+        return written
+    png = out_dir / "minilm_sst2.png"
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                        "--disable-background-networking", "--disable-dev-shm-usage", f"--user-data-dir={tmp}",
+                        "--virtual-time-budget=10000", "--hide-scrollbars", f"--screenshot={png}",
+                        "--window-size=1400,2400", html.resolve().as_uri()],
+                       capture_output=True, text=True, timeout=300, check=False)
+    if png.is_file():
+        written.append(png)
+    else:
+        log.warning("chromium did not write %s", png)
+    return written
+
+
 def _study_wall(study: Any) -> float:
     """Seconds from the first trial's start to the last trial's end (across sessions, idle gaps included
     only when a session was interrupted mid-study)."""
@@ -213,7 +246,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-c", "--space", default=str(ROOT / "search_spaces" / "minilm_sst2.yaml"))
     ap.add_argument("--n-trials", type=int, default=60)
-    ap.add_argument("--phases", default="search,random,uniform,report")
+    ap.add_argument("--phases", default="search,random,uniform,report,dashboard")
+    ap.add_argument("--dashboards", default=str(ROOT / "dashboards"), help="where the dashboard phase writes")
     ap.add_argument("--storage", default=None, help="default: sqlite:///<run_dir>/minilm_sst2_bench.db")
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     args = ap.parse_args()
@@ -243,7 +277,11 @@ def main() -> None:
         run_uniform(space, storage, names["uniform"])
         wall["uniform"] = time.perf_counter() - t
     if "report" in phases:
-        print(report(space, storage, names, Path(args.markdown), run_dir / "bench_exports" / names["search"], wall, args.n_trials))
+        print(report(space, storage, names, Path(args.markdown), run_dir / "bench_exports" / names["search"], wall,
+                     args.n_trials))
+    if "dashboard" in phases:
+        for p in write_reference_dashboard(storage, names["search"], Path(args.dashboards)):
+            log.info("wrote %s", p)
 
 
 if __name__ == "__main__":
