@@ -34,6 +34,19 @@ T_RESULT = "result"
 T_HISTORY = "history"
 T_FAIL = "fail_reason"
 T_PRUNE = "prune_reason"
+T_ORPHANED = "orphaned"      # FAIL trial left RUNNING by a dead driver (not counted; re-enqueued)
+T_DUPLICATE = "duplicate"    # FAIL trial whose policy was already tried (not counted, never run)
+
+
+def state_label(trial: Any) -> str:
+    """The trial's state for people: Optuna's state, except that the driver's bookkeeping FAIL
+    trials (a skipped duplicate policy, a trial re-enqueued after its driver died) say so."""
+    name = trial.state.name.lower()
+    if name == "fail" and trial.user_attrs.get(T_DUPLICATE):
+        return "duplicate skipped"
+    if name == "fail" and trial.user_attrs.get(T_ORPHANED):
+        return "re-enqueued"
+    return name
 
 
 def completed_results(study: Any) -> list[tuple[int, dict[str, Any]]]:

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 CRITERIA = ("random", "gradient", "l1", "l2")
 _CRITERION_COLORS = {"random": "#7f7f7f", "gradient": "#d62728", "l1": "#1f77b4", "l2": "#2ca02c"}
 _STATE_COLORS = {"COMPLETE": "#2ca02c", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#1f77b4",
-                 "WAITING": "#9467bd"}
+                 "WAITING": "#9467bd", "DUPLICATE SKIPPED": "#7f7f7f", "RE-ENQUEUED": "#8c564b"}
 SPEEDUP_MARKS = (1.5, 2.0)
 MIN_TRIALS_FOR_IMPORTANCE = 5
 
@@ -345,15 +345,17 @@ def _progress_figure(study: Any) -> Any:
     fig = make_subplots(rows=1, cols=2, subplot_titles=["trials by state (cumulative)",
                                                         "best accuracy at a minimum speedup"])
     numbers = [t.number for t in trials]
-    for state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                  optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING):
+    labels = [S.state_label(t) for t in trials]
+    for state in ("complete", "pruned", "fail", "running", "waiting", "duplicate skipped", "re-enqueued"):
         counts, c = [], 0
-        for t in trials:
-            c += t.state == state
+        for lab in labels:
+            c += lab == state
             counts.append(c)
         if c:
-            fig.add_trace(go.Scatter(x=numbers, y=counts, mode="lines", name=state.name.lower(),
-                                     line=dict(color=_STATE_COLORS.get(state.name), shape="hv")), row=1, col=1)
+            fig.add_trace(go.Scatter(x=numbers, y=counts, mode="lines", name=state,
+                                     line=dict(color=_STATE_COLORS.get(state.upper()), shape="hv",
+                                               dash="dot" if " " in state or "-" in state else "solid")),
+                          row=1, col=1)
     reached_none: list[str] = []
     for mark, dash in zip(SPEEDUP_MARKS, ("solid", "dot")):
         best, xs, ys = None, [], []
@@ -468,7 +470,8 @@ def build_dashboard(study: Any, *, storage: str | None = None, refresh_seconds: 
     all_trials = study.get_trials(deepcopy=False)
     by_state: dict[str, int] = {}
     for t in all_trials:
-        by_state[t.state.name.lower()] = by_state.get(t.state.name.lower(), 0) + 1
+        label = S.state_label(t)
+        by_state[label] = by_state.get(label, 0) + 1
     name = study.study_name
 
     sections: list[str] = []

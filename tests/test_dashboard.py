@@ -86,6 +86,20 @@ def test_importances_need_five_completed_trials(tmp_path):
     assert "Parameter importances appear from 5 completed trials on (3 so far)" in page
 
 
+def test_bookkeeping_trials_are_not_counted_as_failures(tmp_path):
+    st = new_study(f"sqlite:///{tmp_path / 'bk.db'}", "bk", {"model": {"name_or_path": "x"}})
+    res = {"accuracy": 0.8, "speedup": 1.5, "accuracy_drop": 0.1, "dense_accuracy": 0.9, "heads_per_layer": [2, 2],
+           "ffn_per_layer": [32, 32]}
+    add_result_trial(st, POLICIES[0][1], res, values=[0.8, 1.5])
+    for attrs in ({S.T_DUPLICATE: True, S.T_FAIL: "duplicate of trial 0; skipped"},
+                  {S.T_ORPHANED: True, S.T_FAIL: "driver stopped while the trial ran; re-enqueued"},
+                  {S.T_FAIL: "CUDA out of memory"}):
+        st.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs=attrs))
+    assert [S.state_label(t) for t in st.trials] == ["complete", "duplicate skipped", "re-enqueued", "fail"]
+    meta = re.search(r"<div class=meta>(.*?)</div>", build_dashboard(st)).group(1)
+    assert "1 complete, 1 duplicate skipped, 1 fail, 1 re-enqueued" in meta
+
+
 def test_empty_study_renders_a_note(tmp_path):
     st = optuna.create_study(directions=S.DIRECTIONS, study_name="empty")
     assert "no completed trials yet" in build_dashboard(st)

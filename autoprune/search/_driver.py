@@ -29,9 +29,9 @@ from autoprune.search._storage import ATTR_LEASE, Lease, default_storage, get_st
 
 log = logging.getLogger("autoprune.search")
 
-T_ORPHANED = "orphaned"      # FAIL trial left RUNNING by a dead driver (not counted; re-enqueued)
+T_ORPHANED = S.T_ORPHANED    # FAIL trial left RUNNING by a dead driver (not counted; re-enqueued)
 T_RETRY_OF = "retry_of"      # number of the orphaned trial this one re-runs
-T_DUPLICATE = "duplicate"    # FAIL trial whose policy was already tried (not counted, never run)
+T_DUPLICATE = S.T_DUPLICATE  # FAIL trial whose policy was already tried (not counted, never run)
 T_NODE = "node_id"
 T_WORKER = "worker"
 
