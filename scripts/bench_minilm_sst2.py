@@ -157,6 +157,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
             ok = [r["accuracy"] for r in rs if r["speedup"] >= b]
             cells.append(f"{max(ok):.4f}" if ok else "-")
         lines.append(f"| {crit} | " + " | ".join(cells) + f" | {len(rs)} |")
+    lines += phase_profile([r for st in studies.values() for r in completed(st)])
     # the front, exported and re-measured on the test split
     tok = load_tokenizer(cfg)
     task = load_task_data(cfg, tok)
@@ -223,6 +224,29 @@ def write_reference_dashboard(storage: str, name: str, out_dir: Path) -> list[Pa
     else:
         log.warning("chromium did not write %s", png)
     return written
+
+
+def phase_profile(results: list[dict[str, Any]]) -> list[str]:
+    """Markdown: where a trial's time goes, by phase (medians over trials; max shows the first trial
+    on a worker, which also tokenises the data and evaluates the dense model once)."""
+    import statistics
+
+    rows = [r.get("phase_seconds") or {} for r in results]
+    rows = [r for r in rows if r.get("total")]
+    if not rows:
+        return []
+    out = ["", f"### Profile of a trial by phase ({len(rows)} completed trials, 1 thread each)", "",
+           "| phase | median s | max s | share of median total |", "|---|---:|---:|---:|"]
+    tot = statistics.median(r["total"] for r in rows)
+    for ph in ("load", "prune", "retrain", "evaluate", "measure", "total"):
+        v = [r.get(ph, 0.0) for r in rows]
+        out.append(f"| {ph} | {statistics.median(v):.1f} | {max(v):.1f} | {100 * statistics.median(v) / tot:.0f}% |")
+    per_step = [r["phase_seconds"]["retrain"] / r["retrain_steps"] for r in results
+                if (r.get("phase_seconds") or {}).get("retrain") and r.get("retrain_steps")]
+    if per_step:
+        out.append(f"\nRetraining: median {statistics.median(per_step):.3f} s per step (batch 32, bucketed "
+                   "padding, fused AdamW; distillation adds a teacher forward pass).")
+    return out
 
 
 def _study_wall(study: Any) -> float:
