@@ -163,9 +163,10 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
     task = load_task_data(cfg, tok)
     dense = load_model(str(bdir)).eval()
     lines += ["", "### The search's front, exported and re-measured on the test split", "",
-              "| trial | criterion | granularity | distill | int8 | heads/layer | FFN/layer | val acc | test acc | "
+              "| trial | criterion | granularity | distill | int8 | policy (sparsity per layer, budget) | heads/layer | "
+              "FFN/layer | val acc | test acc | "
               "test drop (pts) | speedup b32x64 | FLOPs red. | speedup/FLOPs | params |",
-              "|---:|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---:|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     dense_test = evaluate(dense, eval_batches(task.test, 128, task.pad_token_id), task.num_labels).accuracy
     for t in sorted(main.best_trials, key=lambda t: t.values[1]):
         d = export_dir / f"trial{t.number}"
@@ -179,7 +180,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
         lines.append(
             f"| {t.number} | {p['criterion']} | {p.get('granularity', 'structured')} | "
             f"{'yes' if p.get('distillation') else 'no'} | {'yes' if p.get('quantize') else 'no'} | "
-            f"{r['heads_per_layer']} | {r['ffn_per_layer']} | {r['accuracy']:.4f} | {acc:.4f} | "
+            f"{t.user_attrs.get('policy_summary', '')} | {r['heads_per_layer']} | {r['ffn_per_layer']} | {r['accuracy']:.4f} | {acc:.4f} | "
             f"{100 * (dense_test - acc):.2f} | {sp.speedup:.2f}x | {r['flops_reduction']:.2f}x | "
             f"{sp.speedup / r['flops_reduction']:.2f} | {r['params']:,} |")
     lines += ["", f"Dense test accuracy in this table: {dense_test:.4f}. Wall time of the phases run in this "
