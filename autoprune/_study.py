@@ -38,14 +38,19 @@ T_ORPHANED = "orphaned"      # FAIL trial left RUNNING by a dead driver (not cou
 T_DUPLICATE = "duplicate"    # FAIL trial whose policy was already tried (not counted, never run)
 
 
+LABEL_DUPLICATE = "duplicate skipped"
+LABEL_ORPHANED = "re-enqueued"
+BOOKKEEPING_LABELS = (LABEL_DUPLICATE, LABEL_ORPHANED)
+
+
 def state_label(trial: Any) -> str:
     """The trial's state for people: Optuna's state, except that the driver's bookkeeping FAIL
     trials (a skipped duplicate policy, a trial re-enqueued after its driver died) say so."""
     name = trial.state.name.lower()
     if name == "fail" and trial.user_attrs.get(T_DUPLICATE):
-        return "duplicate skipped"
+        return LABEL_DUPLICATE
     if name == "fail" and trial.user_attrs.get(T_ORPHANED):
-        return "re-enqueued"
+        return LABEL_ORPHANED
     return name
 
 

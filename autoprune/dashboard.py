@@ -346,7 +346,7 @@ def _progress_figure(study: Any) -> Any:
                                                         "best accuracy at a minimum speedup"])
     numbers = [t.number for t in trials]
     labels = [S.state_label(t) for t in trials]
-    for state in ("complete", "pruned", "fail", "running", "waiting", "duplicate skipped", "re-enqueued"):
+    for state in ("complete", "pruned", "fail", "running", "waiting", *S.BOOKKEEPING_LABELS):
         counts, c = [], 0
         for lab in labels:
             c += lab == state
@@ -354,7 +354,7 @@ def _progress_figure(study: Any) -> Any:
         if c:
             fig.add_trace(go.Scatter(x=numbers, y=counts, mode="lines", name=state,
                                      line=dict(color=_STATE_COLORS.get(state.upper()), shape="hv",
-                                               dash="dot" if " " in state or "-" in state else "solid")),
+                                               dash="dot" if state in S.BOOKKEEPING_LABELS else "solid")),
                           row=1, col=1)
     reached_none: list[str] = []
     for mark, dash in zip(SPEEDUP_MARKS, ("solid", "dot")):

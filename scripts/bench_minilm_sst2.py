@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from autoprune import _study as S  # noqa: E402
 from autoprune._study import completed_results  # noqa: E402
 from autoprune.search import load_search_space, open_study, run_search  # noqa: E402
 
@@ -74,12 +75,11 @@ def run_uniform(space: Any, storage: str, name: str) -> Any:
     steps = space.retrain.steps if isinstance(space.retrain.steps, int) else sorted(space.retrain.steps)[
         len(space.retrain.steps) // 2]
     lr = space.retrain.learning_rate if isinstance(space.retrain.learning_rate, float) else 5e-5
-    study = optuna.create_study(study_name=name, storage=storage, directions=["maximize", "maximize"],
-                                load_if_exists=True)
-    study.set_metric_names(["accuracy", "speedup"])
+    study = optuna.create_study(study_name=name, storage=storage, directions=S.DIRECTIONS, load_if_exists=True)
+    study.set_metric_names(S.METRIC_NAMES)
     from optuna.trial import TrialState
 
-    done = {json.dumps(t.user_attrs.get("policy"), sort_keys=True)
+    done = {json.dumps(t.user_attrs.get(S.T_POLICY), sort_keys=True)
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     for s in (0.25, 0.5, 0.75):
         pol = PruningPolicy.uniform("l1", depth, heads=s, ffn=s).model_copy(
@@ -92,7 +92,7 @@ def run_uniform(space: Any, storage: str, name: str) -> Any:
         res = run_trial(cfg, pol)
         study.add_trial(optuna.trial.create_trial(
             values=[res.accuracy, res.speedup],
-            user_attrs={"policy": pol.to_dict(), "policy_summary": pol.summary(), "result": res.to_dict(),
+            user_attrs={S.T_POLICY: pol.to_dict(), S.T_SUMMARY: pol.summary(), S.T_RESULT: res.to_dict(),
                         "wall_seconds": time.perf_counter() - t0}))
     return study
 
@@ -175,12 +175,13 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
         model = load_pruned(d)
         acc = evaluate(model, eval_batches(task.test, 128, task.pad_token_id), task.num_labels).accuracy
         sp = measure_speed(dense, model, batch_size=32, seq_len=64, threads=1, repeats=15, batch1=False)
-        r = t.user_attrs["result"]
+        r = t.user_attrs[S.T_RESULT]
         p = r["policy"]
         lines.append(
             f"| {t.number} | {p['criterion']} | {p.get('granularity', 'structured')} | "
             f"{'yes' if p.get('distillation') else 'no'} | {'yes' if p.get('quantize') else 'no'} | "
-            f"{t.user_attrs.get('policy_summary', '')} | {r['heads_per_layer']} | {r['ffn_per_layer']} | {r['accuracy']:.4f} | {acc:.4f} | "
+            f"{t.user_attrs.get(S.T_SUMMARY, '')} | {r['heads_per_layer']} | {r['ffn_per_layer']} | "
+            f"{r['accuracy']:.4f} | {acc:.4f} | "
             f"{100 * (dense_test - acc):.2f} | {sp.speedup:.2f}x | {r['flops_reduction']:.2f}x | "
             f"{sp.speedup / r['flops_reduction']:.2f} | {r['params']:,} |")
     lines += ["", f"Dense test accuracy in this table: {dense_test:.4f}. Wall time of the phases run in this "

@@ -44,7 +44,7 @@ def make_sampler(space: SearchSpace, offset: int = 0) -> Any:
     seed = space.seed + offset
     if space.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                                n_startup_trials=space.startup_trials)
+                                           n_startup_trials=space.startup_trials)
     if space.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.NSGAIISampler(population_size=space.population_size, seed=seed)
