@@ -28,6 +28,7 @@ _EXPORTS = {
     "run_trial": "autoprune.trial",
     "TrialStopped": "autoprune.trial",
     "ensure_baseline": "autoprune.train",
+    "baseline_metrics": "autoprune.train",
     "load_model": "autoprune.models",
     "get_adapter": "autoprune.models",
     "prune_structured": "autoprune.surgery",

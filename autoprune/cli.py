@@ -73,11 +73,11 @@ def baseline(config: Path = typer.Option(..., "-c", "--config", help="run config
              json_out: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Fine-tune the dense baseline once and cache it under the run directory."""
     from autoprune.config import load_config
-    from autoprune.train import ensure_baseline, load_baseline_metrics
+    from autoprune.train import baseline_metrics, ensure_baseline
 
     cfg = load_config(config)
     path = ensure_baseline(cfg)
-    metrics = load_baseline_metrics(path)
+    metrics = baseline_metrics(cfg, path)
     if json_out:
         _print_json({"baseline_dir": str(path), **metrics})
         return

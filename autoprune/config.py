@@ -82,6 +82,10 @@ class DataConfig(_Strict):
     test_split: str | None = "test"
     max_length: int = Field(64, ge=8, le=4096)
     max_train_samples: int | None = Field(None, ge=1)
+    min_validation_words: int | None = Field(
+        None, ge=1, description="keep only validation rows whose text has at least this many words (split on "
+        "whitespace), before max_validation_samples: selects on full sentences when the validation split also "
+        "holds short phrases (SST-2) and the test split does not")
     max_validation_samples: int | None = Field(None, ge=1, description="fixed validation subset used in trials")
     max_test_samples: int | None = Field(None, ge=1)
 
@@ -138,7 +142,7 @@ class RunConfig(_Strict):
         """A stable hash of everything that determines the dense baseline."""
         payload = {
             "model": self.model.name_or_path,
-            "data": self.data.model_dump(exclude={"max_validation_samples", "max_test_samples"}),
+            "data": self.data.model_dump(exclude={"min_validation_words", "max_validation_samples", "max_test_samples"}),
             "baseline": self.baseline.model_dump(),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

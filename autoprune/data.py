@@ -197,6 +197,13 @@ def load_task(cfg: DataConfig, tokenizer: Any, *, cache_dir: str | None = None) 
                                 f"set data.text_column / data.label_column")
         if len(ds) == 0:
             raise DataError(f"split '{split}' is empty; it needs at least one labelled row")
+        if role == "validation" and cfg.min_validation_words:
+            n_all = len(ds)
+            ds = ds.filter(lambda row: len(str(row[cfg.text_column] or "").split()) >= cfg.min_validation_words)
+            if len(ds) == 0:
+                raise DataError(f"data.min_validation_words: {cfg.min_validation_words} leaves none of the "
+                                f"{n_all} rows of split '{split}'; lower it or remove it")
+            logger.info("validation: %d of %d rows have at least %d words", len(ds), n_all, cfg.min_validation_words)
         limit = limits.get(split)
         if limit is not None and limit < len(ds):
             # a fixed, seeded subset: the same rows in every trial

@@ -120,8 +120,10 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
              f"{time.strftime('%Y-%m-%d %H:%M')}", "",
              f"Dense baseline: {bm['steps']} steps at batch {bm['settings']['batch_size']} "
              f"(lr {bm['settings']['learning_rate']}), **test accuracy {bm.get('test_accuracy', float('nan')):.4f}** "
-             f"(n={bm.get('test_n')}), validation {bm['validation_accuracy']:.4f}; trained in "
-             f"{bm['train_seconds'] / 60:.0f} min.", ""]
+             f"(n={bm.get('test_n')}), validation {dense_val or bm['validation_accuracy']:.4f} "
+             f"(n={main.user_attrs.get('dense', {}).get('n', bm.get('validation_n'))}, the rows trials are scored on"
+             f"{'' if cfg.data.min_validation_words is None else f': {cfg.data.min_validation_words}+ words'}); "
+             f"trained in {bm['train_seconds'] / 60:.0f} min.", ""]
     from autoprune.search._driver import counted
 
     status = {k: f"{counted(st.get_trials(deepcopy=False))} of {n_target if k != 'uniform' else 3} trials finished"
@@ -262,6 +264,25 @@ def _study_wall(study: Any) -> float:
     return (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)).total_seconds()
 
 
+# Bump when what a trial's objectives mean changes in code (protocol 2: an int8 policy's accuracy is
+# measured after quantization; protocol 1 measured the float model).
+PROTOCOL = 2
+
+
+def study_names(space: Any) -> dict[str, str]:
+    """One set of studies per dense baseline and per trial protocol (the run config, the search space
+    less ``n_trials``, and ``PROTOCOL``): a changed baseline recipe, validation subset or space starts
+    fresh studies instead of mixing trials scored two ways. Older studies stay in the file."""
+    import hashlib
+
+    cfg = space.run_config()
+    proto = {"protocol": PROTOCOL, "config": cfg.model_dump(mode="json", exclude={"run_dir"}),
+             "space": space.model_dump(mode="json", exclude={"n_trials"})}
+    tag = hashlib.sha256(json.dumps(proto, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    base = f"minilm_sst2_{cfg.baseline_key()}_p{tag}"
+    return {"search": base, "random": f"{base}_random", "uniform": f"{base}_uniform"}
+
+
 def _exists(storage: str, name: str) -> bool:
     import optuna
 
@@ -282,11 +303,7 @@ def main() -> None:
     run_dir = Path(space.run_config().run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{run_dir / 'minilm_sst2_bench.db'}"
-    # one set of studies per dense baseline: a changed baseline recipe starts fresh studies instead of
-    # mixing trials pruned from two different dense models (older studies stay in the file)
-    key = space.run_config().baseline_key()
-    names = {"search": f"minilm_sst2_{key}", "random": f"minilm_sst2_{key}_random",
-             "uniform": f"minilm_sst2_{key}_uniform"}
+    names = study_names(space)
     phases = args.phases.split(",")
     wall: dict[str, float] = {}
     if "search" in phases:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +57,20 @@ def test_fixed_validation_subset_is_the_same_every_time(tmp_path, tok):
     data_mod._CACHE.clear()
     b = load_task(DataConfig(files=files, max_validation_samples=10), tok)
     assert len(a.validation) == 10 and a.validation.input_ids == b.validation.input_ids
+
+
+def test_min_validation_words_keeps_full_sentences_only(tmp_path, tok):
+    files = make_tiny_data(tmp_path, n_train=40, n_val=5, n_test=5)
+    rows = ["sentence\tlabel", "good\t1", "a bad film\t0", "a good film with a plot\t1", "bad bad bad bad\t0",
+            "one two three four five six\t1"]
+    files["validation"] = str(tmp_path / "val_mixed.tsv")
+    Path(files["validation"]).write_text("\n".join(rows) + "\n")
+    task = load_task(DataConfig(files=files, min_validation_words=4), tok)
+    assert task.validation.labels == [1, 0, 1]  # the rows of 6, 4 and 6 words, in file order
+    capped = load_task(DataConfig(files=files, min_validation_words=4, max_validation_samples=2), tok)
+    assert len(capped.validation) == 2
+    with pytest.raises(DataError, match="min_validation_words: 7 leaves none of the 5 rows"):
+        load_task(DataConfig(files=files, min_validation_words=7), tok)
 
 
 @pytest.mark.parametrize("case, fragment", [

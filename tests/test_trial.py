@@ -10,7 +10,7 @@ import torch
 from autoprune.config import RunConfig
 from autoprune.errors import PolicyError, TrialFailed
 from autoprune.policy import PruningPolicy
-from autoprune.train import baseline_dir, distillation_loss, ensure_baseline
+from autoprune.train import baseline_dir, baseline_metrics, distillation_loss, ensure_baseline
 from autoprune.trial import TrialStopped, run_trial
 from conftest import tiny_config_dict
 
@@ -29,6 +29,14 @@ def test_baseline_is_cached_and_keyed(cfg):
     assert metrics["steps"] == 60 and 0 <= metrics["test_accuracy"] <= 1
     other = cfg.model_copy(update={"baseline": cfg.baseline.model_copy(update={"steps": 61})})
     assert baseline_dir(other) != path
+    # which validation rows trials are scored on does not change the dense model
+    narrower = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_validation_samples": 16})})
+    assert baseline_dir(narrower) == path
+    # ...but the dense validation numbers the search compares against are those of the narrower rows
+    assert baseline_metrics(cfg, path) == metrics
+    narrow = baseline_metrics(narrower, path)
+    assert narrow["validation_n"] == 16 and metrics["validation_n"] == 64
+    assert narrow["validation_rows"]["max_samples"] == 16 and narrow["test_accuracy"] == metrics["test_accuracy"]
 
 
 def test_zero_sparsity_keeps_dense_accuracy(cfg):
@@ -134,6 +142,30 @@ def test_distilled_and_quantized_trial(cfg, tmp_path):
     assert res.heads_per_layer == fp32.heads_per_layer
     saved = load_model(str(tmp_path / "q"))
     assert saved.config.autoprune["quantized"] is True and saved.config.autoprune["heads_per_layer"] == [2, 2, 2]
+
+
+def test_int8_policy_is_evaluated_after_quantization(cfg, monkeypatch):
+    # a stand-in "quantizer" whose model always answers label 1: the trial's accuracy must be that
+    # model's accuracy, not the float model's (int8 is not free on the objective)
+    import autoprune.trial as trial_mod
+
+    real = trial_mod.quantize_dynamic_int8
+
+    def always_one(model):
+        q = real(model)
+        q.classifier.register_forward_hook(
+            lambda mod, inp, out: torch.stack([torch.full_like(out[..., 0], -10.0), torch.full_like(out[..., 0], 10.0)], -1))
+        return q
+
+    pol = PruningPolicy.uniform("l1", 3, heads=0.25, ffn=0.25, retrain_steps=0, quantize=True)
+    labels = [int(line.rsplit("\t", 1)[1]) for line in open(cfg.data.files["validation"]).read().splitlines()[1:]]
+    constant = labels.count(1) / len(labels)
+    float_acc = run_trial(cfg, pol.model_copy(update={"quantize": False})).accuracy
+    assert float_acc != pytest.approx(constant)  # otherwise this test could not tell the two apart
+    monkeypatch.setattr(trial_mod, "quantize_dynamic_int8", always_one)
+    res = run_trial(cfg, pol)
+    assert res.accuracy == pytest.approx(constant)
+    assert res.accuracy_drop == pytest.approx(res.dense_accuracy - constant)
 
 
 def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path):

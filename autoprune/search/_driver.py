@@ -182,13 +182,13 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
 
 
 def _dense_baseline(cfg: Any, attrs: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    from autoprune.train import ensure_baseline, load_baseline_metrics
+    from autoprune.train import baseline_metrics, ensure_baseline
 
     log.info("dense baseline: training or loading from cache under %s", cfg.run_dir)
     # no trial runs yet: the driver trains with torch's default thread count (all cores) instead of
     # the per-trial torch_threads; the thread count is not part of the baseline's cache key
     path = ensure_baseline(cfg.model_copy(update={"torch_threads": None}))
-    m = dict(load_baseline_metrics(path))
+    m = dict(baseline_metrics(cfg, path))
     m.setdefault("accuracy", m.get("validation_accuracy"))
     m.setdefault("macro_f1", m.get("validation_macro_f1"))
     return m, str(path)
