@@ -121,7 +121,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
              f"Dense baseline: {bm['steps']} steps at batch {bm['settings']['batch_size']} "
              f"(lr {bm['settings']['learning_rate']}), **test accuracy {bm.get('test_accuracy', float('nan')):.4f}** "
              f"(n={bm.get('test_n')}), validation {dense_val or bm['validation_accuracy']:.4f} "
-             f"(n={main.user_attrs.get('dense', {}).get('n', bm.get('validation_n'))}, the rows trials are scored on"
+             f"(n={main.user_attrs.get('dense', {}).get('validation_n', bm.get('validation_n'))}, the rows trials are scored on"
              f"{'' if cfg.data.min_validation_words is None else f': {cfg.data.min_validation_words}+ words'}); "
              f"trained in {bm['train_seconds'] / 60:.0f} min.", ""]
     from autoprune.search._driver import counted
@@ -328,4 +328,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        log.warning("interrupted: finished trials are in the study; re-run the same command to continue")
+        sys.exit(130)
