@@ -68,6 +68,11 @@ class ModelConfig(_Strict):
         return p
 
 
+# fields that choose which rows are scored, not what the dense model is trained on: left out of the
+# baseline's cache key (see ``RunConfig.baseline_key`` and ``train.baseline_metrics``)
+_SCORED_ROWS_ONLY = {"min_validation_words", "max_validation_samples", "max_test_samples"}
+
+
 class DataConfig(_Strict):
     """A labelled text classification dataset: local files (tsv/csv/jsonl/parquet) or a Hub dataset."""
 
@@ -95,6 +100,11 @@ class DataConfig(_Strict):
         if v is not None and not v:
             raise ValueError("'files' is empty; map split names to files, e.g. {train: train.tsv}")
         return v
+
+    def validation_rows(self) -> dict[str, Any]:
+        """Which validation rows trials are scored on (recorded with the baseline's metrics)."""
+        return {"split": self.validation_split, "min_words": self.min_validation_words,
+                "max_samples": self.max_validation_samples}
 
     def model_post_init(self, __context: Any) -> None:
         if self.files is None and self.dataset is None:
@@ -142,7 +152,7 @@ class RunConfig(_Strict):
         """A stable hash of everything that determines the dense baseline."""
         payload = {
             "model": self.model.name_or_path,
-            "data": self.data.model_dump(exclude={"min_validation_words", "max_validation_samples", "max_test_samples"}),
+            "data": self.data.model_dump(exclude=_SCORED_ROWS_ONLY),
             "baseline": self.baseline.model_dump(),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -179,11 +179,6 @@ def load_baseline_metrics(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / "metrics.json").read_text())
 
 
-def _validation_rows(config: RunConfig) -> dict[str, Any]:
-    d = config.data
-    return {"split": d.validation_split, "min_words": d.min_validation_words, "max_samples": d.max_validation_samples}
-
-
 def baseline_metrics(config: RunConfig, path: str | Path | None = None) -> dict[str, Any]:
     """The cached baseline's metrics, with its validation numbers on the rows ``config`` scores trials on.
 
@@ -197,7 +192,7 @@ def baseline_metrics(config: RunConfig, path: str | Path | None = None) -> dict[
 
     path = Path(path) if path is not None else baseline_dir(config)
     m = load_baseline_metrics(path)
-    rows = _validation_rows(config)
+    rows = config.data.validation_rows()
     if m.get("validation_rows") == rows:
         return m
     tok = load_tokenizer(config)
@@ -249,7 +244,8 @@ def ensure_baseline(config: RunConfig, *, progress: bool = True) -> Path:
         metrics: dict[str, Any] = {
             "validation_accuracy": val.accuracy, "validation_macro_f1": val.macro_f1,
             "validation_recall": val.per_class_recall, "validation_n": val.n,
-            "validation_rows": _validation_rows(config), "steps": b.steps, "final_loss": float(np.mean(losses[-20:])) if losses else None,
+            "validation_rows": config.data.validation_rows(),
+            "steps": b.steps, "final_loss": float(np.mean(losses[-20:])) if losses else None,
             "train_seconds": train_s, "label_names": task.label_names,
             "model": config.model.name_or_path, "key": config.baseline_key(),
             "settings": config.baseline.model_dump(),

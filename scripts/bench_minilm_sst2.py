@@ -110,7 +110,8 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
     cfg = space.run_config()
     studies = {k: open_study(storage, n) for k, n in names.items() if _exists(storage, n)}
     main = studies["search"]
-    dense_val = main.user_attrs.get("dense", {}).get("accuracy")
+    dense_attrs = main.user_attrs.get(S.ATTR_DENSE, {})
+    dense_val = dense_attrs.get("accuracy")
     bdir = ensure_baseline(cfg)
     bm = load_baseline_metrics(bdir)
     ref = ((dense_val or bm["validation_accuracy"]) - 0.05, 1.0)
@@ -121,7 +122,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
              f"Dense baseline: {bm['steps']} steps at batch {bm['settings']['batch_size']} "
              f"(lr {bm['settings']['learning_rate']}), **test accuracy {bm.get('test_accuracy', float('nan')):.4f}** "
              f"(n={bm.get('test_n')}), validation {dense_val or bm['validation_accuracy']:.4f} "
-             f"(n={main.user_attrs.get('dense', {}).get('validation_n', bm.get('validation_n'))}, the rows trials are scored on"
+             f"(n={dense_attrs.get('validation_n', bm.get('validation_n'))}, the rows trials are scored on"
              f"{'' if cfg.data.min_validation_words is None else f': {cfg.data.min_validation_words}+ words'}); "
              f"trained in {bm['train_seconds'] / 60:.0f} min.", ""]
     from autoprune.search._driver import counted
@@ -278,7 +279,7 @@ def study_names(space: Any) -> dict[str, str]:
     cfg = space.run_config()
     proto = {"protocol": PROTOCOL, "config": cfg.model_dump(mode="json", exclude={"run_dir"}),
              "space": space.model_dump(mode="json", exclude={"n_trials"})}
-    tag = hashlib.sha256(json.dumps(proto, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    tag = hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:6]
     base = f"minilm_sst2_{cfg.baseline_key()}_p{tag}"
     return {"search": base, "random": f"{base}_random", "uniform": f"{base}_uniform"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -158,7 +159,8 @@ def test_int8_policy_is_evaluated_after_quantization(cfg, monkeypatch):
         return q
 
     pol = PruningPolicy.uniform("l1", 3, heads=0.25, ffn=0.25, retrain_steps=0, quantize=True)
-    labels = [int(line.rsplit("\t", 1)[1]) for line in open(cfg.data.files["validation"]).read().splitlines()[1:]]
+    rows = Path(cfg.data.files["validation"]).read_text().splitlines()[1:]
+    labels = [int(line.rsplit("\t", 1)[1]) for line in rows]
     constant = labels.count(1) / len(labels)
     float_acc = run_trial(cfg, pol.model_copy(update={"quantize": False})).accuracy
     assert float_acc != pytest.approx(constant)  # otherwise this test could not tell the two apart
