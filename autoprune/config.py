@@ -40,6 +40,10 @@ class ModelConfig(_Strict):
     """The base model: a local directory, a Hub id, or an embedded alias (``minilm-l6``)."""
 
     name_or_path: str = "minilm-l6"
+    pooling: Literal["cls", "mean"] = Field(
+        "cls", description="what the classification head reads: 'cls' is the architecture's own head "
+        "([CLS] pooler for BERT); 'mean' the attention-masked mean of the last hidden states (BERT only), "
+        "the pooling sentence-embedding checkpoints such as all-MiniLM-L6-v2 were trained with")
 
     def resolve(self) -> str:
         """Return a path or Hub id that ``from_pretrained`` understands."""
@@ -150,11 +154,13 @@ class RunConfig(_Strict):
 
     def baseline_key(self) -> str:
         """A stable hash of everything that determines the dense baseline."""
-        payload = {
+        payload: dict[str, Any] = {
             "model": self.model.name_or_path,
             "data": self.data.model_dump(exclude=_SCORED_ROWS_ONLY),
             "baseline": self.baseline.model_dump(),
         }
+        if self.model.pooling != "cls":  # only when set: keys of existing cls baselines stay valid
+            payload["pooling"] = self.model.pooling
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

@@ -367,6 +367,10 @@ def _readme(info: dict[str, Any]) -> str:
         r = src["rebuilt_metrics"]
         lines.append(f"The rebuilt model measured accuracy {r['accuracy']:.4f} and speedup {r['speedup']:.2f}x "
                      f"(the table shows the numbers recorded in the study).")
+    if (info.get("base_model") or {}).get("pooling") == "mean":
+        lines.append("The classifier reads the attention-masked mean of the last hidden states (`model.pooling: "
+                     "mean`, recorded in `config.json`): load it with `autoprune.load_pruned` or use the ONNX file; "
+                     "plain `AutoModelForSequenceClassification` would build the [CLS]-pooler head instead.")
     if info["quantized"]:
         lines.append("The policy quantizes to dynamic int8: the float weights are stored and `load_pruned` "
                      "re-quantizes them on load.")
@@ -474,8 +478,8 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         "policy": policy.to_dict(),
         "policy_summary": policy.summary(),
         "metrics": metrics,
-        "base_model": {"name_or_path": cfg.model.name_or_path, "resolved": str(base_path), "weights_files": files,
-                       "sha256": sha},
+        "base_model": {"name_or_path": cfg.model.name_or_path, "pooling": cfg.model.pooling,
+                       "resolved": str(base_path), "weights_files": files, "sha256": sha},
         "dataset": _dataset_section(cfg),
         "baseline_training": cfg.baseline.model_dump(),
         "versions": _versions(),

@@ -135,10 +135,10 @@ def load_reshaped(path: str, hf_config: Any) -> nn.Module:
     from pathlib import Path
 
     from safetensors.torch import load_file
-    from transformers import AutoModelForSequenceClassification
+    from autoprune.models._pooling import build_from_config
 
     meta = dict(hf_config.autoprune)
-    model = AutoModelForSequenceClassification.from_config(hf_config)
+    model = build_from_config(hf_config)
     reshape_to(model, meta["heads_per_layer"], meta["ffn_per_layer"])
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:

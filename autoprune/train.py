@@ -229,7 +229,7 @@ def ensure_baseline(config: RunConfig, *, progress: bool = True) -> Path:
         tok = load_tokenizer(config)
         task = load_task_data(config, tok)
         set_seed(config.baseline.seed)
-        model = load_model(config.model.resolve(), num_labels=task.num_labels)
+        model = load_model(config.model.resolve(), num_labels=task.num_labels, pooling=config.model.pooling)
         b = config.baseline
         ckpt = out.parent / f"{out.name}.ckpt"
         logger.info("training the dense baseline (%d steps, batch %d) -> %s", b.steps, b.batch_size, out)
@@ -247,7 +247,7 @@ def ensure_baseline(config: RunConfig, *, progress: bool = True) -> Path:
             "validation_rows": config.data.validation_rows(),
             "steps": b.steps, "final_loss": float(np.mean(losses[-20:])) if losses else None,
             "train_seconds": train_s, "label_names": task.label_names,
-            "model": config.model.name_or_path, "key": config.baseline_key(),
+            "model": config.model.name_or_path, "pooling": config.model.pooling, "key": config.baseline_key(),
             "settings": config.baseline.model_dump(),
         }
         if task.test is not None:

@@ -138,10 +138,16 @@ def _speed_label(unstructured: bool, quantized: bool) -> str:
 
 
 def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of every Linear (weights int8, activations quantized on the fly)."""
-    from torch.ao.quantization import quantize_dynamic
+    """Dynamic int8 quantization of every Linear: int8 weights with one scale per output channel,
+    activations quantized on the fly.
 
-    return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+    Per-channel weights against torch's default per-tensor ones, on the dense SST-2 baseline (872
+    test sentences; float 0.894): accuracy 0.891 against 0.878 scored in batches of 32, 0.882 for
+    both one sentence at a time; speedup 2.00x against 2.06x (docs/BENCHMARKS.md).
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
 
 
 def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | None = None,
@@ -161,7 +167,8 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     """
     from autoprune.data import eval_batches, train_batches
     from autoprune.importance import accumulate_gradients
-    from autoprune.measure import count_flops, count_params, evaluate, measure_speed, nonzero_params, size_on_disk
+    from autoprune.measure import count_flops, count_params, eval_batch_size, evaluate, measure_speed, \
+        nonzero_params, size_on_disk
     from autoprune.models import get_adapter
     from autoprune.surgery import encoder_weight_sparsity, make_unstructured_permanent, prune_structured, \
         prune_unstructured, record_shape
@@ -195,8 +202,8 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         return (next(it) for _ in range(config.calibration_batches))
 
     def val_metrics() -> EvalMetrics:
-        return evaluate(model, eval_batches(task.validation, config.eval_batch_size, task.pad_token_id),
-                        task.num_labels)
+        return evaluate(model, eval_batches(task.validation, eval_batch_size(model, config.eval_batch_size),
+                                            task.pad_token_id), task.num_labels)
 
     for k in range(1, k_steps + 1):
         tp = time.perf_counter()
@@ -259,7 +266,8 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
             from autoprune.errors import DataError
 
             raise DataError("final_split='test' but the data config has no test split")
-        final = evaluate(model, eval_batches(task.test, config.eval_batch_size, task.pad_token_id), task.num_labels)
+        final = evaluate(model, eval_batches(task.test, eval_batch_size(model, config.eval_batch_size),
+                                             task.pad_token_id), task.num_labels)
     elif final_split == "validation":
         final = val_metrics()
     else:

@@ -3,7 +3,7 @@
 Every phase is resumable (all results live in Optuna studies in one SQLite file), so the script
 can be stopped and re-run across sessions; finished work is never recomputed.
 
-1. the search of ``search_spaces/minilm_sst2.yaml`` (NSGA-II by default), ``--n-trials`` trials;
+1. the search of ``search_spaces/minilm_sst2.yaml`` (its sampler: TPE), ``--n-trials`` trials;
 2. the same space with Optuna's RandomSampler, the same number of trials;
 3. the hand-made baseline a user would try: uniform L1 head+FFN sparsity of 25/50/75%, with the
    space's middle retraining budget;
@@ -103,7 +103,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
 
     from autoprune.data import eval_batches
     from autoprune.export import export_trial, load_pruned
-    from autoprune.measure import evaluate, measure_speed
+    from autoprune.measure import eval_batch_size, evaluate, measure_speed
     from autoprune.models import load_model
     from autoprune.train import ensure_baseline, load_baseline_metrics, load_task_data, load_tokenizer
 
@@ -176,7 +176,8 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
         if not (d / "policy.yaml").is_file():
             export_trial(main, {"trial": t.number}, d)
         model = load_pruned(d)
-        acc = evaluate(model, eval_batches(task.test, 128, task.pad_token_id), task.num_labels).accuracy
+        acc = evaluate(model, eval_batches(task.test, eval_batch_size(model, 128), task.pad_token_id),
+                       task.num_labels).accuracy
         sp = measure_speed(dense, model, batch_size=32, seq_len=64, threads=1, repeats=15, batch1=False)
         r = t.user_attrs[S.T_RESULT]
         p = r["policy"]
@@ -266,8 +267,9 @@ def _study_wall(study: Any) -> float:
 
 
 # Bump when what a trial's objectives mean changes in code (protocol 2: an int8 policy's accuracy is
-# measured after quantization; protocol 1 measured the float model).
-PROTOCOL = 2
+# measured after quantization; protocol 1 measured the float model; protocol 3: int8 weights are
+# quantized per channel and an int8 model is scored one sentence at a time).
+PROTOCOL = 3
 
 
 def study_names(space: Any) -> dict[str, str]:

@@ -66,14 +66,17 @@ def model_depth(config: "RunConfig") -> int:
     return int(getattr(hf, "num_hidden_layers", getattr(hf, "n_layers", 0)))
 
 
-def load_model(name_or_path: str, num_labels: int | None = None) -> "nn.Module":
+def load_model(name_or_path: str, num_labels: int | None = None, pooling: str | None = None) -> "nn.Module":
     """Load a sequence classifier with ``AutoModelForSequenceClassification``.
 
     A pruned model saved by autoprune (its config carries ``autoprune.heads_per_layer`` /
     ``ffn_per_layer``) is rebuilt with those per-layer shapes before its weights are loaded.
+    ``pooling`` (``cls`` or ``mean``) sets the classification head of a base checkpoint; a model
+    saved by autoprune keeps the head recorded in its ``config.json``.
     """
-    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
+
+    from autoprune.models._pooling import POOLING_ATTR, classifier_class
 
     hf_logging.disable_progress_bar()  # per-tensor loading bars drown the trial's own progress
     hf = _hf_config(name_or_path)
@@ -83,6 +86,9 @@ def load_model(name_or_path: str, num_labels: int | None = None) -> "nn.Module":
         hf.num_labels = num_labels
         hf.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
         hf.label2id = {v: k for k, v in hf.id2label.items()}
+    if pooling is not None:
+        setattr(hf, POOLING_ATTR, pooling)
+    cls = classifier_class(hf)
     shape = getattr(hf, "autoprune", None)
     if shape:
         from autoprune.surgery import load_reshaped
@@ -91,7 +97,7 @@ def load_model(name_or_path: str, num_labels: int | None = None) -> "nn.Module":
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the classifier head is new on a base checkpoint: expected
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, config=hf, **kw)
+        model = cls.from_pretrained(name_or_path, config=hf, **kw)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load weights of '{name_or_path}': {str(exc).splitlines()[0]}") from None
     finally:
