@@ -15,12 +15,15 @@ import io
 import logging
 import statistics
 import time
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 import torch.nn as nn
 
 from autoprune.results import EvalMetrics, SpeedReport
+
+if TYPE_CHECKING:
+    from autoprune.data import Split
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +93,14 @@ def eval_batch_size(model: nn.Module, batch_size: int) -> int:
         1
     """
     return 1 if is_dynamic_int8(model) else batch_size
+
+
+def evaluate_split(model: nn.Module, split: "Split", *, batch_size: int, pad_id: int, num_labels: int) -> EvalMetrics:
+    """Score ``model`` on a tokenised split in length-sorted batches of ``batch_size`` (one row at a
+    time for a dynamic int8 model, see :func:`eval_batch_size`)."""
+    from autoprune.data import eval_batches
+
+    return evaluate(model, eval_batches(split, eval_batch_size(model, batch_size), pad_id), num_labels)
 
 
 # ----------------------------------------------------------------------------- size

@@ -186,8 +186,7 @@ def baseline_metrics(config: RunConfig, path: str | Path | None = None) -> dict[
     model), so a config that narrows or widens the validation subset shares the baseline; its dense
     validation accuracy is then re-evaluated here, so floors and drops compare like with like.
     """
-    from autoprune.data import eval_batches
-    from autoprune.measure import evaluate
+    from autoprune.measure import evaluate_split
     from autoprune.models import load_model
 
     path = Path(path) if path is not None else baseline_dir(config)
@@ -198,7 +197,8 @@ def baseline_metrics(config: RunConfig, path: str | Path | None = None) -> dict[
     tok = load_tokenizer(config)
     task = load_task_data(config, tok)
     model = load_model(str(path))
-    val = evaluate(model, eval_batches(task.validation, config.eval_batch_size, task.pad_token_id), task.num_labels)
+    val = evaluate_split(model, task.validation, batch_size=config.eval_batch_size, pad_id=task.pad_token_id,
+                         num_labels=task.num_labels)
     logger.info("dense baseline re-evaluated on this config's validation rows %s: accuracy %.4f (n=%d; %.4f "
                 "when trained)", rows, val.accuracy, val.n, m.get("validation_accuracy", float("nan")))
     return {**m, "validation_accuracy": val.accuracy, "validation_macro_f1": val.macro_f1,
@@ -213,8 +213,8 @@ def ensure_baseline(config: RunConfig, *, progress: bool = True) -> Path:
     so a directory without it is an interrupted run and is trained again. A file lock keeps
     concurrent processes from training the same baseline twice.
     """
-    from autoprune.data import eval_batches, train_batches
-    from autoprune.measure import evaluate
+    from autoprune.data import train_batches
+    from autoprune.measure import evaluate_split
     from autoprune.models import load_model
 
     out = baseline_dir(config)
@@ -239,8 +239,8 @@ def ensure_baseline(config: RunConfig, *, progress: bool = True) -> Path:
                           weight_decay=b.weight_decay, max_grad_norm=b.max_grad_norm, seed=b.seed,
                           desc="dense baseline", progress=progress, checkpoint=ckpt)
         train_s = time.perf_counter() - t0
-        val = evaluate(model, eval_batches(task.validation, config.eval_batch_size, task.pad_token_id),
-                       task.num_labels)
+        val = evaluate_split(model, task.validation, batch_size=config.eval_batch_size, pad_id=task.pad_token_id,
+                             num_labels=task.num_labels)
         metrics: dict[str, Any] = {
             "validation_accuracy": val.accuracy, "validation_macro_f1": val.macro_f1,
             "validation_recall": val.per_class_recall, "validation_n": val.n,
@@ -251,7 +251,8 @@ def ensure_baseline(config: RunConfig, *, progress: bool = True) -> Path:
             "settings": config.baseline.model_dump(),
         }
         if task.test is not None:
-            test = evaluate(model, eval_batches(task.test, config.eval_batch_size, task.pad_token_id), task.num_labels)
+            test = evaluate_split(model, task.test, batch_size=config.eval_batch_size, pad_id=task.pad_token_id,
+                                  num_labels=task.num_labels)
             metrics.update({"test_accuracy": test.accuracy, "test_macro_f1": test.macro_f1,
                             "test_recall": test.per_class_recall, "test_n": test.n})
         tmp = out.parent / f".{out.name}.tmp{os.getpid()}"

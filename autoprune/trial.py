@@ -52,14 +52,13 @@ class _Context:
 
     def dense_on(self, role: str, batch_size: int) -> EvalMetrics:
         """Dense metrics on ``validation`` (computed at load) or ``test`` (computed once, on demand)."""
-        from autoprune.data import eval_batches
-        from autoprune.measure import evaluate
+        from autoprune.measure import evaluate_split
 
         if role == "validation":
             return self.dense_eval
         if self.dense_test is None:
-            self.dense_test = evaluate(self.dense, eval_batches(self.task.test, batch_size, self.task.pad_token_id),
-                                       self.task.num_labels)
+            self.dense_test = evaluate_split(self.dense, self.task.test, batch_size=batch_size,
+                                             pad_id=self.task.pad_token_id, num_labels=self.task.num_labels)
         return self.dense_test
 
 
@@ -67,8 +66,7 @@ _CONTEXTS: dict[str, _Context] = {}
 
 
 def _context(config: RunConfig, *, progress: bool) -> _Context:
-    from autoprune.data import eval_batches
-    from autoprune.measure import evaluate
+    from autoprune.measure import evaluate_split
     from autoprune.models import get_adapter, load_model
     from autoprune.train import ensure_baseline, load_task_data, load_tokenizer
 
@@ -80,8 +78,8 @@ def _context(config: RunConfig, *, progress: bool) -> _Context:
     task = load_task_data(config, tok)
     dense = load_model(str(bdir), num_labels=task.num_labels)
     dense.eval()
-    dense_eval = evaluate(dense, eval_batches(task.validation, config.eval_batch_size, task.pad_token_id),
-                          task.num_labels)
+    dense_eval = evaluate_split(dense, task.validation, batch_size=config.eval_batch_size, pad_id=task.pad_token_id,
+                                num_labels=task.num_labels)
     ctx = _Context(bdir, tok, task, dense, dense_eval, len(get_adapter(dense).layers(dense)))
     _CONTEXTS.clear()  # keep one baseline in memory per worker
     _CONTEXTS[key] = ctx
@@ -165,10 +163,10 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         >>> # res = run_trial(config, PruningPolicy.uniform("l1", 2, heads=0.5, ffn=0.5, retrain_steps=10))
         >>> # res.speedup, res.accuracy_drop
     """
-    from autoprune.data import eval_batches, train_batches
+    from autoprune.data import train_batches
     from autoprune.importance import accumulate_gradients
-    from autoprune.measure import count_flops, count_params, eval_batch_size, evaluate, measure_speed, \
-        nonzero_params, size_on_disk
+    from autoprune.measure import count_flops, count_params, evaluate_split, measure_speed, nonzero_params, \
+        size_on_disk
     from autoprune.models import get_adapter
     from autoprune.surgery import encoder_weight_sparsity, make_unstructured_permanent, prune_structured, \
         prune_unstructured, record_shape
@@ -202,8 +200,8 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         return (next(it) for _ in range(config.calibration_batches))
 
     def val_metrics() -> EvalMetrics:
-        return evaluate(model, eval_batches(task.validation, eval_batch_size(model, config.eval_batch_size),
-                                            task.pad_token_id), task.num_labels)
+        return evaluate_split(model, task.validation, batch_size=config.eval_batch_size, pad_id=task.pad_token_id,
+                              num_labels=task.num_labels)
 
     for k in range(1, k_steps + 1):
         tp = time.perf_counter()
@@ -266,8 +264,8 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
             from autoprune.errors import DataError
 
             raise DataError("final_split='test' but the data config has no test split")
-        final = evaluate(model, eval_batches(task.test, eval_batch_size(model, config.eval_batch_size),
-                                             task.pad_token_id), task.num_labels)
+        final = evaluate_split(model, task.test, batch_size=config.eval_batch_size, pad_id=task.pad_token_id,
+                               num_labels=task.num_labels)
     elif final_split == "validation":
         final = val_metrics()
     else:

@@ -101,9 +101,8 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
            n_target: int) -> str:
     import torch
 
-    from autoprune.data import eval_batches
     from autoprune.export import export_trial, load_pruned
-    from autoprune.measure import eval_batch_size, evaluate, measure_speed
+    from autoprune.measure import evaluate_split, measure_speed
     from autoprune.models import load_model
     from autoprune.train import ensure_baseline, load_baseline_metrics, load_task_data, load_tokenizer
 
@@ -170,14 +169,15 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
               "FFN/layer | val acc | test acc | "
               "test drop (pts) | speedup b32x64 | FLOPs red. | speedup/FLOPs | params |",
               "|---:|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    dense_test = evaluate(dense, eval_batches(task.test, 128, task.pad_token_id), task.num_labels).accuracy
+    dense_test = evaluate_split(dense, task.test, batch_size=128, pad_id=task.pad_token_id,
+                                num_labels=task.num_labels).accuracy
     for t in sorted(main.best_trials, key=lambda t: t.values[1]):
         d = export_dir / f"trial{t.number}"
         if not (d / "policy.yaml").is_file():
             export_trial(main, {"trial": t.number}, d)
         model = load_pruned(d)
-        acc = evaluate(model, eval_batches(task.test, eval_batch_size(model, 128), task.pad_token_id),
-                       task.num_labels).accuracy
+        acc = evaluate_split(model, task.test, batch_size=128, pad_id=task.pad_token_id,
+                             num_labels=task.num_labels).accuracy
         sp = measure_speed(dense, model, batch_size=32, seq_len=64, threads=1, repeats=15, batch1=False)
         r = t.user_attrs[S.T_RESULT]
         p = r["policy"]

@@ -74,6 +74,7 @@ def classifier_class(hf_config: Any) -> Any:
 
 def build_from_config(hf_config: Any) -> Any:
     """A freshly initialised classifier of ``hf_config`` with its recorded pooling."""
+    from transformers import AutoModelForSequenceClassification
+
     cls = classifier_class(hf_config)
-    return cls.from_config(hf_config) if hasattr(cls, "from_config") and cls.__name__.startswith("Auto") \
-        else cls(hf_config)
+    return cls.from_config(hf_config) if cls is AutoModelForSequenceClassification else cls(hf_config)
