@@ -256,14 +256,20 @@ def phase_profile(results: list[dict[str, Any]]) -> list[str]:
 
 
 def _study_wall(study: Any) -> float:
-    """Seconds from the first trial's start to the last trial's end (across sessions, idle gaps included
-    only when a session was interrupted mid-study)."""
+    """Seconds during which at least one trial of the study was running: the union of the trials'
+    [start, complete] intervals, so the gap between two invocations of a resumed study is not counted."""
     ts = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
     if any("wall_seconds" in t.user_attrs for t in ts):  # the sweep's trials run one after another
         return sum(t.user_attrs.get("wall_seconds", 0.0) for t in ts)
-    if not ts:
-        return 0.0
-    return (max(t.datetime_complete for t in ts) - min(t.datetime_start for t in ts)).total_seconds()
+    total, end = 0.0, None
+    for start, stop in sorted((t.datetime_start, t.datetime_complete) for t in ts):
+        if end is None or start > end:
+            total += (stop - start).total_seconds()
+            end = stop
+        elif stop > end:
+            total += (stop - end).total_seconds()
+            end = stop
+    return total
 
 
 # Bump when what a trial's objectives mean changes in code (protocol 2: an int8 policy's accuracy is

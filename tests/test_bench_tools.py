@@ -25,3 +25,19 @@ def test_hypervolume_of_a_two_objective_front():
     # staircase: (0.95, 1.5) adds the strip between 0.9 and 0.95 up to 1.5x
     assert hv([(0.9, 2.0), (0.95, 1.5)], ref) == pytest.approx(0.05 + 0.5 * 0.05)
     assert hv([], ref) == 0
+
+
+def test_study_wall_time_counts_overlapping_trials_once_and_skips_the_gap_between_invocations():
+    import datetime as dt
+    from types import SimpleNamespace
+
+    t0 = dt.datetime(2026, 1, 1, 12, 0, 0)
+
+    def trial(start_min: float, end_min: float) -> SimpleNamespace:
+        return SimpleNamespace(datetime_start=t0 + dt.timedelta(minutes=start_min),
+                               datetime_complete=t0 + dt.timedelta(minutes=end_min), user_attrs={})
+
+    # two workers overlap (0-10, 5-12: 12 min), then the study is resumed an hour later (70-80: 10 min)
+    study = SimpleNamespace(get_trials=lambda deepcopy=False: [trial(70, 80), trial(0, 10), trial(5, 12),
+                                                               trial(6, 8)])
+    assert _load("bench_minilm_sst2")._study_wall(study) == pytest.approx(22 * 60)
