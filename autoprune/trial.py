@@ -141,7 +141,8 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
 
     Per-channel weights against torch's default per-tensor ones, on the dense SST-2 baseline (872
     test sentences; float 0.894): accuracy 0.891 against 0.878 scored in batches of 32, 0.882 for
-    both one sentence at a time; speedup 2.00x against 2.06x (docs/BENCHMARKS.md).
+    both one sentence at a time; speedup 1.78-2.00x against 1.67-2.06x over four runs
+    (scripts/bench_int8.py, docs/BENCHMARKS.md).
     """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
