@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from autoprune.config import load_config  # noqa: E402
 from autoprune.data import eval_batches  # noqa: E402
+from autoprune.errors import AutopruneError  # noqa: E402
 from autoprune.measure import evaluate, measure_speed  # noqa: E402
 from autoprune.models import load_model  # noqa: E402
 from autoprune.train import baseline_dir, load_task_data, load_tokenizer  # noqa: E402
@@ -77,6 +78,8 @@ def main() -> None:
     }
     rows = []
     for name, m in variants.items():
+        # evaluate(eval_batches(...)) at explicit batch sizes, not measure.evaluate_split: the point is to show
+        # how int8 scores move with the batch size that evaluate_split pins to 1 for int8 models
         acc = {bs: evaluate(m, eval_batches(task.test, bs, task.pad_token_id), task.num_labels).accuracy
                for bs in (128, 32, 1)}
         val = evaluate(m, eval_batches(task.validation, 128, task.pad_token_id), task.num_labels).accuracy
@@ -93,4 +96,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except AutopruneError as e:  # bad config or data: one line, no traceback
+        sys.exit(f"error: {e}")

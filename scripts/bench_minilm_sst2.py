@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from autoprune import _study as S  # noqa: E402
 from autoprune._study import completed_results  # noqa: E402
+from autoprune.errors import AutopruneError  # noqa: E402
 from autoprune.search import load_search_space, open_study, run_search  # noqa: E402
 
 log = logging.getLogger("bench_minilm_sst2")
@@ -263,11 +264,10 @@ def _study_wall(study: Any) -> float:
         return sum(t.user_attrs.get("wall_seconds", 0.0) for t in ts)
     total, end = 0.0, None
     for start, stop in sorted((t.datetime_start, t.datetime_complete) for t in ts):
-        if end is None or start > end:
+        if end is not None:
+            start = max(start, end)  # the part already counted by an earlier, overlapping trial
+        if stop > start:
             total += (stop - start).total_seconds()
-            end = stop
-        elif stop > end:
-            total += (stop - end).total_seconds()
             end = stop
     return total
 
@@ -342,3 +342,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         log.warning("interrupted: finished trials are in the study; re-run the same command to continue")
         sys.exit(130)
+    except AutopruneError as e:  # bad space, config or data: one line, no traceback
+        sys.exit(f"error: {e}")
