@@ -39,6 +39,8 @@ _EXPORTS = {
     "measure_speed": "autoprune.measure",
     "count_flops": "autoprune.measure",
     "evaluate": "autoprune.measure",
+    "quantize_dynamic_int8": "autoprune.quantize",
+    "fake_quantized": "autoprune.quantize",
     "SearchSpace": "autoprune.search",
     "load_search_space": "autoprune.search",
     "run_search": "autoprune.search",

@@ -166,7 +166,7 @@ class _Point:
         if p.get("distillation"):
             extra.append(f"KD weight {p['distillation'].get('weight')}")
         if p.get("quantize"):
-            extra.append("int8")
+            extra.append("int8, quantization-aware" if p.get("qat") else "int8")
         lines.append(f"retraining steps: {self.retrain_steps}" + (f" ({', '.join(extra)})" if extra else ""))
         lines.append(f"accuracy: {_f(self.accuracy)}"
                      + (f" (drop {100 * r['accuracy_drop']:.2f} pts)" if r.get("accuracy_drop") is not None else ""))

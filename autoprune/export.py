@@ -255,7 +255,7 @@ def load_pruned(path: str | Path) -> Any:
 
     model = load_reshaped(str(p), hf)
     if meta.get("quantized"):
-        from autoprune.trial import quantize_dynamic_int8
+        from autoprune.quantize import quantize_dynamic_int8
 
         model = quantize_dynamic_int8(model)
     model.eval()

@@ -77,7 +77,8 @@ def is_dynamic_int8(model: nn.Module) -> bool:
 
 
 def eval_batch_size(model: nn.Module, batch_size: int) -> int:
-    """The batch size to score ``model`` at: ``batch_size``, or 1 for a dynamic int8 model.
+    """The batch size to score ``model`` at: ``batch_size``, or 1 for a dynamic int8 model (or one
+    being retrained quantization-aware, :func:`autoprune.quantize.fake_quantized`).
 
     Dynamic int8 quantizes each Linear's input with one scale for the whole tensor, so in a batch a
     sentence's prediction depends on the other sentences and on their padding. Measured on the SST-2
@@ -92,7 +93,9 @@ def eval_batch_size(model: nn.Module, batch_size: int) -> int:
         >>> eval_batch_size(quantize_dynamic(nn.Sequential(nn.Linear(2, 2)), {nn.Linear}), 128)
         1
     """
-    return 1 if is_dynamic_int8(model) else batch_size
+    from autoprune.quantize import has_fake_quant
+
+    return 1 if is_dynamic_int8(model) or has_fake_quant(model) else batch_size
 
 
 def evaluate_split(model: nn.Module, split: "Split", *, batch_size: int, pad_id: int, num_labels: int) -> EvalMetrics:

@@ -73,7 +73,9 @@ class PruningPolicy(BaseModel):
       the fraction removed, one value per encoder layer, each in [0, 1).
     * ``iterative_steps``: reach the target in k equal steps, retraining between them.
     * ``retrain``: the fine-tuning budget after pruning; ``distillation`` and ``quantize`` are
-      optional levers.
+      optional levers; ``qat`` (with ``quantize``) retrains with int8 rounding simulated in every
+      Linear, so the fine-tune learns the rounding it will be evaluated with
+      (:func:`autoprune.quantize.fake_quantized`).
     * ``kept_heads`` / ``kept_neurons``: filled in by export; when present, re-application keeps
       exactly these units instead of re-scoring.
     """
@@ -89,6 +91,7 @@ class PruningPolicy(BaseModel):
     retrain: RetrainBudget = RetrainBudget()
     distillation: Distillation | None = None
     quantize: bool = False
+    qat: bool = False
     seed: int = 0
     kept_heads: list[list[int]] | None = None
     kept_neurons: list[list[int]] | None = None
@@ -116,6 +119,9 @@ class PruningPolicy(BaseModel):
                 raise ValueError("an unstructured policy needs 'weight_sparsity' (one value per layer)")
             if self.head_sparsity is not None or self.ffn_sparsity is not None:
                 raise ValueError("'head_sparsity'/'ffn_sparsity' belong to structured policies; set granularity: structured")
+        if self.qat and not self.quantize:
+            raise ValueError("'qat: true' (quantization-aware retraining) needs 'quantize: true'; "
+                             "set quantize: true or drop qat")
         return self
 
     # ------------------------------------------------------------------ construction
@@ -158,7 +164,7 @@ class PruningPolicy(BaseModel):
         if self.distillation:
             s += f" kd{self.distillation.weight:.2f}"
         if self.quantize:
-            s += " int8"
+            s += " int8-qat" if self.qat else " int8"
         return s
 
     # ------------------------------------------------------------------ serialisation

@@ -10,6 +10,7 @@ model, FLOPs, parameters, size.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -22,6 +23,7 @@ import torch.nn as nn
 
 from autoprune.config import RunConfig
 from autoprune.policy import PruningPolicy
+from autoprune.quantize import fake_quantized, quantize_dynamic_int8
 from autoprune.results import EvalMetrics, TrialResult
 
 logger = logging.getLogger(__name__)
@@ -135,20 +137,6 @@ def _speed_label(unstructured: bool, quantized: bool) -> str:
     return "int8 measured; zeros size-only" if quantized else "size-only"
 
 
-def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of every Linear: int8 weights with one scale per output channel,
-    activations quantized on the fly.
-
-    Per-channel weights against torch's default per-tensor ones, on the dense SST-2 baseline (872
-    test sentences; float 0.894): accuracy 0.891 against 0.878 scored in batches of 32, 0.882 for
-    both one sentence at a time; speedup 1.78-2.00x against 1.67-2.06x over four runs
-    (scripts/bench_int8.py, docs/BENCHMARKS.md).
-    """
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-
-
 def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | None = None,
               save_dir: str | None = None, progress: bool = False, final_split: str = "validation") -> TrialResult:
     """Prune the dense baseline by ``policy``, retrain, evaluate on the validation split, measure.
@@ -240,11 +228,13 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
             return False
 
         hooks = {max(1, steps // 2): hook} if (on_eval is not None and steps >= 2) else None
-        finetune(model, batches, steps=steps, learning_rate=budget.learning_rate, warmup_ratio=budget.warmup_ratio,
-                 seed=policy.seed + k, teacher=teacher,
-                 distill_weight=policy.distillation.weight if policy.distillation else 0.0,
-                 temperature=policy.distillation.temperature if policy.distillation else 2.0,
-                 hooks=hooks, desc=f"retrain {k}/{k_steps}", progress=progress)
+        # qat: the retraining sees int8 rounding in every Linear (the mid-phase check scores it so too)
+        with fake_quantized(model) if policy.quantize and policy.qat else contextlib.nullcontext():
+            finetune(model, batches, steps=steps, learning_rate=budget.learning_rate, warmup_ratio=budget.warmup_ratio,
+                     seed=policy.seed + k, teacher=teacher,
+                     distill_weight=policy.distillation.weight if policy.distillation else 0.0,
+                     temperature=policy.distillation.temperature if policy.distillation else 2.0,
+                     hooks=hooks, desc=f"retrain {k}/{k_steps}", progress=progress)
         done_steps += steps
         phases["retrain"] += time.perf_counter() - tr - (phases["evaluate"] - eval_before)
 

@@ -33,8 +33,8 @@ from autoprune.data import eval_batches  # noqa: E402
 from autoprune.errors import AutopruneError  # noqa: E402
 from autoprune.measure import evaluate, measure_speed  # noqa: E402
 from autoprune.models import load_model  # noqa: E402
+from autoprune.quantize import quantize_dynamic_int8  # noqa: E402
 from autoprune.train import baseline_dir, load_task_data, load_tokenizer  # noqa: E402
-from autoprune.trial import quantize_dynamic_int8  # noqa: E402
 
 log = logging.getLogger("bench_int8")
 

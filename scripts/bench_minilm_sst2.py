@@ -276,6 +276,7 @@ def _study_wall(study: Any) -> float:
 # measured after quantization; protocol 1 measured the float model; protocol 3: int8 weights are
 # quantized per channel and an int8 model is scored one sentence at a time).
 PROTOCOL = 3
+_ADDED_SPACE_FIELDS = ("qat",)
 
 
 def study_names(space: Any) -> dict[str, str]:
@@ -285,8 +286,11 @@ def study_names(space: Any) -> dict[str, str]:
     import hashlib
 
     cfg = space.run_config()
+    # fields added to the space after a protocol's studies ran are hashed only when set, so a space
+    # that does not use them still finds its studies (``qat`` came after protocol 3)
+    later = {k for k in _ADDED_SPACE_FIELDS if getattr(space, k) == type(space).model_fields[k].default}
     proto = {"protocol": PROTOCOL, "config": cfg.model_dump(mode="json", exclude={"run_dir"}),
-             "space": space.model_dump(mode="json", exclude={"n_trials"})}
+             "space": space.model_dump(mode="json", exclude={"n_trials", *later})}
     tag = hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:6]
     base = f"minilm_sst2_{cfg.baseline_key()}_p{tag}"
     return {"search": base, "random": f"{base}_random", "uniform": f"{base}_uniform"}

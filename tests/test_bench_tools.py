@@ -41,3 +41,25 @@ def test_study_wall_time_counts_overlapping_trials_once_and_skips_the_gap_betwee
     study = SimpleNamespace(get_trials=lambda deepcopy=False: [trial(70, 80), trial(0, 10), trial(5, 12),
                                                                trial(6, 8)])
     assert _load("bench_minilm_sst2")._study_wall(study) == pytest.approx(22 * 60)
+
+
+def test_study_names_ignore_a_later_space_field_left_at_its_default(tiny_config, tmp_path):
+    # the reference studies are keyed by a hash of the space: adding `qat` to SearchSpace must not
+    # orphan studies run before it existed, but setting it must start fresh studies
+    from autoprune.search import space_from_dict
+
+    import hashlib
+    import json
+
+    bench = _load("bench_minilm_sst2")
+    names = bench.study_names
+    raw = {"config": tiny_config.model_dump(mode="json"), "quantize": [False, True]}
+    plain = space_from_dict(raw, str(tmp_path / "s.yaml"), tmp_path)
+    # the key as computed before `qat` existed: the space's fields without it
+    before = {"protocol": bench.PROTOCOL, "config": plain.run_config().model_dump(mode="json", exclude={"run_dir"}),
+              "space": plain.model_dump(mode="json", exclude={"n_trials", "qat"})}
+    tag = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:6]
+    assert names(plain)["search"].endswith(f"_p{tag}")
+    with_qat = space_from_dict({**raw, "qat": True}, str(tmp_path / "s.yaml"), tmp_path)
+    assert names(with_qat)["search"] != names(plain)["search"]
+    assert names(plain.model_copy(update={"n_trials": 99})) == names(plain)

@@ -237,7 +237,7 @@ def test_quantized_trial_exports_int8_and_refuses_onnx(real, tmp_path):
     out = export_trial(real["study"], Selector(trial=n), tmp_path / "q")
     model = load_pruned(out)
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
-    from autoprune.trial import quantize_dynamic_int8
+    from autoprune.quantize import quantize_dynamic_int8
     from autoprune.models import load_model
 
     ref = quantize_dynamic_int8(load_model(real["results"]["l1q"].model_dir).eval())

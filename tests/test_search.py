@@ -76,16 +76,19 @@ def test_space_file_and_sampling(tiny, tmp_path):
         "config": "run.yaml", "criteria": ["l1", "gradient"], "granularities": ["structured", "unstructured"],
         "structured": {"heads": {"mode": "profile", "base": [0.5, 0.5], "slope": [0.6, 0.6], "range": [0.0, 0.7]},
                        "ffn": {"mode": "free", "range": [[0.1, 0.1], [0.2, 0.4]]}},
-        "distillation": {"enabled": [True], "weight": [0.3, 0.6]}, "quantize": [False, True]}))
+        "distillation": {"enabled": [True], "weight": [0.3, 0.6]}, "quantize": [False, True], "qat": [False, True]}))
     space = load_search_space(tmp_path / "sp.yaml")
     assert space.run_config().model.name_or_path == tiny["model"]["name_or_path"]
     study = optuna.create_study(directions=S.DIRECTIONS, sampler=optuna.samplers.RandomSampler(seed=1))
     seen = set()
+    quant: set[tuple[bool, bool]] = set()
     for _ in range(20):
         trial = study.ask()
         pol = space.sample_policy(trial, 2)
         pol.check_layers(2)
         seen.add(pol.granularity)
+        quant.add((pol.quantize, pol.qat))
+        assert ("qat" in trial.params) == pol.quantize  # qat is drawn only for int8 policies
         assert pol.distillation is not None and pol.distillation.weight in (0.3, 0.6)
         if pol.granularity == "structured":
             assert pol.head_sparsity == [0.5, 0.7]  # 0.5 + 0.6 clipped to the range's 0.7
@@ -93,6 +96,7 @@ def test_space_file_and_sampling(tiny, tmp_path):
         else:
             assert len(pol.weight_sparsity) == 2
     assert seen == {"structured", "unstructured"}
+    assert quant == {(False, False), (True, False), (True, True)}
 
 
 @pytest.mark.parametrize("over,needle", [

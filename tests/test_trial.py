@@ -220,7 +220,7 @@ def test_int8_scores_depend_on_batch_companions_so_int8_is_scored_one_row_at_a_t
     import autoprune.data as data_mod
     from autoprune.measure import eval_batch_size
     from autoprune.models import load_model
-    from autoprune.trial import quantize_dynamic_int8
+    from autoprune.quantize import quantize_dynamic_int8
     from autoprune.train import ensure_baseline
 
     q = quantize_dynamic_int8(load_model(str(ensure_baseline(cfg, progress=False))))

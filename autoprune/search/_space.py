@@ -163,6 +163,7 @@ class SearchSpace(_Strict):
     retrain: RetrainSpace = RetrainSpace()
     distillation: DistillationSpace = DistillationSpace()
     quantize: bool | list[bool] = False
+    qat: bool | list[bool] = Field(False, description="quantization-aware retraining of int8 policies")
     objectives: list[Literal["accuracy", "speedup"]] = Field(default_factory=lambda: ["accuracy", "speedup"])
     accuracy_drop_floor: float | None = Field(0.05, ge=0, le=1, description="max drop vs dense; null disables early stop")
     early_stop: EarlyStop = EarlyStop()
@@ -262,8 +263,10 @@ class SearchSpace(_Strict):
         if pick("distill", self.distillation.enabled):
             distill = Distillation(weight=pick("distill_weight", self.distillation.weight),
                                    temperature=pick("distill_temperature", self.distillation.temperature))
+        quantize = bool(pick("quantize", self.quantize))
+        qat = bool(pick("qat", self.qat)) if quantize else False
         return PruningPolicy(criterion=criterion, granularity=granularity, iterative_steps=pick("iterative_steps", r.iterative_steps),
-                             retrain=retrain, distillation=distill, quantize=bool(pick("quantize", self.quantize)),
+                             retrain=retrain, distillation=distill, quantize=quantize, qat=qat,
                              seed=self.seed + trial.number, **kw)
 
     def raw(self) -> dict[str, Any]:

@@ -1,0 +1,113 @@
+"""Quantization-aware retraining: the simulation matches torch's dynamic int8, the swap is reversible,
+and an int8 policy with ``qat`` retrains through it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from autoprune.config import RunConfig
+from autoprune.errors import PolicyError
+from autoprune.policy import PruningPolicy
+from autoprune.quantize import FakeQuantLinear, fake_quantized, has_fake_quant, quantize_dynamic_int8
+from conftest import tiny_config_dict
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    return RunConfig.model_validate(tiny_config_dict(tmp_path_factory.mktemp("qat"), layers=2, baseline_steps=40))
+
+
+def test_fake_quant_linear_computes_what_dynamic_int8_computes_for_each_sentence():
+    torch.manual_seed(0)
+    lin = nn.Linear(48, 96)
+    x = torch.randn(3, 7, 48) * torch.tensor([0.5, 3.0, 20.0]).view(3, 1, 1) + 0.3  # three very different scales
+    q = quantize_dynamic_int8(nn.Sequential(lin))
+    fake = FakeQuantLinear(lin)(x)
+    for i in range(3):  # int8 is scored one sentence at a time: each row gets its own input scale
+        row_int8 = q(x[i:i + 1])
+        assert torch.allclose(fake[i:i + 1], row_int8, atol=1e-4), (fake[i:i + 1] - row_int8).abs().max()
+    # and the rounding is real: the float Linear differs from both by far more
+    assert (lin(x) - fake).abs().max() > 1e-2
+
+
+def test_fake_quantized_swaps_every_linear_and_restores_the_trained_originals():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Sequential(nn.Linear(8, 2)))
+    originals = [model[0], model[2][0]]
+    before = originals[0].weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # built before the swap: same parameter objects
+    x = torch.randn(5, 6)
+    with fake_quantized(model):
+        assert has_fake_quant(model) and isinstance(model[2][0], FakeQuantLinear)
+        loss = model(x).pow(2).sum()
+        loss.backward()  # straight-through: gradients reach the float weights
+        opt.step()
+    assert not has_fake_quant(model)
+    assert model[0] is originals[0] and model[2][0] is originals[1]
+    assert originals[0].weight.grad is not None and not torch.equal(originals[0].weight, before)
+    # an exception inside the block still restores the model
+    with pytest.raises(RuntimeError), fake_quantized(model):
+        raise RuntimeError("boom")
+    assert not has_fake_quant(model)
+
+
+def test_fake_quantized_bert_predicts_the_int8_model_one_sentence_at_a_time(cfg):
+    from autoprune.models import load_model
+    from autoprune.train import ensure_baseline
+
+    model = load_model(str(ensure_baseline(cfg, progress=False))).eval()
+    q = quantize_dynamic_int8(model)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        ids = torch.randint(5, 30, (1, 9), generator=g)
+        kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        with torch.no_grad(), fake_quantized(model):
+            sim = model(**kw).logits
+        with torch.no_grad():
+            real = q(**kw).logits
+            flt = model(**kw).logits
+        assert (sim - real).abs().max() < 1e-3 < (flt - real).abs().max() + 1e-3
+
+
+def test_qat_needs_quantize_and_is_named_in_the_summary():
+    with pytest.raises(PolicyError, match="needs 'quantize: true'"):
+        PruningPolicy.from_dict({"criterion": "l1", "head_sparsity": [0.5], "ffn_sparsity": [0.5], "qat": True})
+    pol = PruningPolicy.uniform("l1", 2, heads=0.5, ffn=0.5, quantize=True, qat=True)
+    assert pol.summary().endswith(" int8-qat")
+    assert PruningPolicy.from_json(pol.to_json()) == pol
+    # a policy stored before qat existed loads as plain int8
+    old = {k: v for k, v in pol.to_dict().items() if k != "qat"}
+    assert PruningPolicy.from_dict(old).qat is False
+
+
+def test_qat_trial_retrains_through_the_rounding_and_saves_a_plain_model(cfg, tmp_path, monkeypatch):
+    import autoprune.train as train_mod
+    import autoprune.trial as trial_mod
+    from autoprune.export import load_pruned
+    from autoprune.measure import is_dynamic_int8
+
+    seen: list[bool] = []
+    real_finetune = train_mod.finetune
+
+    def spy(model, *a, **kw):
+        seen.append(has_fake_quant(model))
+        return real_finetune(model, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "finetune", spy)
+    pol = PruningPolicy.uniform("l1", 2, heads=0.5, ffn=0.5, retrain_steps=6, quantize=True, qat=True,
+                                iterative_steps=2)
+    res = trial_mod.run_trial(cfg, pol, save_dir=str(tmp_path / "qat"))
+    plain = trial_mod.run_trial(cfg, pol.model_copy(update={"qat": False}), save_dir=str(tmp_path / "plain"))
+    assert seen == [True, True, False, False]  # both retraining phases of the qat trial, neither of the other
+    assert res.policy["qat"] is True and res.heads_per_layer == plain.heads_per_layer == [2, 2]
+    a, b = load_pruned(tmp_path / "qat"), load_pruned(tmp_path / "plain")
+    assert is_dynamic_int8(a) and is_dynamic_int8(b)  # export re-quantizes both; no wrapper is saved
+    wa = a.state_dict()
+    assert set(wa) == set(b.state_dict())
+    ids = torch.randint(5, 30, (1, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        la = a(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        lb = b(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert not torch.allclose(la, lb)  # the same seed and batches: only the rounding in training differs
