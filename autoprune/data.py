@@ -204,6 +204,14 @@ def load_task(cfg: DataConfig, tokenizer: Any, *, cache_dir: str | None = None) 
                 raise DataError(f"data.min_validation_words: {cfg.min_validation_words} leaves none of the "
                                 f"{n_all} rows of split '{split}'; lower it or remove it")
             logger.info("validation: %d of %d rows have at least %d words", len(ds), n_all, cfg.min_validation_words)
+        if role == "validation" and cfg.exclude_train_overlap:
+            n_all = len(ds)
+            seen = "\n".join(str(t or "").strip() for t in raw[cfg.train_split][cfg.text_column])
+            ds = ds.filter(lambda row: str(row[cfg.text_column] or "").strip() not in seen)
+            if len(ds) == 0:
+                raise DataError(f"data.exclude_train_overlap: every one of the {n_all} remaining rows of split "
+                                f"'{split}' occurs inside a training row; set it to false")
+            logger.info("validation: %d of %d rows do not occur inside a training row", len(ds), n_all)
         limit = limits.get(split)
         if limit is not None and limit < len(ds):
             # a fixed, seeded subset: the same rows in every trial

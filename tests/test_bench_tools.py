@@ -63,3 +63,12 @@ def test_study_names_ignore_a_later_space_field_left_at_its_default(tiny_config,
     with_qat = space_from_dict({**raw, "qat": True}, str(tmp_path / "s.yaml"), tmp_path)
     assert names(with_qat)["search"] != names(plain)["search"]
     assert names(plain.model_copy(update={"n_trials": 99})) == names(plain)
+
+
+def test_spearman_rank_correlation_with_ties():
+    mod = _load("bench_validation_rows")
+    assert mod.ranks([0.5, 0.9, 0.5, 0.1]) == [2.5, 4.0, 2.5, 1.0]
+    assert mod.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert mod.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # one swap among four: 1 - 6 * 2 / (4 * 15) = 0.8
+    assert mod.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)

@@ -73,6 +73,21 @@ def test_min_validation_words_keeps_full_sentences_only(tmp_path, tok):
         load_task(DataConfig(files=files, min_validation_words=7), tok)
 
 
+def test_exclude_train_overlap_drops_validation_rows_seen_inside_training_rows(tmp_path, tok):
+    train = _write(tmp_path / "tr.tsv", ["a thoroughly good film with a plot\t1", "bad acting\t0", "dull\t0"])
+    val = _write(tmp_path / "va.tsv", ["good film with a plot\t1",      # inside training row 1
+                                       "bad acting\t0",                # a training row itself
+                                       "a plot twist nobody saw\t1",    # new text
+                                       "dull and long\t0"])             # contains a training row, is not inside one
+    files = {"train": train, "validation": val}
+    task = load_task(DataConfig(files=files, exclude_train_overlap=True), tok)
+    assert task.validation.labels == [1, 0] and len(task.validation) == 2
+    assert len(load_task(DataConfig(files=files), tok).validation) == 4
+    only_seen = _write(tmp_path / "seen.tsv", ["bad acting\t0", "dull\t0"])
+    with pytest.raises(DataError, match="exclude_train_overlap: every one of the 2 remaining rows"):
+        load_task(DataConfig(files={"train": train, "validation": only_seen}, exclude_train_overlap=True), tok)
+
+
 @pytest.mark.parametrize("case, fragment", [
     ("missing_file", "file not found"),
     ("missing_column", "has no column 'sentence'"),
