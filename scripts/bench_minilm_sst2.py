@@ -277,6 +277,7 @@ def _study_wall(study: Any) -> float:
 # quantized per channel and an int8 model is scored one sentence at a time).
 PROTOCOL = 3
 _ADDED_SPACE_FIELDS = ("qat",)
+_ADDED_DATA_FIELDS = ("exclude_train_overlap",)
 
 
 def study_names(space: Any) -> dict[str, str]:
@@ -286,10 +287,12 @@ def study_names(space: Any) -> dict[str, str]:
     import hashlib
 
     cfg = space.run_config()
-    # fields added to the space after a protocol's studies ran are hashed only when set, so a space
-    # that does not use them still finds its studies (``qat`` came after protocol 3)
+    # fields added after a protocol's studies ran are hashed only when set, so a space and config
+    # that do not use them still find their studies (``qat``, ``data.exclude_train_overlap``)
     later = {k for k in _ADDED_SPACE_FIELDS if getattr(space, k) == type(space).model_fields[k].default}
-    proto = {"protocol": PROTOCOL, "config": cfg.model_dump(mode="json", exclude={"run_dir"}),
+    later_data = {k for k in _ADDED_DATA_FIELDS if getattr(cfg.data, k) == type(cfg.data).model_fields[k].default}
+    proto = {"protocol": PROTOCOL,
+             "config": cfg.model_dump(mode="json", exclude={"run_dir": True, "data": later_data}),
              "space": space.model_dump(mode="json", exclude={"n_trials", *later})}
     tag = hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:6]
     base = f"minilm_sst2_{cfg.baseline_key()}_p{tag}"

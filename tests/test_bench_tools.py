@@ -43,9 +43,10 @@ def test_study_wall_time_counts_overlapping_trials_once_and_skips_the_gap_betwee
     assert _load("bench_minilm_sst2")._study_wall(study) == pytest.approx(22 * 60)
 
 
-def test_study_names_ignore_a_later_space_field_left_at_its_default(tiny_config, tmp_path):
-    # the reference studies are keyed by a hash of the space: adding `qat` to SearchSpace must not
-    # orphan studies run before it existed, but setting it must start fresh studies
+def test_study_names_ignore_later_fields_left_at_their_defaults(tiny_config, tmp_path):
+    # the reference studies are keyed by a hash of the space and run config: adding `qat` to
+    # SearchSpace or `exclude_train_overlap` to DataConfig must not orphan studies run before they
+    # existed, but setting either must start fresh studies
     from autoprune.search import space_from_dict
 
     import hashlib
@@ -56,12 +57,17 @@ def test_study_names_ignore_a_later_space_field_left_at_its_default(tiny_config,
     raw = {"config": tiny_config.model_dump(mode="json"), "quantize": [False, True]}
     plain = space_from_dict(raw, str(tmp_path / "s.yaml"), tmp_path)
     # the key as computed before `qat` existed: the space's fields without it
-    before = {"protocol": bench.PROTOCOL, "config": plain.run_config().model_dump(mode="json", exclude={"run_dir"}),
+    before = {"protocol": bench.PROTOCOL,
+              "config": plain.run_config().model_dump(mode="json", exclude={"run_dir": True,
+                                                                            "data": {"exclude_train_overlap"}}),
               "space": plain.model_dump(mode="json", exclude={"n_trials", "qat"})}
     tag = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:6]
     assert names(plain)["search"].endswith(f"_p{tag}")
     with_qat = space_from_dict({**raw, "qat": True}, str(tmp_path / "s.yaml"), tmp_path)
     assert names(with_qat)["search"] != names(plain)["search"]
+    cfg2 = dict(raw["config"], data=dict(raw["config"]["data"], exclude_train_overlap=True))
+    leak_checked = space_from_dict({**raw, "config": cfg2}, str(tmp_path / "s.yaml"), tmp_path)
+    assert names(leak_checked)["search"] != names(plain)["search"]
     assert names(plain.model_copy(update={"n_trials": 99})) == names(plain)
 
 
