@@ -68,7 +68,11 @@ class FakeQuantLinear(nn.Module):
         self.linear = linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(_fake_quant_input(x), _fake_quant_weight(self.linear.weight), self.linear.bias)
+        lin = self.linear
+        # a Linear masked by torch.nn.utils.prune (unstructured policies) recomputes its weight as
+        # weight_orig * weight_mask in a forward pre-hook, which calling F.linear here bypasses
+        w = lin.weight_orig * lin.weight_mask if hasattr(lin, "weight_mask") else lin.weight
+        return F.linear(_fake_quant_input(x), _fake_quant_weight(w), lin.bias)
 
 
 @contextmanager

@@ -53,6 +53,27 @@ def test_fake_quantized_swaps_every_linear_and_restores_the_trained_originals():
     assert not has_fake_quant(model)
 
 
+def test_fake_quantized_trains_a_masked_linear_and_keeps_its_pruned_weights_zero():
+    # unstructured policies retrain under torch.nn.utils.prune masks: the weight is recomputed from
+    # weight_orig * weight_mask every forward, so two training steps must work and respect the mask
+    from autoprune.surgery import make_unstructured_permanent, prune_unstructured
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    mask = (torch.rand(8, 6) > 0.5).float()
+    prune_unstructured(model, {"0": mask})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with fake_quantized(model):
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(4, 6)).pow(2).sum().backward()
+            opt.step()
+        masked = model(torch.ones(1, 6))
+    assert torch.isfinite(masked).all()
+    make_unstructured_permanent(model)
+    assert torch.all(model[0].weight[mask == 0] == 0) and torch.any(model[0].weight[mask == 1] != 0)
+
+
 def test_fake_quantized_bert_predicts_the_int8_model_one_sentence_at_a_time(cfg):
     from autoprune.models import load_model
     from autoprune.train import ensure_baseline
@@ -111,3 +132,11 @@ def test_qat_trial_retrains_through_the_rounding_and_saves_a_plain_model(cfg, tm
         la = a(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         lb = b(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     assert not torch.allclose(la, lb)  # the same seed and batches: only the rounding in training differs
+
+
+def test_unstructured_qat_trial_runs_through_both_pruning_steps(cfg):
+    from autoprune.trial import run_trial
+
+    pol = PruningPolicy.uniform("l1", 2, weights=0.6, retrain_steps=6, quantize=True, qat=True, iterative_steps=2)
+    res = run_trial(cfg, pol)
+    assert res.weight_sparsity == pytest.approx(0.6, abs=0.02) and res.speed_label.startswith("int8")
