@@ -248,11 +248,16 @@ def phase_profile(results: list[dict[str, Any]]) -> list[str]:
     for ph in ("load", "prune", "retrain", "evaluate", "measure", "total"):
         v = [r.get(ph, 0.0) for r in rows]
         out.append(f"| {ph} | {statistics.median(v):.1f} | {max(v):.1f} | {100 * statistics.median(v) / tot:.0f}% |")
-    per_step = [r["phase_seconds"]["retrain"] / r["retrain_steps"] for r in results
-                if (r.get("phase_seconds") or {}).get("retrain") and r.get("retrain_steps")]
-    if per_step:
-        out.append(f"\nRetraining: median {statistics.median(per_step):.3f} s per step (batch 32, bucketed "
-                   "padding, fused AdamW; distillation adds a teacher forward pass).")
+    def per_step(qat: bool) -> list[float]:
+        return [r["phase_seconds"]["retrain"] / r["retrain_steps"] for r in results
+                if (r.get("phase_seconds") or {}).get("retrain") and r.get("retrain_steps")
+                and bool(r["policy"].get("qat")) == qat]
+
+    plain, qat = per_step(False), per_step(True)
+    if plain:
+        out.append(f"\nRetraining: median {statistics.median(plain):.3f} s per step (batch 32, bucketed "
+                   "padding, fused AdamW; distillation adds a teacher forward pass)"
+                   + (f"; quantization-aware ({len(qat)} trials): {statistics.median(qat):.3f} s." if qat else "."))
     return out
 
 
