@@ -17,7 +17,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -172,6 +172,18 @@ def _label_ids(column: list[Any], split: str, label_col: str, names: list[str] |
     return [lookup[s] for s in strs], names
 
 
+def _keep_rows(ds: Any, keep: Callable[[dict[str, Any]], bool], kept: str,
+               empty_error: Callable[[int], str]) -> Any:
+    """``ds`` narrowed to the rows ``keep`` accepts; :class:`DataError` ``empty_error(rows before)`` when
+    none is left."""
+    n_all = len(ds)
+    ds = ds.filter(keep)
+    if len(ds) == 0:
+        raise DataError(empty_error(n_all))
+    logger.info("validation: %d of %d rows %s", len(ds), n_all, kept)
+    return ds
+
+
 _CACHE: dict[tuple, TaskData] = {}
 
 
@@ -198,20 +210,16 @@ def load_task(cfg: DataConfig, tokenizer: Any, *, cache_dir: str | None = None) 
         if len(ds) == 0:
             raise DataError(f"split '{split}' is empty; it needs at least one labelled row")
         if role == "validation" and cfg.min_validation_words:
-            n_all = len(ds)
-            ds = ds.filter(lambda row: len(str(row[cfg.text_column] or "").split()) >= cfg.min_validation_words)
-            if len(ds) == 0:
-                raise DataError(f"data.min_validation_words: {cfg.min_validation_words} leaves none of the "
-                                f"{n_all} rows of split '{split}'; lower it or remove it")
-            logger.info("validation: %d of %d rows have at least %d words", len(ds), n_all, cfg.min_validation_words)
+            ds = _keep_rows(ds, lambda row: len(str(row[cfg.text_column] or "").split()) >= cfg.min_validation_words,
+                            f"have at least {cfg.min_validation_words} words",
+                            lambda n: f"data.min_validation_words: {cfg.min_validation_words} leaves none of the "
+                                      f"{n} rows of split '{split}'; lower it or remove it")
         if role == "validation" and cfg.exclude_train_overlap:
-            n_all = len(ds)
             seen = "\n".join(str(t or "").strip() for t in raw[cfg.train_split][cfg.text_column])
-            ds = ds.filter(lambda row: str(row[cfg.text_column] or "").strip() not in seen)
-            if len(ds) == 0:
-                raise DataError(f"data.exclude_train_overlap: every one of the {n_all} remaining rows of split "
-                                f"'{split}' occurs inside a training row; set it to false")
-            logger.info("validation: %d of %d rows do not occur inside a training row", len(ds), n_all)
+            ds = _keep_rows(ds, lambda row: str(row[cfg.text_column] or "").strip() not in seen,
+                            "do not occur inside a training row",
+                            lambda n: f"data.exclude_train_overlap: every one of the {n} remaining rows of split "
+                                      f"'{split}' occurs inside a training row; set it to false")
         limit = limits.get(split)
         if limit is not None and limit < len(ds):
             # a fixed, seeded subset: the same rows in every trial

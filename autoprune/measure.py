@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 import torch.nn as nn
 
+from autoprune.quantize import has_fake_quant
 from autoprune.results import EvalMetrics, SpeedReport
 
 if TYPE_CHECKING:
@@ -93,8 +94,6 @@ def eval_batch_size(model: nn.Module, batch_size: int) -> int:
         >>> eval_batch_size(quantize_dynamic(nn.Sequential(nn.Linear(2, 2)), {nn.Linear}), 128)
         1
     """
-    from autoprune.quantize import has_fake_quant
-
     return 1 if is_dynamic_int8(model) or has_fake_quant(model) else batch_size
 
 

@@ -228,8 +228,9 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
             return False
 
         hooks = {max(1, steps // 2): hook} if (on_eval is not None and steps >= 2) else None
-        # qat: the retraining sees int8 rounding in every Linear (the mid-phase check scores it so too)
-        with fake_quantized(model) if policy.quantize and policy.qat else contextlib.nullcontext():
+        # qat (valid only with quantize): the retraining sees int8 rounding in every Linear (the
+        # mid-phase check scores it so too)
+        with fake_quantized(model) if policy.qat else contextlib.nullcontext():
             finetune(model, batches, steps=steps, learning_rate=budget.learning_rate, warmup_ratio=budget.warmup_ratio,
                      seed=policy.seed + k, teacher=teacher,
                      distill_weight=policy.distillation.weight if policy.distillation else 0.0,

@@ -294,11 +294,14 @@ def study_names(space: Any) -> dict[str, str]:
     cfg = space.run_config()
     # fields added after a protocol's studies ran are hashed only when set, so a space and config
     # that do not use them still find their studies (``qat``, ``data.exclude_train_overlap``)
-    later = {k for k in _ADDED_SPACE_FIELDS if getattr(space, k) == type(space).model_fields[k].default}
-    later_data = {k for k in _ADDED_DATA_FIELDS if getattr(cfg.data, k) == type(cfg.data).model_fields[k].default}
+    def at_default(model: Any, fields: tuple[str, ...]) -> set[str]:
+        return {k for k in fields if getattr(model, k) == type(model).model_fields[k].default}
+
     proto = {"protocol": PROTOCOL,
-             "config": cfg.model_dump(mode="json", exclude={"run_dir": True, "data": later_data}),
-             "space": space.model_dump(mode="json", exclude={"n_trials", *later})}
+             "config": cfg.model_dump(mode="json", exclude={"run_dir": True,
+                                                            "data": at_default(cfg.data, _ADDED_DATA_FIELDS)}),
+             "space": space.model_dump(mode="json",
+                                       exclude={"n_trials", *at_default(space, _ADDED_SPACE_FIELDS)})}
     tag = hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:6]
     base = f"minilm_sst2_{cfg.baseline_key()}_p{tag}"
     return {"search": base, "random": f"{base}_random", "uniform": f"{base}_uniform"}

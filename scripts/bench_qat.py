@@ -87,7 +87,7 @@ def main() -> None:
         if len(trials) != len(wanted):
             raise SystemExit(f"error: study {args.study} has no trial(s) {sorted(wanted - {t.number for t in trials})}")
     else:
-        trials = [t for t in study.best_trials if t.user_attrs[S.T_POLICY].get("quantize")]
+        trials = study.best_trials
     trials = [t for t in trials if t.values and t.user_attrs.get(S.T_POLICY, {}).get("quantize")]
     if not trials:
         raise SystemExit("error: no int8 trial to re-run (pass --trials with trials whose policy has quantize: true)")
