@@ -71,6 +71,33 @@ def test_study_names_ignore_later_fields_left_at_their_defaults(tiny_config, tmp
     assert names(plain.model_copy(update={"n_trials": 99})) == names(plain)
 
 
+def test_search_and_random_are_compared_over_their_first_n_counted_trials():
+    # a study that ran further (or re-ran orphans) is cut to its first n trials that count towards
+    # n_trials, so the hypervolume ratio compares equal trial counts
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from autoprune import _study as S
+
+    study = optuna.create_study(directions=S.DIRECTIONS)
+
+    def add(state: TrialState, acc: float | None = None, **attrs: bool) -> None:
+        values = [acc, 1.5] if state == TrialState.COMPLETE else None
+        res = {S.T_RESULT: {"accuracy": acc, "speedup": 1.5}} if acc is not None else {}
+        study.add_trial(create_trial(state=state, values=values, user_attrs={**res, **attrs}))
+
+    add(TrialState.COMPLETE, 0.90)                  # 0: counts
+    add(TrialState.FAIL, **{S.T_ORPHANED: True})    # 1: an orphan, re-run later: does not count
+    add(TrialState.PRUNED)                          # 2: counts, no result
+    add(TrialState.FAIL)                            # 3: a failed trial counts
+    add(TrialState.COMPLETE, 0.91)                  # 4: counts
+    add(TrialState.COMPLETE, 0.95)                  # 5: beyond the first four
+    first = _load("bench_minilm_sst2").completed_in_first
+    assert [r["number"] for r in first(study, 4)] == [0, 4]
+    assert [r["number"] for r in first(study, 2)] == [0]
+    assert [r["number"] for r in first(study, 10)] == [0, 4, 5]
+
+
 def test_spearman_rank_correlation_with_ties():
     mod = _load("bench_validation_rows")
     assert mod.ranks([0.5, 0.9, 0.5, 0.1]) == [2.5, 4.0, 2.5, 1.0]
