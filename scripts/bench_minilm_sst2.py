@@ -68,9 +68,8 @@ def completed_in_first(study: Any, n: int) -> list[dict[str, Any]]:
     ``n_trials``: how a study that ran further is compared with another at the same trial count."""
     from autoprune.search._driver import counted
 
-    first = [t.number for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-             if counted([t])][:n]
-    return [r for r in completed(study) if r["number"] in set(first)]
+    first = set(sorted(t.number for t in study.get_trials(deepcopy=False) if counted([t]))[:n])
+    return [r for r in completed(study) if r["number"] in first]
 
 
 def run_uniform(space: Any, storage: str, name: str) -> Any:

@@ -20,8 +20,8 @@ Three steps:
 The weights travel losslessly packed (``weights.bin``, fp32 byte planes, zlib) and whole except the
 word-embedding matrix, of which only the rows of token ids that occur in the tokenised splits are
 kept: the others are never looked up, get no gradient and cannot change a prediction (they are
-zero on the GPU side). Each run
-appends one JSON line as it finishes, so a run cut short by its time limit still reports.
+zero on the GPU side). Each run appends one JSON line as it finishes, so a run cut short by its
+time limit still reports.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("gpu_baseline_recipes")
 CONFIG = ROOT / "search_spaces" / "minilm_sst2_config.yaml"
-EMB = "bert.embeddings.word_embeddings.weight"
 
 
 # ----------------------------------------------------------------------------- prepare (CPU)
@@ -80,7 +79,7 @@ def prepare(out: Path) -> None:
              {k: len(s) for k, s in splits.items()})
 
 
-# ----------------------------------------------------------------------------- run (GPU)
+# ----------------------------------------------------------------------------- packing the weights
 def _save_planes(tensors: dict[str, Any], path: Path) -> None:
     """fp32 tensors, losslessly packed: byte planes of the concatenated floats, each zlib-compressed
     (the exponent plane shrinks to ~40%; 0.84 of the raw size in all, which keeps the carried tree
@@ -139,16 +138,17 @@ def unpack_weights(pack: Path) -> Path:
     return model_dir
 
 
+# ----------------------------------------------------------------------------- run (GPU)
 def _score(model: Any, split: Any, pad_id: int, device: str) -> float:
+    """Accuracy through ``autoprune.measure.evaluate``, with the batches moved to ``device``."""
     import torch
 
     from autoprune.data import eval_batches
-    from autoprune.measure import predict
+    from autoprune.measure import evaluate
 
     with torch.inference_mode():
-        preds, labels = predict(model, ({k: v.to(device) for k, v in b.items()}
-                                        for b in eval_batches(split, 256, pad_id)))
-    return sum(int(p == y) for p, y in zip(preds, labels)) / len(labels)
+        return evaluate(model, ({k: v.to(device) for k, v in b.items()} for b in eval_batches(split, 256, pad_id)),
+                        num_labels=2).accuracy
 
 
 def _one(job: dict[str, Any], pack: str, model_dir: str, out: str, dev: str) -> None:
@@ -212,12 +212,12 @@ def run(pack: Path, out: Path, workers: int, grid: str, deadline_s: float, devic
     log.info("%d runs, %d at a time, deadline %.0f s", len(jobs), workers, deadline_s)
     while pending or running:
         running = [p for p in running if p.is_alive()]
-        while pending and len(running) < workers and time.monotonic() - t0 < deadline_s:
+        if time.monotonic() - t0 >= deadline_s:
+            pending.clear()  # past the deadline: let the running ones finish, start no more
+        while pending and len(running) < workers:
             p = ctx.Process(target=_one, args=(pending.pop(0), str(pack), str(model_dir), str(out), device))
             p.start()
             running.append(p)
-        if time.monotonic() - t0 >= deadline_s:
-            pending.clear()
         time.sleep(1)
     shutil.rmtree(model_dir, ignore_errors=True)
     log.info("done in %.0f s", time.monotonic() - t0)
