@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 import torch.nn as nn
 
-from autoprune.quantize import has_fake_quant
 from autoprune.results import EvalMetrics, SpeedReport
 
 if TYPE_CHECKING:
@@ -78,14 +77,15 @@ def is_dynamic_int8(model: nn.Module) -> bool:
 
 
 def eval_batch_size(model: nn.Module, batch_size: int) -> int:
-    """The batch size to score ``model`` at: ``batch_size``, or 1 for a dynamic int8 model (or one
-    being retrained quantization-aware, :func:`autoprune.quantize.fake_quantized`).
+    """The batch size to score ``model`` at: ``batch_size``, or 1 for a dynamic int8 model.
 
     Dynamic int8 quantizes each Linear's input with one scale for the whole tensor, so in a batch a
     sentence's prediction depends on the other sentences and on their padding. Measured on the SST-2
     baseline (dense, per-tensor int8, 872 test sentences): accuracy 0.868 at batch 128, 0.878 at 32,
     0.882 at 1 (per-channel int8: 0.877, 0.891, 0.882).
     One sentence at a time is the only score that does not depend on how rows happen to be batched.
+    A model being retrained quantization-aware (:func:`autoprune.quantize.fake_quantized`) scores in
+    batches: in eval mode its simulated scale covers each sentence's own tokens, as at batch 1.
 
     Example:
         >>> eval_batch_size(nn.Linear(2, 2), 128)
@@ -94,7 +94,7 @@ def eval_batch_size(model: nn.Module, batch_size: int) -> int:
         >>> eval_batch_size(quantize_dynamic(nn.Sequential(nn.Linear(2, 2)), {nn.Linear}), 128)
         1
     """
-    return 1 if is_dynamic_int8(model) or has_fake_quant(model) else batch_size
+    return 1 if is_dynamic_int8(model) else batch_size
 
 
 def evaluate_split(model: nn.Module, split: "Split", *, batch_size: int, pad_id: int, num_labels: int) -> EvalMetrics:

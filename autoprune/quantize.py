@@ -15,6 +15,12 @@ to 7-bit unsigned (``reduce_range=True``: 0..127) with a scale from the tensor's
 At inference the input scale covers the whole batch; autoprune scores int8 models one sentence at
 a time (:func:`autoprune.measure.eval_batch_size`), so the simulation takes one scale per
 sentence (per row of the batch), the scale that sentence gets at inference.
+
+When the wrapped model is scored (eval mode), that scale is taken over the sentence's own tokens
+only (the ``attention_mask`` of the model's call), so a padded batch predicts what one sentence at
+a time does and the mid-retraining checks of a ``qat`` policy run in batches. In training the row's
+scale also covers its padding positions, as it always has (training batches are length-bucketed, so
+there is little padding); this keeps the retraining of the reference run's ``qat`` trials unchanged.
 """
 
 from __future__ import annotations
@@ -40,11 +46,22 @@ def _fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
     return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -128, 127)
 
 
-def _fake_quant_input(x: torch.Tensor) -> torch.Tensor:
-    """Asymmetric 7-bit unsigned with one scale per row of the batch (one sentence)."""
-    rows = x.detach().reshape(x.shape[0], -1).float()
-    lo = torch.clamp(rows.amin(dim=1), max=0.0)
-    hi = torch.clamp(rows.amax(dim=1), min=0.0)
+def _fake_quant_input(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Asymmetric 7-bit unsigned with one scale per row of the batch (one sentence).
+
+    ``mask`` (batch x tokens, 1 for a real token), when given for a batch x tokens x features input,
+    restricts each row's min and max to its real tokens: the scale the sentence gets on its own.
+    """
+    xd = x.detach().float()
+    if mask is not None and xd.dim() == 3 and tuple(mask.shape) == tuple(xd.shape[:2]):
+        keep = mask.to(torch.bool).unsqueeze(-1)
+        lo = xd.masked_fill(~keep, float("inf")).amin(dim=(1, 2))
+        hi = xd.masked_fill(~keep, float("-inf")).amax(dim=(1, 2))
+    else:
+        rows = xd.reshape(x.shape[0], -1)
+        lo, hi = rows.amin(dim=1), rows.amax(dim=1)
+    lo = torch.clamp(lo, max=0.0)
+    hi = torch.clamp(hi, min=0.0)
     scale = torch.clamp((hi - lo) / _ACT_QMAX, min=torch.finfo(torch.float32).eps)
     zero = torch.clamp(torch.round(-lo / scale), 0, _ACT_QMAX).to(torch.int32)
     return torch.fake_quantize_per_channel_affine(x, scale, zero, 0, 0, _ACT_QMAX)
@@ -54,6 +71,9 @@ class FakeQuantLinear(nn.Module):
     """An ``nn.Linear`` whose forward pass rounds its input and weight as dynamic int8 will.
 
     It holds the original module (``.linear``), so its parameters are the original parameters.
+    In eval mode it reads the token mask that :func:`fake_quantized` records from the model's call
+    (``tokens``, a one-item list shared by the model's wrappers), so padding does not move a
+    sentence's input scale.
 
     Example:
         >>> lin = nn.Linear(8, 4)
@@ -63,16 +83,18 @@ class FakeQuantLinear(nn.Module):
         (torch.Size([3, 5, 4]), True)
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self, linear: nn.Linear, tokens: list[torch.Tensor | None] | None = None) -> None:
         super().__init__()
         self.linear = linear
+        self._tokens = tokens if tokens is not None else [None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lin = self.linear
         # a Linear masked by torch.nn.utils.prune (unstructured policies) recomputes its weight as
         # weight_orig * weight_mask in a forward pre-hook, which calling F.linear here bypasses
         w = lin.weight_orig * lin.weight_mask if hasattr(lin, "weight_mask") else lin.weight
-        return F.linear(_fake_quant_input(x), _fake_quant_weight(w), lin.bias)
+        mask = None if self.training else self._tokens[0]
+        return F.linear(_fake_quant_input(x, mask), _fake_quant_weight(w), lin.bias)
 
 
 @contextmanager
@@ -88,15 +110,23 @@ def fake_quantized(model: nn.Module) -> Iterator[nn.Module]:
         >>> has_fake_quant(model), type(model[0]).__name__
         (False, 'Linear')
     """
+    tokens: list[torch.Tensor | None] = [None]
+
+    def record_mask(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # the attention mask of this call (HF models take it by keyword or second positionally)
+        tokens[0] = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
     swapped: list[tuple[nn.Module, str, nn.Linear]] = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, FakeQuantLinear(child))
+                setattr(parent, name, FakeQuantLinear(child, tokens).train(child.training))
                 swapped.append((parent, name, child))
+    handle = model.register_forward_pre_hook(record_mask, with_kwargs=True)
     try:
         yield model
     finally:
+        handle.remove()
         for parent, name, child in swapped:
             setattr(parent, name, child)
 

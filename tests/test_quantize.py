@@ -92,6 +92,51 @@ def test_fake_quantized_bert_predicts_the_int8_model_one_sentence_at_a_time(cfg)
         assert (sim - real).abs().max() < 1e-3 < (flt - real).abs().max() + 1e-3
 
 
+def test_fake_quantized_bert_scores_a_padded_batch_as_one_sentence_at_a_time_in_eval_mode(cfg):
+    from autoprune.data import collate
+    from autoprune.measure import eval_batch_size
+    from autoprune.models import load_model
+    from autoprune.quantize import _fake_quant_input, _fake_quant_weight
+    from autoprune.train import ensure_baseline
+
+    model = load_model(str(ensure_baseline(cfg, progress=False))).eval()
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randint(5, 30, (n,), generator=g).tolist() for n in (3, 11, 6, 17, 9)]
+    with torch.no_grad():  # a loud padding token (a spike that survives LayerNorm): a scale that saw the
+        emb = model.bert.embeddings.word_embeddings.weight  # padding would move the sentence's logits
+        emb[0] = 0.0
+        emb[0, 0] = 1e3
+    batch = collate(rows, None, pad_id=0)
+    with torch.no_grad(), fake_quantized(model):
+        assert eval_batch_size(model, 64) == 64  # the simulation scores in batches ...
+        batched = model(**batch).logits
+        alone = torch.cat([model(**collate([r], None, pad_id=0)).logits for r in rows])
+        assert all(not m.training for m in model.modules())  # the wrappers take the model's mode
+        for m in model.modules():  # the same batch with the scale over each whole padded row
+            if isinstance(m, FakeQuantLinear):
+                m.train()
+        padded_scale = model(**batch).logits
+        model.eval()
+        # training keeps the row scale over real and padding positions alike (the reference run's
+        # qat retraining); eval mode takes it over the real tokens only
+        q0 = model.bert.encoder.layer[0].attention.self.query
+        x = torch.randn(2, 5, model.config.hidden_size)
+        x[1, 2:] *= 30  # loud padding positions in the second row
+        mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]])
+        model(input_ids=torch.ones(2, 5, dtype=torch.long), attention_mask=mask)  # records this call's mask
+        w = _fake_quant_weight(q0.linear.weight)
+        row_scale = torch.nn.functional.linear(_fake_quant_input(x), w, q0.linear.bias)
+        token_scale = torch.nn.functional.linear(_fake_quant_input(x, mask), w, q0.linear.bias)
+        assert torch.equal(q0(x), token_scale) and not torch.allclose(token_scale[1, :2], row_scale[1, :2])
+        model.train()
+        assert torch.equal(q0(x), row_scale)
+        model.eval()
+    # logits here are ~0.02; measured: 6e-9 batched against 3e-4 with a scale that saw the padding
+    assert (batched - alone).abs().max() < 1e-5, (batched - alone).abs().max()
+    assert (padded_scale - alone).abs().max() > 1e-4  # the check above would catch a scale that saw padding
+    assert not model._forward_pre_hooks  # the mask recorder leaves with the wrappers
+
+
 def test_qat_needs_quantize_and_is_named_in_the_summary():
     with pytest.raises(PolicyError, match="needs 'quantize: true'"):
         PruningPolicy.from_dict({"criterion": "l1", "head_sparsity": [0.5], "ffn_sparsity": [0.5], "qat": True})
