@@ -163,7 +163,8 @@ def _status_table(rows: list[dict[str, Any]], title: str = "") -> Table:
         t.add_row(str(r["number"]), r["policy_summary"] or "",
                   "" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
                   "" if r["speedup"] is None else f"{r['speedup']:.2f}x",
-                  r["state"], "*" if r["on_front"] else "", (r.get("reason") or "")[:80])
+                  r["state"] + ("" if r.get("counted", True) or r["state"] in ("RUNNING", "WAITING") else " (not counted)"),
+                  "*" if r["on_front"] else "", (r.get("reason") or "")[:80])
     return t
 
 

@@ -65,3 +65,22 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "Traceback" not in proc.stderr
     assert "/nonexistent/model" in proc.stderr
+
+
+def test_status_table_marks_the_trials_that_do_not_count():
+    from rich.console import Console
+
+    from autoprune.cli import _status_table
+
+    base = {"policy_summary": "l1", "accuracy": None, "speedup": None, "on_front": False, "reason": None}
+    rows = [{**base, "number": 0, "state": "FAIL", "counted": False, "reason": "driver stopped while the trial ran"},
+            {**base, "number": 1, "state": "FAIL", "counted": True, "reason": "boom"},
+            {**base, "number": 2, "state": "RUNNING", "counted": False},
+            {**base, "number": 3, "state": "COMPLETE", "counted": True, "accuracy": 0.9, "speedup": 1.5}]
+    console = Console(width=200, record=True)
+    console.print(_status_table(rows))
+    lines = {ln.split("│")[1].strip(): ln for ln in console.export_text().splitlines() if ln.count("│") > 2}
+    assert "FAIL (not counted)" in lines["0"]
+    assert "FAIL" in lines["1"] and "not counted" not in lines["1"]
+    assert "RUNNING" in lines["2"] and "not counted" not in lines["2"]  # still in flight: not a verdict yet
+    assert "COMPLETE" in lines["3"] and "1.50x" in lines["3"]

@@ -343,6 +343,10 @@ def test_sigkilled_driver_resumes_without_loss(tiny, tmp_path, ray_local):
         else:  # killed while its parameters were still being sampled: the sampled ones are kept
             assert trials[n].params.items() <= t.params.items()
     assert counted(trials) == 6
+    # status says which rows count: the orphans do not, their re-runs do
+    rows = {r["number"]: r for r in study_status("s", url)}
+    assert sorted(n for n, r in rows.items() if not r["counted"]) == sorted(running_before)
+    assert sum(r["counted"] for r in rows.values()) == 6
     finished = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(finished) == 6  # none duplicated: one COMPLETE per counted trial
     assert len({t.number for t in finished}) == 6

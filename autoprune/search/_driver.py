@@ -59,18 +59,20 @@ def default_study_name(space: SearchSpace) -> str:
     return Path(src).stem if src and not src.startswith("<") else "search"
 
 
-def counted(trials: list[Any]) -> int:
-    """Trials that count towards ``n_trials``: finished ones, except orphans that were re-enqueued and
-    skipped duplicates."""
+def counts(trial: Any) -> bool:
+    """Whether a trial counts towards ``n_trials``: finished, and neither an orphan that was re-enqueued
+    (its re-run counts) nor a skipped duplicate."""
     from optuna.trial import TrialState
 
-    n = 0
-    for t in trials:
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            n += 1
-        elif t.state == TrialState.FAIL and not t.user_attrs.get(T_ORPHANED) and not t.user_attrs.get(T_DUPLICATE):
-            n += 1
-    return n
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return (trial.state == TrialState.FAIL and not trial.user_attrs.get(T_ORPHANED)
+            and not trial.user_attrs.get(T_DUPLICATE))
+
+
+def counted(trials: list[Any]) -> int:
+    """How many of ``trials`` count towards ``n_trials`` (:func:`counts`)."""
+    return sum(1 for t in trials if counts(t))
 
 
 def _policy_key(policy: dict[str, Any]) -> str:
@@ -330,7 +332,9 @@ def resume(space: SearchSpace | str | Path, **kwargs: Any) -> Any:
 
 
 def study_status(study_name: str | None, storage: str) -> list[dict[str, Any]]:
-    """One plain dict per trial: number, state, policy_summary, accuracy, speedup, on_front, reason, node.
+    """One plain dict per trial: number, state (Optuna's: COMPLETE, PRUNED, FAIL, RUNNING, WAITING),
+    counted (whether it counts towards ``n_trials``: an orphaned trial that was re-run or a skipped
+    duplicate does not), policy_summary, accuracy, speedup, on_front, reason, node.
 
     Example:
         >>> rows = study_status("quickstart", "sqlite:///runs/quickstart.db")  # doctest: +SKIP
@@ -342,7 +346,7 @@ def study_status(study_name: str | None, storage: str) -> list[dict[str, Any]]:
         ua = t.user_attrs
         res = ua.get(S.T_RESULT) or {}
         rows.append({
-            "number": t.number, "state": t.state.name,
+            "number": t.number, "state": t.state.name, "counted": counts(t),
             "policy_summary": ua.get(S.T_SUMMARY, ""),
             "accuracy": t.values[0] if t.values else None,
             "speedup": t.values[1] if t.values else None,
