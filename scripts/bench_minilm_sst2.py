@@ -66,9 +66,9 @@ def completed(study: Any) -> list[dict[str, Any]]:
 def completed_in_first(study: Any, n: int) -> list[dict[str, Any]]:
     """The completed results among the study's first ``n`` trials (by number) that count towards
     ``n_trials``: how a study that ran further is compared with another at the same trial count."""
-    from autoprune.search._driver import counted
+    from autoprune.search._driver import counts
 
-    first = set(sorted(t.number for t in study.get_trials(deepcopy=False) if counted([t]))[:n])
+    first = set(sorted(t.number for t in study.get_trials(deepcopy=False) if counts(t))[:n])
     return [r for r in completed(study) if r["number"] in first]
 
 
