@@ -14,10 +14,15 @@ can be stopped and re-run across sessions; finished work is never recomputed.
    exported model timed interleaved against the dense baseline (batch 32 x 64);
 7. the search's dashboard as ``dashboards/minilm_sst2.html`` and ``.png``.
 
+Not in the default phases: ``replicate`` runs search and random search again at the sampler seeds of
+``--seeds`` (studies named like the reference ones plus ``_seed<N>``), and ``seeds-report`` writes
+their hypervolumes, seed by seed, between ``<!-- minilm_sst2_seeds:begin -->`` and ``:end -->``.
+
 It writes ``docs/BENCHMARKS.md``'s section between the markers ``<!-- minilm_sst2:begin -->`` and
 ``<!-- minilm_sst2:end -->`` and prints the same text.
 
     .venv/bin/python scripts/bench_minilm_sst2.py [--n-trials 60] [--phases search,random,uniform,report,dashboard]
+    .venv/bin/python scripts/bench_minilm_sst2.py --n-trials 28 --phases replicate,seeds-report --seeds 1000,2000
 """
 
 from __future__ import annotations
@@ -323,6 +328,82 @@ def study_names(space: Any) -> dict[str, str]:
     return {"search": base, "random": f"{base}_random", "uniform": f"{base}_uniform"}
 
 
+SEEDS_BEGIN, SEEDS_END = "<!-- minilm_sst2_seeds:begin -->", "<!-- minilm_sst2_seeds:end -->"
+
+
+def seed_names(names: dict[str, str], seed: int) -> dict[str, str]:
+    """The search and random studies of a replication at sampler seed ``seed``: the reference
+    studies' names with ``_seed<seed>`` appended, so they sit next to the studies they replicate."""
+    return {"search": f"{names['search']}_seed{seed}", "random": f"{names['random']}_seed{seed}"}
+
+
+def replicate(space: Any, storage: str, names: dict[str, str], seeds: list[int], n_trials: int,
+              chunk: int = 4) -> None:
+    """Run search and random search again at other sampler seeds (the space's ``seed`` also seeds
+    each trial's training, ``seed + trial number``), ``chunk`` trials of one arm, then of the other,
+    so that an interrupted replication leaves both arms at about the same trial count."""
+    from autoprune.search._driver import counted
+
+    if space.seed in seeds:
+        raise AutopruneError(f"--seeds {','.join(map(str, seeds))}: seed {space.seed} is the reference run's own "
+                             "seed; pick others (a resumed study shifts its sampler seed by its trial count, "
+                             "so seeds far apart, e.g. 1000,2000, draw independent sequences)")
+    for seed in seeds:
+        sp = {"search": space.model_copy(update={"seed": seed}),
+              "random": space.model_copy(update={"seed": seed, "sampler": "random"})}
+        sn = seed_names(names, seed)
+        while True:
+            done = {k: counted(open_study(storage, n).get_trials(deepcopy=False)) if _exists(storage, n) else 0
+                    for k, n in sn.items()}
+            if min(done.values()) >= n_trials:
+                break
+            arm = min(done, key=lambda k: (done[k], k != "search"))  # the arm that is behind; search first
+            log.info("replication seed %d: %s at %d of %d trials", seed, arm, done[arm], n_trials)
+            run_search(sp[arm], study_name=sn[arm], storage=storage, n_trials=min(n_trials, done[arm] + chunk))
+
+
+def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target: int, out_md: Path) -> str:
+    """Markdown: hypervolume of search and random search at each sampler seed (the reference run is
+    seed 0), each pair compared at the same trial count, and the ratio of the mean hypervolumes over
+    the seeds whose arms both reached ``n_target`` trials."""
+    from autoprune.search._driver import counted
+
+    main = open_study(storage, names["search"])
+    ref = (main.user_attrs[S.ATTR_DENSE]["accuracy"] - 0.05, 1.0)
+    runs = [(main.user_attrs.get(S.ATTR_SPACE, {}).get("seed", 0), {k: names[k] for k in ("search", "random")})]
+    runs += [(s, seed_names(names, s)) for s in seeds]
+    lines = [SEEDS_BEGIN, "#### Search against random search, by sampler seed (generated)", "",
+             f"Reference point as above ({ref[0]:.4f}, 1.0). Each pair is compared at the trial count both arms "
+             f"have reached (target: {n_target}).", "",
+             "| sampler seed | search trials | random trials | compared at | hypervolume, search | "
+             "hypervolume, random | search / random |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    full: list[tuple[float, float]] = []
+    for seed, sn in runs:
+        st = {k: open_study(storage, n) for k, n in sn.items() if _exists(storage, n)}
+        done = {k: counted(st[k].get_trials(deepcopy=False)) if k in st else 0 for k in sn}
+        n = min(min(done.values()), n_target)
+        hv = {k: hypervolume([(r["accuracy"], r["speedup"]) for r in completed_in_first(st[k], n)], ref)
+              if k in st else 0.0 for k in sn}
+        ratio = f"{hv['search'] / hv['random']:.2f}x" if hv["random"] > 0 else "-"
+        lines.append(f"| {seed} | {done['search']} | {done['random']} | {n} | {hv['search']:.5f} | "
+                     f"{hv['random']:.5f} | {ratio}{'' if n >= n_target else ' (interim)'} |")
+        if n >= n_target:
+            full.append((hv["search"], hv["random"]))
+    if full:
+        ms, mr = (sum(v) / len(full) for v in zip(*full))
+        lines.append(f"\nMean hypervolume over the {len(full)} seed(s) whose arms both finished {n_target} trials: "
+                     f"search {ms:.5f}, random {mr:.5f}, **{ms / mr:.2f}x** (target >= 1.1x).")
+    lines.append(SEEDS_END)
+    text = "\n".join(lines)
+    old = out_md.read_text() if out_md.is_file() else "# Benchmarks\n"
+    if SEEDS_BEGIN in old and SEEDS_END in old:
+        new = old[: old.index(SEEDS_BEGIN)] + text + old[old.index(SEEDS_END) + len(SEEDS_END):]
+    else:
+        new = old.rstrip() + "\n\n" + text + "\n"
+    out_md.write_text(new)
+    return text
+
+
 def _exists(storage: str, name: str) -> bool:
     import optuna
 
@@ -337,7 +418,13 @@ def main() -> None:
     ap.add_argument("--dashboards", default=str(ROOT / "dashboards"), help="where the dashboard phase writes")
     ap.add_argument("--storage", default=None, help="default: sqlite:///<run_dir>/minilm_sst2_bench.db")
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    ap.add_argument("--seeds", default="", help="replicate search vs random at these sampler seeds "
+                    "(phases replicate, seeds-report), e.g. 1000,2000")
     args = ap.parse_args()
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise AutopruneError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 1000,2000") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     space = load_search_space(args.space)
     run_dir = Path(space.run_config().run_dir).resolve()
@@ -345,6 +432,12 @@ def main() -> None:
     storage = args.storage or f"sqlite:///{run_dir / 'minilm_sst2_bench.db'}"
     names = study_names(space)
     phases = args.phases.split(",")
+    known = {"search", "random", "uniform", "report", "dashboard", "replicate", "seeds-report"}
+    if set(phases) - known:
+        raise AutopruneError(f"--phases: unknown phase(s) {', '.join(sorted(set(phases) - known))}; "
+                             f"choose from {', '.join(sorted(known))}")
+    if {"replicate", "seeds-report"} & set(phases) and not seeds:
+        raise AutopruneError("--phases replicate/seeds-report need --seeds, e.g. --seeds 1000,2000")
     wall: dict[str, float] = {}
     if "search" in phases:
         t = time.perf_counter()
@@ -362,6 +455,10 @@ def main() -> None:
     if "report" in phases:
         print(report(space, storage, names, Path(args.markdown), run_dir / "bench_exports" / names["search"], wall,
                      args.n_trials))
+    if "replicate" in phases:
+        replicate(space, storage, names, seeds, args.n_trials)
+    if "seeds-report" in phases:
+        print(seeds_report(storage, names, seeds, args.n_trials, Path(args.markdown)))
     if "dashboard" in phases:
         for p in write_reference_dashboard(storage, names["search"], Path(args.dashboards)):
             log.info("wrote %s", p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from types import SimpleNamespace
 
 import pytest
 
@@ -105,3 +106,45 @@ def test_spearman_rank_correlation_with_ties():
     assert mod.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     # one swap among four: 1 - 6 * 2 / (4 * 15) = 0.8
     assert mod.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+
+
+def test_seeds_report_compares_each_seed_at_equal_trial_counts_and_averages_only_finished_seeds(tmp_path):
+    # the replication of search vs random at other sampler seeds: a pair is compared at the trial
+    # count both arms reached, an unfinished pair is marked interim and left out of the mean
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from autoprune import _study as S
+
+    bench = _load("bench_minilm_sst2")
+    storage = f"sqlite:///{tmp_path / 'b.db'}"
+    names = {"search": "ref", "random": "ref_random", "uniform": "ref_uniform"}
+
+    def study(name: str, points: list[tuple[float, float]]) -> None:
+        st = optuna.create_study(study_name=name, storage=storage, directions=S.DIRECTIONS)
+        for acc, sp in points:
+            st.add_trial(create_trial(state=TrialState.COMPLETE, values=[acc, sp],
+                                      user_attrs={S.T_RESULT: {"accuracy": acc, "speedup": sp}}))
+        if name == "ref":
+            st.set_user_attr(S.ATTR_DENSE, {"accuracy": 0.95})
+            st.set_user_attr(S.ATTR_SPACE, {"seed": 0})
+
+    # reference point (0.90, 1.0): hypervolume of one point (a, s) is (a - 0.90) * (s - 1)
+    study("ref", [(0.94, 2.0), (0.92, 3.0)])        # 0.04 + 0.02 * 1 = 0.06
+    study("ref_random", [(0.93, 2.0), (0.99, 1.0)])  # 0.03 (the second point adds no area)
+    s7 = bench.seed_names(names, 7)
+    study(s7["search"], [(0.95, 2.0), (0.95, 5.0)])  # first 1 of 2 trials: 0.05
+    study(s7["random"], [(0.92, 2.0)])               # 0.02
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\nhand-written\n")
+    text = bench.seeds_report(storage, names, [7], 2, md)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows[0] == "| 0 | 2 | 2 | 2 | 0.06000 | 0.03000 | 2.00x |"
+    assert rows[1] == "| 7 | 2 | 1 | 1 | 0.05000 | 0.02000 | 2.50x (interim) |"
+    assert "over the 1 seed(s)" in text and "**2.00x**" in text
+    # written between its markers, and replaced (not appended) the next time
+    bench.seeds_report(storage, names, [7], 2, md)
+    out = md.read_text()
+    assert out.startswith("# Benchmarks\n\nhand-written\n") and out.count(bench.SEEDS_BEGIN) == 1
+    with pytest.raises(bench.AutopruneError, match="reference run's own seed"):
+        bench.replicate(SimpleNamespace(seed=0), storage, names, [0, 7], 2)
