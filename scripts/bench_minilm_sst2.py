@@ -212,10 +212,15 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
             f"{sp.speedup / r['flops_reduction']:.2f} | {r['params']:,} |")
     lines += ["", f"Dense test accuracy in this table: {dense_test:.4f}. Wall time of the phases run in this "
               f"invocation: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in wall.items()) + ".", END]
-    text = "\n".join(lines)
+    return write_block(out_md, "\n".join(lines), BEGIN, END)
+
+
+def write_block(out_md: Path, text: str, begin: str, end: str) -> str:
+    """Put ``text`` (which starts with ``begin`` and ends with ``end``) in place of the block between
+    those markers in ``out_md``, or append it when the file has no such block; returns ``text``."""
     old = out_md.read_text() if out_md.is_file() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END):]
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + text + old[old.index(end) + len(end):]
     else:
         new = old.rstrip() + "\n\n" + text + "\n"
     out_md.write_text(new)
@@ -394,14 +399,7 @@ def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target
         lines.append(f"\nMean hypervolume over the {len(full)} seed(s) whose arms both finished {n_target} trials: "
                      f"search {ms:.5f}, random {mr:.5f}, **{ms / mr:.2f}x** (target >= 1.1x).")
     lines.append(SEEDS_END)
-    text = "\n".join(lines)
-    old = out_md.read_text() if out_md.is_file() else "# Benchmarks\n"
-    if SEEDS_BEGIN in old and SEEDS_END in old:
-        new = old[: old.index(SEEDS_BEGIN)] + text + old[old.index(SEEDS_END) + len(SEEDS_END):]
-    else:
-        new = old.rstrip() + "\n\n" + text + "\n"
-    out_md.write_text(new)
-    return text
+    return write_block(out_md, "\n".join(lines), SEEDS_BEGIN, SEEDS_END)
 
 
 def _exists(storage: str, name: str) -> bool:
