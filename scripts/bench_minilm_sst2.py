@@ -63,6 +63,11 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
     return round(area, 10)
 
 
+def results_hypervolume(results: list[dict[str, Any]], ref: tuple[float, float]) -> float:
+    """:func:`hypervolume` of trial result dicts (their ``accuracy`` and ``speedup``)."""
+    return hypervolume([(r["accuracy"], r["speedup"]) for r in results], ref)
+
+
 def completed(study: Any) -> list[dict[str, Any]]:
     """The result dict of every COMPLETE trial (as stored by the search, see autoprune/_study.py)."""
     return [{"number": n, **r} for n, r in completed_results(study)]
@@ -157,10 +162,10 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
     hv, hv_same = {}, {}
     samplers = {"search": space.sampler, "random": "random", "uniform": "none (fixed sweep)"}
     for k, st in studies.items():
-        pts = [(r["accuracy"], r["speedup"]) for r in completed(st)]
-        hv[k] = hypervolume(pts, ref)
-        hv_same[k] = hypervolume([(r["accuracy"], r["speedup"]) for r in completed_in_first(st, n_same)], ref)
-        lines.append(f"| {k} ({names[k]}) | {samplers[k]} | {len(pts)} | {len(st.best_trials)} | {hv[k]:.5f} | "
+        done = completed(st)
+        hv[k] = results_hypervolume(done, ref)
+        hv_same[k] = results_hypervolume(completed_in_first(st, n_same), ref)
+        lines.append(f"| {k} ({names[k]}) | {samplers[k]} | {len(done)} | {len(st.best_trials)} | {hv[k]:.5f} | "
                      f"{hv_same[k]:.5f} | {_study_wall(st) / 60:.0f} min |")
     if hv_same.get("random", 0) > 0:
         lines.append(f"\nsearch / random at {n_same} trials each: **{hv_same['search'] / hv_same['random']:.2f}x** "
@@ -387,8 +392,7 @@ def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target
         st = {k: open_study(storage, n) for k, n in sn.items() if _exists(storage, n)}
         done = {k: counted(st[k].get_trials(deepcopy=False)) if k in st else 0 for k in sn}
         n = min(min(done.values()), n_target)
-        hv = {k: hypervolume([(r["accuracy"], r["speedup"]) for r in completed_in_first(st[k], n)], ref)
-              if k in st else 0.0 for k in sn}
+        hv = {k: results_hypervolume(completed_in_first(st[k], n), ref) if k in st else 0.0 for k in sn}
         ratio = f"{hv['search'] / hv['random']:.2f}x" if hv["random"] > 0 else "-"
         lines.append(f"| {seed} | {done['search']} | {done['random']} | {n} | {hv['search']:.5f} | "
                      f"{hv['random']:.5f} | {ratio}{'' if n >= n_target else ' (interim)'} |")
@@ -397,7 +401,7 @@ def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target
     if full:
         ms, mr = (sum(v) / len(full) for v in zip(*full))
         lines.append(f"\nMean hypervolume over the {len(full)} seed(s) whose arms both finished {n_target} trials: "
-                     f"search {ms:.5f}, random {mr:.5f}, **{ms / mr:.2f}x** (target >= 1.1x).")
+                     f"search {ms:.5f}, random {mr:.5f}, **{f'{ms / mr:.2f}x' if mr > 0 else '-'}** (target >= 1.1x).")
     lines.append(SEEDS_END)
     return write_block(out_md, "\n".join(lines), SEEDS_BEGIN, SEEDS_END)
 

@@ -42,6 +42,7 @@ from autoprune.search import load_search_space  # noqa: E402
 from autoprune.surgery import prune_structured  # noqa: E402
 from autoprune.train import ensure_baseline, load_task_data, load_tokenizer  # noqa: E402
 
+
 def _logits(model: torch.nn.Module, split, batch_size: int, pad_id: int) -> tuple[torch.Tensor, list[int], float]:
     """Logits in length order, labels, seconds."""
     t0 = time.perf_counter()
