@@ -386,7 +386,8 @@ def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target
              f"Reference point as above ({ref[0]:.4f}, 1.0). Each pair is compared at the trial count both arms "
              f"have reached (target: {n_target}).", "",
              "| sampler seed | search trials | random trials | compared at | hypervolume, search | "
-             "hypervolume, random | search / random |", "|---:|---:|---:|---:|---:|---:|---:|"]
+             "hypervolume, random | search / random | mean search / mean random, seeds so far |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     full: list[tuple[float, float]] = []
     for seed, sn in runs:
         st = {k: open_study(storage, n) for k, n in sn.items() if _exists(storage, n)}
@@ -394,10 +395,13 @@ def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target
         n = min(min(done.values()), n_target)
         hv = {k: results_hypervolume(completed_in_first(st[k], n), ref) if k in st else 0.0 for k in sn}
         ratio = f"{hv['search'] / hv['random']:.2f}x" if hv["random"] > 0 else "-"
-        lines.append(f"| {seed} | {done['search']} | {done['random']} | {n} | {hv['search']:.5f} | "
-                     f"{hv['random']:.5f} | {ratio}{'' if n >= n_target else ' (interim)'} |")
+        running = "-"
         if n >= n_target:
             full.append((hv["search"], hv["random"]))
+            ms, mr = (sum(v) for v in zip(*full))
+            running = f"{ms / mr:.2f}x ({len(full)} seed{'s' if len(full) > 1 else ''})" if mr > 0 else "-"
+        lines.append(f"| {seed} | {done['search']} | {done['random']} | {n} | {hv['search']:.5f} | "
+                     f"{hv['random']:.5f} | {ratio}{'' if n >= n_target else ' (interim)'} | {running} |")
     if full:
         ms, mr = (sum(v) / len(full) for v in zip(*full))
         lines.append(f"\nMean hypervolume over the {len(full)} seed(s) whose arms both finished {n_target} trials: "

@@ -139,9 +139,17 @@ def test_seeds_report_compares_each_seed_at_equal_trial_counts_and_averages_only
     md.write_text("# Benchmarks\n\nhand-written\n")
     text = bench.seeds_report(storage, names, [7], 2, md)
     rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert rows[0] == "| 0 | 2 | 2 | 2 | 0.06000 | 0.03000 | 2.00x |"
-    assert rows[1] == "| 7 | 2 | 1 | 1 | 0.05000 | 0.02000 | 2.50x (interim) |"
+    assert rows[0] == "| 0 | 2 | 2 | 2 | 0.06000 | 0.03000 | 2.00x | 2.00x (1 seed) |"
+    assert rows[1] == "| 7 | 2 | 1 | 1 | 0.05000 | 0.02000 | 2.50x (interim) | - |"
     assert "over the 1 seed(s)" in text and "**2.00x**" in text
+    # a second finished seed: the running column is the ratio of the mean hypervolumes so far
+    s8 = bench.seed_names(names, 8)
+    study(s8["search"], [(0.92, 2.0), (0.91, 2.0)])  # 0.02
+    study(s8["random"], [(0.93, 2.0), (0.93, 2.0)])  # 0.03
+    text = bench.seeds_report(storage, names, [7, 8], 2, md)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows[2] == "| 8 | 2 | 2 | 2 | 0.02000 | 0.03000 | 0.67x | 1.33x (2 seeds) |"
+    assert "over the 2 seed(s)" in text and "**1.33x**" in text
     # written between its markers, and replaced (not appended) the next time
     bench.seeds_report(storage, names, [7], 2, md)
     out = md.read_text()
