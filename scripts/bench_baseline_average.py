@@ -33,18 +33,16 @@ from autoprune.errors import AutopruneError  # noqa: E402
 from autoprune.models import load_model  # noqa: E402
 from autoprune.train import baseline_dir, load_task_data, load_tokenizer  # noqa: E402
 
-log = logging.getLogger("bench_baseline_average")
-
-
 @torch.no_grad()
-def probabilities(model: torch.nn.Module, split, pad_id: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax outputs and labels of ``model`` on ``split``, in the split's length-sorted batch order."""
-    probs, labels = [], []
+def probabilities(model: torch.nn.Module, split, pad_id: int, batch_size: int) -> torch.Tensor:
+    """Softmax outputs of ``model`` on ``split``, in the split's length-sorted batch order."""
     model.eval()
-    for batch in eval_batches(split, batch_size, pad_id):
-        probs.append(model(**{k: v for k, v in batch.items() if k != "labels"}).logits.softmax(-1))
-        labels.append(batch["labels"])
-    return torch.cat(probs), torch.cat(labels)
+    return torch.cat([model(**{k: v for k, v in batch.items() if k != "labels"}).logits.softmax(-1)
+                      for batch in eval_batches(split, batch_size, pad_id)])
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return (probs.argmax(-1) == labels).float().mean().item()
 
 
 def main() -> None:
@@ -75,31 +73,26 @@ def main() -> None:
     if task.test is None:
         raise AutopruneError(f"{args.config}: the data section names no test split; this benchmark scores on it")
     splits = {"validation": task.validation, "test": task.test}
-    bs = base.eval_batch_size
+
+    bs, pad = base.eval_batch_size, task.pad_token_id
+    labels = {name: torch.cat([b["labels"] for b in eval_batches(split, bs, pad)]) for name, split in splits.items()}
+
+    def score(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {name: probabilities(model, split, pad, bs) for name, split in splits.items()}
 
     models = [load_model(str(d)) for d in dirs]
-    rows: dict[str, dict[str, float]] = {}
-    per_split: dict[str, list[torch.Tensor]] = {k: [] for k in splits}
-    labels: dict[str, torch.Tensor] = {}
-    for s, m in zip(seeds, models):
-        rows[f"seed {s}"] = {}
-        for name, split in splits.items():
-            p, y = probabilities(m, split, task.pad_token_id, bs)
-            per_split[name].append(p)
-            labels[name] = y
-            rows[f"seed {s}"][name] = (p.argmax(-1) == y).float().mean().item()
+    probs = [score(m) for m in models]  # one dict (split -> softmax outputs) per seed
+    rows = {f"seed {s}": {name: accuracy(p[name], labels[name]) for name in splits} for s, p in zip(seeds, probs)}
     rows["ensemble (mean of softmax)"] = {
-        name: (torch.stack(ps).mean(0).argmax(-1) == labels[name]).float().mean().item()
-        for name, ps in per_split.items()}
+        name: accuracy(torch.stack([p[name] for p in probs]).mean(0), labels[name]) for name in splits}
     states = [m.state_dict() for m in models]
-    soup = {k: torch.stack([st[k] for st in states]).mean(0) if states[0][k].is_floating_point() else states[0][k]
-            for k in states[0]}
     averaged = models[0]
-    averaged.load_state_dict(soup)
-    rows["weight average (soup)"] = {}
-    for name, split in splits.items():
-        p, y = probabilities(averaged, split, task.pad_token_id, bs)
-        rows["weight average (soup)"][name] = (p.argmax(-1) == y).float().mean().item()
+    averaged.load_state_dict({k: torch.stack([st[k] for st in states]).mean(0) if v.is_floating_point() else v
+                              for k, v in states[0].items()})
+    soup = score(averaged)
+    rows["weight average (soup)"] = {name: accuracy(soup[name], labels[name]) for name in splits}
+    votes = torch.stack([p["test"].argmax(-1) for p in probs])
+    disagree = int((votes != votes[0]).any(0).sum())
 
     n_val, n_test = len(labels["validation"]), len(labels["test"])
     print(f"config {args.config}; baselines {', '.join(d.name for d in dirs)} (baseline.seed {args.seeds})")
@@ -107,6 +100,7 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, r in rows.items():
         print(f"| {name} | {r['validation']:.4f} | {r['test']:.4f} | {round(r['test'] * n_test)} |")
+    print(f"\nThe {len(seeds)} baselines do not all agree on {disagree} of {n_test} test sentences.")
 
 
 if __name__ == "__main__":

@@ -389,6 +389,7 @@ def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target
              "hypervolume, random | search / random | mean search / mean random, seeds so far |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     full: list[tuple[float, float]] = []
+    ms = mr = 0.0  # mean hypervolumes of search and random over the finished seeds so far
     for seed, sn in runs:
         st = {k: open_study(storage, n) for k, n in sn.items() if _exists(storage, n)}
         done = {k: counted(st[k].get_trials(deepcopy=False)) if k in st else 0 for k in sn}
@@ -398,12 +399,11 @@ def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target
         running = "-"
         if n >= n_target:
             full.append((hv["search"], hv["random"]))
-            ms, mr = (sum(v) for v in zip(*full))
+            ms, mr = (sum(v) / len(full) for v in zip(*full))
             running = f"{ms / mr:.2f}x ({len(full)} seed{'s' if len(full) > 1 else ''})" if mr > 0 else "-"
         lines.append(f"| {seed} | {done['search']} | {done['random']} | {n} | {hv['search']:.5f} | "
                      f"{hv['random']:.5f} | {ratio}{'' if n >= n_target else ' (interim)'} | {running} |")
     if full:
-        ms, mr = (sum(v) / len(full) for v in zip(*full))
         lines.append(f"\nMean hypervolume over the {len(full)} seed(s) whose arms both finished {n_target} trials: "
                      f"search {ms:.5f}, random {mr:.5f}, **{f'{ms / mr:.2f}x' if mr > 0 else '-'}** (target >= 1.1x).")
     lines.append(SEEDS_END)
