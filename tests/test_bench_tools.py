@@ -156,3 +156,29 @@ def test_seeds_report_compares_each_seed_at_equal_trial_counts_and_averages_only
     assert out.startswith("# Benchmarks\n\nhand-written\n") and out.count(bench.SEEDS_BEGIN) == 1
     with pytest.raises(bench.AutopruneError, match="reference run's own seed"):
         bench.replicate(SimpleNamespace(seed=0), storage, names, [0, 7], 2)
+
+
+def _policy(granularity: str, sparsity: float, *, quantize: bool = False, steps: int = 300) -> dict:
+    layers = [sparsity] * 6
+    sp = ({"head_sparsity": layers, "ffn_sparsity": layers} if granularity == "structured"
+          else {"weight_sparsity": layers})
+    return {"criterion": "l1", "granularity": granularity, **sp, "iterative_steps": 1, "quantize": quantize,
+            "qat": False, "retrain": {"steps": steps, "learning_rate": 5e-5, "warmup_ratio": 0.1, "batch_size": 32}}
+
+
+def test_sampler_surrogate_matches_within_the_speed_deciding_group_and_predicts_stops():
+    mod = _load("bench_sampler_surrogate")
+    rows = [(_policy("structured", 0.2), {"accuracy": 0.95, "speedup": 1.3}),
+            (_policy("structured", 0.3), {"accuracy": 0.94, "speedup": 1.5}),
+            (_policy("structured", 0.8), None), (_policy("structured", 0.85), None),
+            (_policy("structured", 0.2, quantize=True), {"accuracy": 0.93, "speedup": 2.4})]
+    model = mod.Surrogate(rows, k=2)
+    acc, speed = model(_policy("structured", 0.2))       # an observed policy: its own result dominates
+    assert acc == pytest.approx(0.95, abs=2e-3) and speed == pytest.approx(1.3, abs=0.01)
+    assert model(_policy("structured", 0.82)) is None    # both nearest neighbours were stopped
+    # int8 decides the speed: an int8 policy is matched only to int8 trials, however close a float one is
+    assert model(_policy("structured", 0.25, quantize=True)) == pytest.approx((0.93, 2.4))
+    # a group never observed falls back to the same granularity and int8 setting, then to the granularity
+    assert model({**_policy("structured", 0.2, quantize=True), "qat": True}) == pytest.approx((0.93, 2.4))
+    with pytest.raises(ValueError, match="no observed trial of granularity unstructured"):
+        model(_policy("unstructured", 0.5))
