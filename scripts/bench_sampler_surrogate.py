@@ -21,7 +21,8 @@ It interpolates a few hundred noisy observations, so a sampler that looks better
 for a real replication on fresh seeds, not a result. Whether the surrogate reproduces the real
 ranking of TPE against random search (about 1.05x over four seeds) is printed as its sanity check.
 
-Command: ``.venv/bin/python scripts/bench_sampler_surrogate.py [--seeds 30] [--n-trials 28]``
+Command: ``.venv/bin/python scripts/bench_sampler_surrogate.py [--seeds 200] [--n-trials 28] [--k 5]
+[--with-gp]``
 """
 from __future__ import annotations
 
@@ -167,9 +168,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--space", default=str(ROOT / "search_spaces" / "minilm_sst2.yaml"))
     ap.add_argument("--storage", default=f"sqlite:///{ROOT / 'runs' / 'minilm_sst2_bench.db'}")
-    ap.add_argument("--seeds", type=int, default=30)
+    ap.add_argument("--seeds", type=int, default=200)
     ap.add_argument("--n-trials", type=int, default=28)
     ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--with-gp", action="store_true",
+                    help="also compare Optuna's GPSampler (needs scipy, which the project does not install: "
+                         ".venv/bin/pip install scipy; about 9 s per simulated study on this CPU)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import optuna
@@ -197,6 +201,11 @@ def main() -> None:
              "%d trials; on the %d both completed, accuracy off by %.4f and speedup by %.2fx (mean absolute)",
              100 * fit["agree"], fit["n"], fit["n_both"], fit["acc_mae"], fit["speed_mae"])
 
+    if args.with_gp:
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            sys.exit("error: --with-gp needs scipy for Optuna's GPSampler: .venv/bin/pip install scipy")
     candidates = {
         "random": lambda s: optuna.samplers.RandomSampler(seed=s),
         f"tpe (as shipped, {space.startup_trials} startup)": lambda s: make_sampler(space.model_copy(update={"seed": s})),
@@ -205,6 +214,9 @@ def main() -> None:
             seed=s, constant_liar=True, n_startup_trials=space.startup_trials),
         "nsga2 (population 16)": lambda s: make_sampler(space.model_copy(update={"seed": s, "sampler": "nsga2"})),
     }
+    if args.with_gp:
+        candidates[f"gp ({space.startup_trials} startup)"] = lambda s: optuna.samplers.GPSampler(
+            seed=s, n_startup_trials=space.startup_trials)
     hv: dict[str, list[float]] = {}
     for label, make in candidates.items():
         t0 = time.perf_counter()
