@@ -173,7 +173,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--with-gp", action="store_true",
                     help="also compare Optuna's GPSampler (needs scipy, which the project does not install: "
-                         ".venv/bin/pip install scipy; about 9 s per simulated study on this CPU)")
+                         ".venv/bin/pip install scipy; about 15 s per simulated study on this CPU)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import optuna
