@@ -12,14 +12,15 @@ The surrogate:
 * a sampled policy is built by the space's own ``sample_policy`` (the same parameters, clipping and
   duplicate skipping as the real search, two trials in flight as in the space), then
 * matched to the observed trials of the same granularity, int8 and QAT setting (these decide the
-  speedup), by distance over per-layer sparsities, retraining steps, learning rate, iterative steps,
-  distillation weight and criterion; its ``k`` nearest neighbours (distance-weighted) decide whether
+  speedup), by distance over per-layer sparsities, retraining steps, learning rate, iterative steps
+  (log scales over the observed values), distillation weight and criterion; its ``k`` nearest neighbours (distance-weighted) decide whether
   the trial is stopped (pruned below the accuracy floor, as the real search does) and, if not, its
   accuracy and speedup.
 
 It interpolates a few hundred noisy observations, so a sampler that looks better here is a candidate
-for a real replication on fresh seeds, not a result. Whether the surrogate reproduces the real
-ranking of TPE against random search (about 1.05x over four seeds) is printed as its sanity check.
+for a real replication on fresh seeds, not a result. Its fidelity is printed first: each sampler
+seed's studies predicted from the other seeds' trials. Compare its TPE / random ratio with the measured
+one (1.05x over four seeds, docs/BENCHMARKS.md) as a second check.
 
 Command: ``.venv/bin/python scripts/bench_sampler_surrogate.py [--seeds 200] [--n-trials 28] [--k 5]
 [--with-gp]``
@@ -47,36 +48,51 @@ from autoprune.search import load_search_space  # noqa: E402
 from autoprune.search._driver import _policy_key, counts, make_sampler  # noqa: E402
 
 log = logging.getLogger("bench_sampler_surrogate")
-CRITERIA = ("l1", "l2", "gradient", "random")
+Row = tuple[dict[str, Any], dict[str, Any] | None]  # (policy dict, result dict or None if stopped)
 
 
-def features(policy: dict[str, Any]) -> tuple[tuple[Any, ...], list[float]]:
-    """(exact-match group, numeric vector in [0, 1]) of a policy dict."""
-    group = (policy["granularity"], bool(policy.get("quantize")), bool(policy.get("qat")))
-    if policy["granularity"] == "structured":
-        sp = list(policy["head_sparsity"]) + list(policy["ffn_sparsity"])
-    else:
-        sp = list(policy["weight_sparsity"])
-    r = policy["retrain"]
-    dist = (policy.get("distillation") or {}).get("weight", 0.0)
-    other = [math.log2(r["steps"] / 300) / 2, math.log(r["learning_rate"] / 3e-5) / math.log(1e-4 / 3e-5),
-             math.log2(policy.get("iterative_steps", 1)) / 2, dist]
-    crit = [0.5 * (policy["criterion"] == c) for c in CRITERIA]
-    return group, sp + other + crit
+def _log_unit(x: float, lo: float, hi: float) -> float:
+    """``x`` on a log scale from ``lo`` (0) to ``hi`` (1); 0 when only one value was observed."""
+    return math.log(x / lo) / math.log(hi / lo) if hi > lo else 0.0
 
 
 class Surrogate:
-    """k-nearest-neighbour model of (stopped?, accuracy, speedup) over observed trials."""
+    """k-nearest-neighbour model of (stopped?, accuracy, speedup) over observed trials.
 
-    def __init__(self, rows: list[tuple[dict[str, Any], dict[str, Any] | None]], k: int = 5) -> None:
+    Distances are taken within the group of granularity, int8 and QAT (they decide the speedup), over
+    per-layer sparsities, then retraining steps, learning rate and iterative steps on log scales spanning
+    the observed values, distillation weight and criterion."""
+
+    def __init__(self, rows: list[Row], k: int = 5) -> None:
         self.k = k
+        policies = [p for p, _ in rows]
+        self.spans = {key: (min(v), max(v)) for key, v in (
+            ("steps", [p["retrain"]["steps"] for p in policies]),
+            ("learning_rate", [p["retrain"]["learning_rate"] for p in policies]),
+            ("iterative_steps", [p.get("iterative_steps", 1) for p in policies]))}
+        self.criteria = sorted({p["criterion"] for p in policies})
         self.by_group: dict[tuple[Any, ...], list[tuple[list[float], dict[str, Any] | None]]] = {}
         for policy, result in rows:
-            g, x = features(policy)
+            g, x = self.features(policy)
             self.by_group.setdefault(g, []).append((x, result))
 
+    def features(self, policy: dict[str, Any]) -> tuple[tuple[Any, ...], list[float]]:
+        """(exact-match group, numeric vector in [0, 1]) of a policy dict."""
+        group = (policy["granularity"], bool(policy.get("quantize")), bool(policy.get("qat")))
+        if policy["granularity"] == "structured":
+            sp = list(policy["head_sparsity"]) + list(policy["ffn_sparsity"])
+        else:
+            sp = list(policy["weight_sparsity"])
+        r = policy["retrain"]
+        other = [_log_unit(r["steps"], *self.spans["steps"]),
+                 _log_unit(r["learning_rate"], *self.spans["learning_rate"]),
+                 _log_unit(policy.get("iterative_steps", 1), *self.spans["iterative_steps"]),
+                 (policy.get("distillation") or {}).get("weight", 0.0)]
+        crit = [0.5 * (policy["criterion"] == c) for c in self.criteria]
+        return group, sp + other + crit
+
     def __call__(self, policy: dict[str, Any]) -> tuple[float, float] | None:
-        g, x = features(policy)
+        g, x = self.features(policy)
         pool = self.by_group.get(g) or [r for gg, rs in self.by_group.items() if gg[:2] == g[:2] for r in rs]
         if not pool:
             pool = [r for gg, rs in self.by_group.items() if gg[0] == g[0] for r in rs]
@@ -92,12 +108,12 @@ class Surrogate:
         return (sum(wi * r["accuracy"] for wi, r in done) / tot, sum(wi * r["speedup"] for wi, r in done) / tot)
 
 
-def observed(storage: str, names: list[str]) -> dict[str, list[tuple[dict[str, Any], dict[str, Any] | None]]]:
+def observed(storage: str, names: list[str]) -> dict[str, list[Row]]:
     """Per study, (policy, result or None if stopped) of every counted trial of the named studies."""
     import optuna
     from optuna.trial import TrialState
 
-    per_study = {}
+    per_study: dict[str, list[Row]] = {}
     for name in names:
         rows = per_study.setdefault(name, [])
         study = optuna.load_study(study_name=name, storage=storage)
@@ -113,17 +129,19 @@ def seed_of(name: str) -> str:
     return name.rsplit("_seed", 1)[1] if "_seed" in name else "0"
 
 
-def leave_one_seed_out(per_study: dict[str, list[tuple[dict[str, Any], dict[str, Any] | None]]],
-                       k: int) -> dict[str, float]:
+def leave_one_seed_out(per_study: dict[str, list[Row]], k: int) -> dict[str, float]:
     """How well the surrogate predicts the studies of a sampler seed it was not fitted on (both arms
     of a seed are held out together: they share their first random draws): stopped-or-not agreement,
     and mean absolute error of accuracy and speedup on trials both completed and predicted completed."""
+    by_seed: dict[str, list[Row]] = {}
+    for name, rows in per_study.items():
+        by_seed.setdefault(seed_of(name), []).extend(rows)
     agree = n = 0
     acc_err: list[float] = []
     sp_err: list[float] = []
-    for name, rows in per_study.items():
-        model = Surrogate([r for other, rs in per_study.items() if seed_of(other) != seed_of(name) for r in rs], k=k)
-        for policy, result in rows:
+    for seed, held_out in by_seed.items():
+        model = Surrogate([r for other, rs in by_seed.items() if other != seed for r in rs], k=k)
+        for policy, result in held_out:
             pred = model(policy)
             n += 1
             agree += (pred is None) == (result is None)
@@ -134,8 +152,9 @@ def leave_one_seed_out(per_study: dict[str, list[tuple[dict[str, Any], dict[str,
             "n": n, "n_both": len(acc_err)}
 
 
-def run_one(space: Any, sampler: Any, surrogate: Surrogate, n_trials: int) -> list[tuple[float, float]]:
-    """One study of ``n_trials`` against the surrogate, two trials in flight; its completed points."""
+def run_one(space: Any, sampler: Any, surrogate: Surrogate, n_trials: int,
+            num_layers: int) -> list[tuple[float, float]]:
+    """One study of ``n_trials`` against the surrogate, the space's trials in flight; its completed points."""
     import optuna
     from optuna.trial import TrialState
 
@@ -146,7 +165,7 @@ def run_one(space: Any, sampler: Any, surrogate: Surrogate, n_trials: int) -> li
     while done < n_trials:
         while len(inflight) < space.trials_in_flight and done + len(inflight) < n_trials:
             trial = study.ask()
-            policy = space.sample_policy(trial, 6).to_dict()
+            policy = space.sample_policy(trial, num_layers).to_dict()
             key = _policy_key(policy)
             if key in seen:
                 study.tell(trial, state=TrialState.FAIL)
@@ -175,6 +194,11 @@ def main() -> None:
                     help="also compare Optuna's GPSampler (needs scipy, which the project does not install: "
                          ".venv/bin/pip install scipy; about 15 s per simulated study on this CPU)")
     args = ap.parse_args()
+    if args.with_gp:
+        try:
+            import scipy  # noqa: F401
+        except ImportError:
+            sys.exit("error: --with-gp needs scipy for Optuna's GPSampler: .venv/bin/pip install scipy")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import optuna
 
@@ -192,20 +216,18 @@ def main() -> None:
         sys.exit(f"error: {exc}")
     per_study = observed(args.storage, names)
     rows = [r for rs in per_study.values() for r in rs]
+    first = rows[0][0]
+    num_layers = len(first.get("head_sparsity") or first["weight_sparsity"])
     ref = (dense["accuracy"] - 0.05, 1.0)
     surrogate = Surrogate(rows, k=args.k)
     log.info("surrogate: %d observed trials (%d stopped) from %d studies; k=%d; reference point (%.4f, 1.0)",
              len(rows), sum(r is None for _, r in rows), len(names), args.k, ref[0])
     fit = leave_one_seed_out(per_study, args.k)
-    log.info("surrogate fidelity, each sampler seed's studies predicted from the other seeds': stopped-or-completed agrees on %.0f%% of "
-             "%d trials; on the %d both completed, accuracy off by %.4f and speedup by %.2fx (mean absolute)",
+    log.info("surrogate fidelity, each sampler seed's studies predicted from the other seeds': "
+             "stopped-or-completed agrees on %.0f%% of %d trials; on the %d both completed, accuracy off by %.4f "
+             "and speedup by %.2fx (mean absolute)",
              100 * fit["agree"], fit["n"], fit["n_both"], fit["acc_mae"], fit["speed_mae"])
 
-    if args.with_gp:
-        try:
-            import scipy  # noqa: F401
-        except ImportError:
-            sys.exit("error: --with-gp needs scipy for Optuna's GPSampler: .venv/bin/pip install scipy")
     candidates = {
         "random": lambda s: optuna.samplers.RandomSampler(seed=s),
         f"tpe (as shipped, {space.startup_trials} startup)": lambda s: make_sampler(space.model_copy(update={"seed": s})),
@@ -220,7 +242,7 @@ def main() -> None:
     hv: dict[str, list[float]] = {}
     for label, make in candidates.items():
         t0 = time.perf_counter()
-        hv[label] = [hypervolume(run_one(space, make(10_000 + i), surrogate, args.n_trials), ref)
+        hv[label] = [hypervolume(run_one(space, make(10_000 + i), surrogate, args.n_trials, num_layers), ref)
                      for i in range(args.seeds)]
         log.info("%s: %d seeds in %.0f s", label, args.seeds, time.perf_counter() - t0)
     base = statistics.mean(hv["random"])

@@ -158,12 +158,12 @@ def test_seeds_report_compares_each_seed_at_equal_trial_counts_and_averages_only
         bench.replicate(SimpleNamespace(seed=0), storage, names, [0, 7], 2)
 
 
-def _policy(granularity: str, sparsity: float, *, quantize: bool = False, steps: int = 300) -> dict:
+def _policy(granularity: str, sparsity: float, *, quantize: bool = False) -> dict:
     layers = [sparsity] * 6
     sp = ({"head_sparsity": layers, "ffn_sparsity": layers} if granularity == "structured"
           else {"weight_sparsity": layers})
     return {"criterion": "l1", "granularity": granularity, **sp, "iterative_steps": 1, "quantize": quantize,
-            "qat": False, "retrain": {"steps": steps, "learning_rate": 5e-5, "warmup_ratio": 0.1, "batch_size": 32}}
+            "qat": False, "retrain": {"steps": 300, "learning_rate": 5e-5, "warmup_ratio": 0.1, "batch_size": 32}}
 
 
 def test_sampler_surrogate_matches_within_the_speed_deciding_group_and_predicts_stops():
