@@ -212,6 +212,28 @@ def test_duplicate_policies_are_skipped(tiny, tmp_path, ray_local):
     assert counted(trials) == 3
 
 
+def test_gp_sampler_models_the_front_after_its_startup_trials(tiny, tmp_path, ray_local):
+    space = make_space(tiny, tmp_path, sampler="gp", startup_trials=3, n_trials=6, accuracy_drop_floor=None)
+    study = run_search(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
+    trials = study.get_trials()
+    assert counted(trials) == 6
+    assert type(study.sampler).__name__ == "GPSampler"
+    by_gp = [t.number for t in trials if any(k.startswith("gp:relative_params") for k in t.system_attrs)]
+    # the first 3 completed trials are random; from then on the Gaussian process proposes the policy
+    assert by_gp and min(by_gp) >= 3, [(t.number, t.state) for t in trials]
+
+
+def test_gp_sampler_without_scipy_is_one_clear_error_and_no_study(tiny, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a))
+    space = make_space(tiny, tmp_path, sampler="gp")
+    with pytest.raises(ConfigError, match="field 'sampler': 'gp' needs scipy.*pip install scipy"):
+        run_search(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
+    assert not (tmp_path / "runs" / "s.db").exists()
+
+
 def test_second_driver_refused_and_stale_lease_taken_over(tiny, tmp_path, ray_local):
     space = make_space(tiny, tmp_path, n_trials=2)
     url = storage_of(tmp_path)

@@ -42,12 +42,29 @@ def make_sampler(space: SearchSpace, offset: int = 0) -> Any:
     import optuna
 
     seed = space.seed + offset
+    if space.sampler == "gp":
+        _require_scipy(space)
+        # GPSampler conditions on running trials itself (q-batch log-EHVI), so trials in flight
+        # need no constant liar; the policy's conditional parameters (the branch a granularity or
+        # int8 switch opens) fall back to its independent random sampler by design, not by accident
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=space.startup_trials,
+                                         warn_independent_sampling=False)
     if space.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
                                            n_startup_trials=space.startup_trials)
     if space.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.NSGAIISampler(population_size=space.population_size, seed=seed)
+
+
+def _require_scipy(space: SearchSpace) -> None:
+    """``sampler: gp`` needs scipy (Optuna's GPSampler fits its Gaussian process with it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("scipy") is None:
+        raise ConfigError(f"{space.source}: field 'sampler': 'gp' needs scipy, which is not installed in this "
+                          "Python; install it with 'pip install scipy' (scripts/install.sh does), or choose "
+                          "sampler: tpe, nsga2 or random")
 
 
 def _resolve(space: SearchSpace | str | Path) -> SearchSpace:
@@ -131,6 +148,7 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     from optuna.trial import TrialState
 
     space = _resolve(space)
+    make_sampler(space)  # a sampler that cannot be built (gp without scipy) fails before any storage exists
     config, name, url, depth = _prepare(space, study_name, storage)
     if dense_metrics is None:  # the baseline will be trained: check the data files before a study exists
         from autoprune.data import check_files

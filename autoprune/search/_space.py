@@ -167,9 +167,9 @@ class SearchSpace(_Strict):
     objectives: list[Literal["accuracy", "speedup"]] = Field(default_factory=lambda: ["accuracy", "speedup"])
     accuracy_drop_floor: float | None = Field(0.05, ge=0, le=1, description="max drop vs dense; null disables early stop")
     early_stop: EarlyStop = EarlyStop()
-    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    sampler: Literal["nsga2", "tpe", "gp", "random"] = "nsga2"
     population_size: int = Field(8, ge=2, description="NSGA-II population size")
-    startup_trials: int = Field(10, ge=1, description="TPE: random trials before it models the front")
+    startup_trials: int = Field(10, ge=1, description="TPE and GP: random trials before they model the front")
     n_trials: int = Field(20, ge=1)
     trials_in_flight: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1, gt=0)
