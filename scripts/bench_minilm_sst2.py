@@ -14,6 +14,9 @@ can be stopped and re-run across sessions; finished work is never recomputed.
    exported model timed interleaved against the dense baseline (batch 32 x 64);
 7. the search's dashboard as ``dashboards/minilm_sst2.html`` and ``.png``.
 
+8. every study of this protocol copied into ``docs/data/minilm_sst2_studies.db`` (``archive``), the
+   committed record of the trials behind the numbers (``runs/`` is not committed).
+
 Not in the default phases: ``replicate`` runs search and random search again at the sampler seeds of
 ``--seeds`` (studies named like the reference ones plus ``_seed<N>``), and ``seeds-report`` writes
 their hypervolumes, seed by seed, between ``<!-- minilm_sst2_seeds:begin -->`` and ``:end -->``.
@@ -21,8 +24,10 @@ their hypervolumes, seed by seed, between ``<!-- minilm_sst2_seeds:begin -->`` a
 It writes ``docs/BENCHMARKS.md``'s section between the markers ``<!-- minilm_sst2:begin -->`` and
 ``<!-- minilm_sst2:end -->`` and prints the same text.
 
-    .venv/bin/python scripts/bench_minilm_sst2.py [--n-trials 60] [--phases search,random,uniform,report,dashboard]
-    .venv/bin/python scripts/bench_minilm_sst2.py --n-trials 28 --phases replicate,seeds-report --seeds 1000,2000
+    .venv/bin/python scripts/bench_minilm_sst2.py [--n-trials 60] [--phases search,random,uniform,report,dashboard,archive]
+    .venv/bin/python scripts/bench_minilm_sst2.py --n-trials 28 --phases replicate,seeds-report,archive --seeds 1000,2000
+    .venv/bin/python scripts/bench_minilm_sst2.py --n-trials 28 --phases seeds-report --seeds 1000,2000 \
+        --storage sqlite:///docs/data/minilm_sst2_studies.db   # the report again, from the committed copy
 """
 
 from __future__ import annotations
@@ -410,6 +415,30 @@ def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target
     return write_block(out_md, "\n".join(lines), SEEDS_BEGIN, SEEDS_END)
 
 
+ARCHIVE = ROOT / "docs" / "data" / "minilm_sst2_studies.db"
+
+
+def archive(storage: str, prefix: str, out: Path) -> list[str]:
+    """Copy every study of ``storage`` whose name starts with ``prefix`` (the reference studies, their
+    random, uniform and seed replications) into the SQLite file ``out``, replacing older copies there.
+
+    ``runs/`` is not committed and a new machine starts without it; the committed copy keeps the trials
+    behind the reported numbers, so the seeds report and the sampler surrogate can be re-run from a
+    clean clone (``--storage sqlite:///docs/data/minilm_sst2_studies.db``)."""
+    import optuna
+
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(prefix))
+    if not names:
+        raise AutopruneError(f"no studies named {prefix}* in {storage}: nothing to archive")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dest = f"sqlite:///{out}"
+    for name in names:
+        if _exists(dest, name):
+            optuna.delete_study(study_name=name, storage=dest)
+        optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=dest)
+    return names
+
+
 def _exists(storage: str, name: str) -> bool:
     import optuna
 
@@ -420,7 +449,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-c", "--space", default=str(ROOT / "search_spaces" / "minilm_sst2.yaml"))
     ap.add_argument("--n-trials", type=int, default=60)
-    ap.add_argument("--phases", default="search,random,uniform,report,dashboard")
+    ap.add_argument("--phases", default="search,random,uniform,report,dashboard,archive")
     ap.add_argument("--dashboards", default=str(ROOT / "dashboards"), help="where the dashboard phase writes")
     ap.add_argument("--storage", default=None, help="default: sqlite:///<run_dir>/minilm_sst2_bench.db")
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "BENCHMARKS.md"))
@@ -438,7 +467,7 @@ def main() -> None:
     storage = args.storage or f"sqlite:///{run_dir / 'minilm_sst2_bench.db'}"
     names = study_names(space)
     phases = args.phases.split(",")
-    known = {"search", "random", "uniform", "report", "dashboard", "replicate", "seeds-report"}
+    known = {"search", "random", "uniform", "report", "dashboard", "replicate", "seeds-report", "archive"}
     if set(phases) - known:
         raise AutopruneError(f"--phases: unknown phase(s) {', '.join(sorted(set(phases) - known))}; "
                              f"choose from {', '.join(sorted(known))}")
@@ -465,6 +494,9 @@ def main() -> None:
         replicate(space, storage, names, seeds, args.n_trials)
     if "seeds-report" in phases:
         print(seeds_report(storage, names, seeds, args.n_trials, Path(args.markdown)))
+    if "archive" in phases:
+        for n in archive(storage, names["search"], ARCHIVE):
+            log.info("archived study %s in %s", n, ARCHIVE)
     if "dashboard" in phases:
         for p in write_reference_dashboard(storage, names["search"], Path(args.dashboards)):
             log.info("wrote %s", p)

@@ -211,7 +211,9 @@ def main() -> None:
         names = [n for n in all_names if n.startswith(ref_name) and not n.endswith("_uniform")]
         if not names:
             raise AutopruneError(f"no studies of {args.space} in {args.storage}: run "
-                                 "scripts/bench_minilm_sst2.py first (the surrogate is built from its trials)")
+                                 "scripts/bench_minilm_sst2.py first (the surrogate is built from its trials), "
+                                 "or pass --storage sqlite:///docs/data/minilm_sst2_studies.db, the committed copy "
+                                 "of its studies, where one exists")
         dense = optuna.load_study(study_name=ref_name, storage=args.storage).user_attrs[ATTR_DENSE]
     except AutopruneError as exc:
         sys.exit(f"error: {exc}")

@@ -196,3 +196,27 @@ def test_real_sampler_bench_rotates_order_and_compares_on_common_seeds():
     rnd = next(r for r in rows if r.startswith("| random |"))
     assert "| 2 | 0.22500 |" in gp and "1.50x" in gp and "2/2" in gp
     assert "| 2 | 0.15000 |" in rnd and "1.00x" in rnd
+
+
+def test_archive_copies_the_protocol_studies_and_replaces_older_copies(tmp_path):
+    import optuna
+
+    mod = _load("bench_minilm_sst2")
+    src = f"sqlite:///{tmp_path / 'runs.db'}"
+    out = tmp_path / "docs" / "studies.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ref = optuna.create_study(study_name="mini_p1", storage=src, directions=["maximize", "maximize"])
+    ref.set_user_attr("dense", {"accuracy": 0.9})
+    ref.tell(ref.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), [0.8, 1.5])
+    optuna.create_study(study_name="mini_p1_random_seed7", storage=src, directions=["maximize", "maximize"])
+    optuna.create_study(study_name="other", storage=src)
+    assert mod.archive(src, "mini_p1", out) == ["mini_p1", "mini_p1_random_seed7"]
+    ref.tell(ref.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), [0.85, 2.0])
+    mod.archive(src, "mini_p1", out)  # again, after one more trial: the copy is replaced, not doubled
+    dest = f"sqlite:///{out}"
+    assert sorted(s.study_name for s in optuna.get_all_study_summaries(dest)) == ["mini_p1", "mini_p1_random_seed7"]
+    copy = optuna.load_study(study_name="mini_p1", storage=dest)
+    assert [t.values for t in copy.trials] == [[0.8, 1.5], [0.85, 2.0]]
+    assert copy.user_attrs["dense"] == {"accuracy": 0.9}
+    with pytest.raises(mod.AutopruneError, match="no studies named nope"):
+        mod.archive(src, "nope", out)
