@@ -90,12 +90,6 @@ def summarise(hv: dict[str, dict[int, float]], baseline: str = "random") -> list
     return rows
 
 
-def _exists(storage: str, name: str) -> bool:
-    import optuna
-
-    return name in [s.study_name for s in optuna.get_all_study_summaries(storage)]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-c", "--space", default=str(ROOT / "search_spaces" / "quickstart.yaml"))
