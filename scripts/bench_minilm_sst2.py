@@ -68,6 +68,18 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
     return round(area, 10)
 
 
+REF_MARGIN = 0.05  # the hypervolume's reference point: dense validation accuracy minus 5 points, speedup 1.0
+
+
+def reference_point(dense_accuracy: float) -> tuple[float, float]:
+    """The hypervolume reference point for a dense model of validation accuracy ``dense_accuracy``.
+
+    >>> reference_point(0.9)
+    (0.85, 1.0)
+    """
+    return (dense_accuracy - REF_MARGIN, 1.0)
+
+
 def results_hypervolume(results: list[dict[str, Any]], ref: tuple[float, float]) -> float:
     """:func:`hypervolume` of trial result dicts (their ``accuracy`` and ``speedup``)."""
     return hypervolume([(r["accuracy"], r["speedup"]) for r in results], ref)
@@ -138,7 +150,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
     dense_val = dense_attrs.get("accuracy")
     bdir = ensure_baseline(cfg)
     bm = load_baseline_metrics(bdir)
-    ref = ((dense_val or bm["validation_accuracy"]) - 0.05, 1.0)
+    ref = reference_point(dense_val or bm["validation_accuracy"])
     lines = [BEGIN, "## Reference benchmark: MiniLM-L6 / SST-2", "",
              f"Command: `.venv/bin/python scripts/bench_minilm_sst2.py` · machine: {platform.machine()}, "
              f"{platform.platform()}; latency at 1 intra-op thread, interleaved against dense · generated "
@@ -384,7 +396,7 @@ def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target
     from autoprune.search._driver import counted
 
     main = open_study(storage, names["search"])
-    ref = (main.user_attrs[S.ATTR_DENSE]["accuracy"] - 0.05, 1.0)
+    ref = reference_point(main.user_attrs[S.ATTR_DENSE]["accuracy"])
     runs = [(main.user_attrs.get(S.ATTR_SPACE, {}).get("seed", 0), {k: names[k] for k in ("search", "random")})]
     runs += [(s, seed_names(names, s)) for s in seeds]
     lines = [SEEDS_BEGIN, "#### Search against random search, by sampler seed (generated)", "",
@@ -432,8 +444,9 @@ def archive(storage: str, prefix: str, out: Path) -> list[str]:
         raise AutopruneError(f"no studies named {prefix}* in {storage}: nothing to archive")
     out.parent.mkdir(parents=True, exist_ok=True)
     dest = f"sqlite:///{out}"
+    present = {s.study_name for s in optuna.get_all_study_summaries(dest)}
     for name in names:
-        if _exists(dest, name):
+        if name in present:
             optuna.delete_study(study_name=name, storage=dest)
         optuna.copy_study(from_study_name=name, from_storage=storage, to_storage=dest)
     return names

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_minilm_sst2 import hypervolume, study_names  # noqa: E402
+from bench_minilm_sst2 import hypervolume, reference_point, study_names  # noqa: E402
 
 from autoprune._study import ATTR_DENSE, T_POLICY, completed_results  # noqa: E402
 from autoprune.errors import AutopruneError  # noqa: E402
@@ -221,7 +221,7 @@ def main() -> None:
     rows = [r for rs in per_study.values() for r in rs]
     first = rows[0][0]
     num_layers = len(first.get("head_sparsity") or first["weight_sparsity"])
-    ref = (dense["accuracy"] - 0.05, 1.0)
+    ref = reference_point(dense["accuracy"])
     surrogate = Surrogate(rows, k=args.k)
     log.info("surrogate: %d observed trials (%d stopped) from %d studies; k=%d; reference point (%.4f, 1.0)",
              len(rows), sum(r is None for _, r in rows), len(names), args.k, ref[0])

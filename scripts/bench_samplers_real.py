@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_minilm_sst2 import completed_in_first, results_hypervolume  # noqa: E402
+from bench_minilm_sst2 import REF_MARGIN, completed_in_first, reference_point, results_hypervolume  # noqa: E402
 
 from autoprune import _study as S  # noqa: E402
 from autoprune.errors import AutopruneError  # noqa: E402
@@ -133,13 +133,13 @@ def main() -> None:
         for sampler in samplers:
             study = open_study(storage, f"{sampler}_seed{seed}")
             if ref is None:
-                ref = (study.user_attrs[S.ATTR_DENSE]["accuracy"] - 0.05, 1.0)
+                ref = reference_point(study.user_attrs[S.ATTR_DENSE]["accuracy"])
             hv[sampler][seed] = results_hypervolume(completed_in_first(study, args.n_trials), ref)
             row.append(f"{hv[sampler][seed]:.5f}")
         lines.append(f"| {seed} | " + " | ".join(row) + " |")
     print(f"\nbench_samplers_real on {args.space}: {args.n_trials} trials per study, {startup} startup trials "
           f"(TPE, GP), seeds {','.join(map(str, seeds))}; storage {storage}")
-    print(f"reference point: dense validation accuracy - 0.05 = {ref[0]:.4f}, speedup 1.0; wall time of the "
+    print(f"reference point: dense validation accuracy - {REF_MARGIN} = {ref[0]:.4f}, speedup 1.0; wall time of the "
           "studies run by this invocation: " + ", ".join(f"{s} {wall[s] / 60:.1f} min" for s in samplers) + "\n")
     print("| seed | " + " | ".join(samplers) + " |")
     print("|---:|" + "---:|" * len(samplers))

@@ -41,9 +41,9 @@ def make_sampler(space: SearchSpace, offset: int = 0) -> Any:
     resumed study does not redraw the same parameters."""
     import optuna
 
+    check_sampler(space)
     seed = space.seed + offset
     if space.sampler == "gp":
-        _require_scipy(space)
         # GPSampler conditions on running trials itself (q-batch log-EHVI), so trials in flight
         # need no constant liar; the policy's conditional parameters (the branch a granularity or
         # int8 switch opens) fall back to its independent random sampler by design, not by accident
@@ -57,11 +57,12 @@ def make_sampler(space: SearchSpace, offset: int = 0) -> Any:
     return optuna.samplers.NSGAIISampler(population_size=space.population_size, seed=seed)
 
 
-def _require_scipy(space: SearchSpace) -> None:
-    """``sampler: gp`` needs scipy (Optuna's GPSampler fits its Gaussian process with it)."""
+def check_sampler(space: SearchSpace) -> None:
+    """Raise ConfigError if the space's sampler cannot be built here: ``sampler: gp`` needs scipy
+    (Optuna's GPSampler fits its Gaussian process with it)."""
     import importlib.util
 
-    if importlib.util.find_spec("scipy") is None:
+    if space.sampler == "gp" and importlib.util.find_spec("scipy") is None:
         raise ConfigError(f"{space.source}: field 'sampler': 'gp' needs scipy, which is not installed in this "
                           "Python; install it with 'pip install scipy' (scripts/install.sh does), or choose "
                           "sampler: tpe, nsga2 or random")
@@ -148,7 +149,7 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     from optuna.trial import TrialState
 
     space = _resolve(space)
-    make_sampler(space)  # a sampler that cannot be built (gp without scipy) fails before any storage exists
+    check_sampler(space)  # a sampler that cannot be built (gp without scipy) fails before any storage exists
     config, name, url, depth = _prepare(space, study_name, storage)
     if dense_metrics is None:  # the baseline will be trained: check the data files before a study exists
         from autoprune.data import check_files
