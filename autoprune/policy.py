@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autoprune._yaml import read_yaml_mapping
 from autoprune.errors import PolicyError, format_validation_error
 
-CRITERIA = ("random", "gradient", "l1", "l2")
 GRANULARITIES = ("structured", "unstructured")
 
 
@@ -66,7 +65,7 @@ def _check_sparsities(name: str, values: list[float] | None) -> list[float] | No
 class PruningPolicy(BaseModel):
     """One point of the search space.
 
-    * ``criterion``: ``random``, ``gradient`` (first-order Taylor ``|w * dL/dw|``), ``l1`` or ``l2``.
+    * ``criterion``: the name of a registered importance criterion (:func:`autoprune.criteria.criterion_names`).
     * ``granularity``: ``structured`` removes attention heads and FFN neurons physically;
       ``unstructured`` zeroes individual weights of the encoder's Linear layers.
     * ``head_sparsity`` / ``ffn_sparsity`` (structured) or ``weight_sparsity`` (unstructured):
@@ -82,7 +81,7 @@ class PruningPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    criterion: Literal["random", "gradient", "l1", "l2"]
+    criterion: str
     granularity: Literal["structured", "unstructured"] = "structured"
     head_sparsity: list[float] | None = None
     ffn_sparsity: list[float] | None = None
@@ -95,6 +94,15 @@ class PruningPolicy(BaseModel):
     seed: int = 0
     kept_heads: list[list[int]] | None = None
     kept_neurons: list[list[int]] | None = None
+
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, v: str) -> str:
+        from autoprune.criteria import criterion_names
+
+        if v not in criterion_names():
+            raise ValueError(f"unknown criterion '{v}'; choose one of {', '.join(criterion_names())}")
+        return v
 
     @field_validator("head_sparsity", "ffn_sparsity", "weight_sparsity")
     @classmethod

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
 from autoprune.errors import PolicyError
+from autoprune.models._base import Slice
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,6 @@ def _slice_linear(lin: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
-def _replace(module_parent_pairs: dict[str, Any], parts: Any, name: str, new: nn.Linear) -> None:
-    """Swap the Linear ``name`` of ``parts`` (a LayerParts) in its parent module and in ``parts``."""
-    old = getattr(parts, name)
-    parent, attr = module_parent_pairs[id(old)]
-    setattr(parent, attr, new)
-    setattr(parts, name, new)
-
-
 def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
     out: dict[int, tuple[nn.Module, str]] = {}
     for mod in model.modules():
@@ -58,17 +51,25 @@ def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
     return out
 
 
-def _head_rows(heads: Sequence[int], head_dim: int) -> torch.Tensor:
-    return torch.cat([torch.arange(h * head_dim, (h + 1) * head_dim) for h in heads]).long()
-
-
 def _check_keep(kind: str, layer: int, keep: Sequence[int], total: int) -> list[int]:
     keep = sorted(int(i) for i in keep)
     if not keep:
-        raise PolicyError(f"layer {layer}: keeping no {kind} is not supported; keep at least one per layer")
+        raise PolicyError(f"layer {layer}: keeping no {kind} is not supported; keep at least one per layer "
+                          f"(drop the whole layer instead)")
     if len(set(keep)) != len(keep) or keep[0] < 0 or keep[-1] >= total:
         raise PolicyError(f"layer {layer}: kept {kind} indices {keep} are not distinct indices in [0, {total})")
     return keep
+
+
+def _cut(parents: dict[int, tuple[nn.Module, str]], slices: Sequence[Slice], keep: list[int], *, width: int,
+         total: int) -> None:
+    """Replace every sliced Linear by a copy keeping only the positions of the ``keep`` units."""
+    for s in slices:
+        index = s.positions(keep, width=width, units_total=total).to(s.linear.weight.device)
+        parent, attr = parents[id(s.linear)]
+        new = _slice_linear(s.linear, index, s.dim)
+        setattr(parent, attr, new)
+        parents[id(new)] = (parent, attr)
 
 
 def prune_structured(model: nn.Module, kept_heads: Sequence[Sequence[int]] | None = None,
@@ -76,7 +77,7 @@ def prune_structured(model: nn.Module, kept_heads: Sequence[Sequence[int]] | Non
     """Physically remove every head / FFN neuron not listed as kept, layer by layer (in place).
 
     Indices refer to the model as it stands. The per-layer shape is recorded in
-    ``model.config.autoprune`` so a saved model can be rebuilt by :func:`load_reshaped`.
+    ``model.config.autoprune`` so a saved model can be rebuilt with the same shapes.
     """
     from autoprune.models import get_adapter
 
@@ -86,24 +87,36 @@ def prune_structured(model: nn.Module, kept_heads: Sequence[Sequence[int]] | Non
         if kept is not None and len(kept) != len(layers):
             raise PolicyError(f"{name} has {len(kept)} layers but the model has {len(layers)}")
     parents = _parents(model)
-    d = adapter.head_dim(model)
     for i, parts in enumerate(layers):
         if kept_heads is not None:
-            n = adapter.num_heads(parts)
-            keep = _check_keep("heads", i, kept_heads[i], n)
-            if len(keep) < n:
-                rows = _head_rows(keep, d).to(parts.query.weight.device)
-                for nm in ("query", "key", "value"):
-                    _replace(parents, parts, nm, _slice_linear(getattr(parts, nm), rows, 0))
-                _replace(parents, parts, "attn_out", _slice_linear(parts.attn_out, rows, 1))
+            keep = _check_keep("heads", i, kept_heads[i], parts.num_heads)
+            if len(keep) < parts.num_heads:
+                _cut(parents, parts.head_slices, keep, width=parts.head_dim, total=parts.num_heads)
+                parts = adapter.parts(parts.block)
                 adapter.set_num_heads(parts, len(keep))
+                adapter.after_head_cut(model, i, keep)
         if kept_neurons is not None:
-            n = parts.ffn_in.out_features
-            keep = _check_keep("FFN neurons", i, kept_neurons[i], n)
-            if len(keep) < n:
-                idx = torch.tensor(keep, dtype=torch.long, device=parts.ffn_in.weight.device)
-                _replace(parents, parts, "ffn_in", _slice_linear(parts.ffn_in, idx, 0))
-                _replace(parents, parts, "ffn_out", _slice_linear(parts.ffn_out, idx, 1))
+            keep = _check_keep("FFN neurons", i, kept_neurons[i], parts.num_neurons)
+            if len(keep) < parts.num_neurons:
+                _cut(parents, parts.neuron_slices, keep, width=1, total=parts.num_neurons)
+    record_shape(model)
+    return model
+
+
+def drop_layers(model: nn.Module, drop: Sequence[int]) -> nn.Module:
+    """Remove whole encoder layers (indices of the model as it stands), keeping the rest in order."""
+    from autoprune.models import get_adapter
+
+    adapter = get_adapter(model)
+    n = len(adapter.layer_modules(model))
+    drop_set = {int(i) for i in drop}
+    bad = sorted(i for i in drop_set if not 0 <= i < n)
+    if bad:
+        raise PolicyError(f"drop_layers {sorted(drop_set)}: indices {bad} are outside [0, {n})")
+    if len(drop_set) >= n:
+        raise PolicyError(f"drop_layers removes all {n} encoder layers; keep at least one")
+    if drop_set:
+        adapter.set_layers(model, [i for i in range(n) if i not in drop_set])
     record_shape(model)
     return model
 
@@ -191,7 +204,7 @@ def encoder_weight_sparsity(model: nn.Module) -> float:
 
     zeros = total = 0
     for parts in get_adapter(model).layers(model):
-        for lin in parts.linears().values():
+        for lin in parts.linears():
             w = lin.weight
             zeros += int((w == 0).sum())
             total += w.numel()

@@ -90,12 +90,12 @@ def _context(config: RunConfig, *, progress: bool) -> _Context:
 
 def _structured_step(model: nn.Module, policy: PruningPolicy, frac: float, orig_heads: list[int],
                      orig_ffn: list[int], kept_heads: list[list[int]], kept_neurons: list[list[int]],
-                     seed: int) -> None:
+                     seed: int, calib: Any) -> None:
     """Score the model as it stands and cut it to ``frac`` of the policy's target sparsity."""
-    from autoprune.importance import keep_top, n_removed, score_structured
+    from autoprune.criteria import get_criterion, keep_top, n_removed
     from autoprune.surgery import prune_structured
 
-    hs, ns = score_structured(model, policy.criterion, seed=seed)
+    hs, ns = get_criterion(policy.criterion).unit_scores(model, calib, seed=seed)
     local_h, local_n = [], []
     for i in range(len(orig_heads)):
         sh = (policy.head_sparsity or [0.0] * len(orig_heads))[i] * frac
@@ -109,17 +109,18 @@ def _structured_step(model: nn.Module, policy: PruningPolicy, frac: float, orig_
     prune_structured(model, local_h, local_n)
 
 
-def unstructured_masks(model: nn.Module, policy: PruningPolicy, frac: float, seed: int) -> dict[str, torch.Tensor]:
+def unstructured_masks(model: nn.Module, policy: PruningPolicy, frac: float, seed: int,
+                       calib: Any = None) -> dict[str, torch.Tensor]:
     """Masks removing ``round(s * numel)`` lowest-scored weights of every prunable Linear of each layer."""
-    from autoprune.importance import score_unstructured
+    from autoprune.criteria import get_criterion
     from autoprune.models import get_adapter
 
-    scores = score_unstructured(model, policy.criterion, seed=seed)
+    scores = get_criterion(policy.criterion).model_weight_scores(model, calib, seed=seed)
     names = {id(m): n for n, m in model.named_modules()}
     masks = {}
     for i, parts in enumerate(get_adapter(model).layers(model)):
         s = (policy.weight_sparsity or [])[i] * frac
-        for lin in parts.linears().values():
+        for lin in parts.linears():
             name = names[id(lin)]
             sc = scores[name].flatten()
             k = min(int(round(s * sc.numel())), sc.numel() - 1)
@@ -153,7 +154,7 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         >>> # res.speedup, res.accuracy_drop
     """
     from autoprune.data import train_batches
-    from autoprune.importance import accumulate_gradients
+    from autoprune.criteria import get_criterion
     from autoprune.measure import count_flops, count_params, evaluate_split, measure_speed, nonzero_params, \
         size_on_disk
     from autoprune.models import get_adapter
@@ -192,6 +193,7 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         return evaluate_split(model, task.validation, batch_size=config.eval_batch_size, pad_id=task.pad_token_id,
                               num_labels=task.num_labels)
 
+    needs_grad = get_criterion(policy.criterion).needs_gradients
     for k in range(1, k_steps + 1):
         tp = time.perf_counter()
         frac = k / k_steps
@@ -201,14 +203,11 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
                 kept_neurons = [list(x) for x in (policy.kept_neurons or kept_neurons)]
                 prune_structured(model, kept_heads, kept_neurons)
             else:
-                if policy.criterion == "gradient":
-                    accumulate_gradients(model, calib())
                 _structured_step(model, policy, frac, orig_heads, orig_ffn, kept_heads, kept_neurons,
-                                 seed=policy.seed * 1000 + k)
+                                 seed=policy.seed * 1000 + k, calib=calib() if needs_grad else None)
         else:
-            if policy.criterion == "gradient":
-                accumulate_gradients(model, calib())
-            prune_unstructured(model, unstructured_masks(model, policy, frac, seed=policy.seed * 1000 + k))
+            prune_unstructured(model, unstructured_masks(model, policy, frac, seed=policy.seed * 1000 + k,
+                                                         calib=calib() if needs_grad else None))
         model.zero_grad(set_to_none=True)
         phases["prune"] += time.perf_counter() - tp
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from autoprune.errors import ModelError, PolicyError
-from autoprune.importance import n_removed
+from autoprune.criteria import n_removed
 from autoprune.models import get_adapter, load_model
 from autoprune.surgery import encoder_weight_sparsity, prune_structured, prune_unstructured, reshape_to
 from conftest import make_tiny_model
@@ -91,7 +91,7 @@ def test_unstructured_masks_are_exact_and_survive_training(tiny):
     names = {id(m): n for n, m in tiny.named_modules()}
     masks = {}
     for parts in adapter.layers(tiny):
-        for lin in parts.linears().values():
+        for lin in parts.linears():
             m = torch.ones_like(lin.weight)
             m.view(-1)[: m.numel() // 4] = 0
             masks[names[id(lin)]] = m
@@ -116,3 +116,24 @@ def test_unsupported_architecture_names_supported_ones(tmp_path):
 def test_missing_model_path_is_clear(tmp_path):
     with pytest.raises(ModelError, match="cannot load model"):
         load_model(str(tmp_path / "nope"))
+
+
+@torch.no_grad()
+def test_dropped_layers_equal_dense_with_those_layers_skipped(tiny):
+    from autoprune.surgery import drop_layers
+
+    adapter = get_adapter(tiny)
+    skipped = copy.deepcopy(tiny)
+
+    def identity(module, args, kwargs, output):  # layer 0 of the dense copy passes its input through
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    adapter.layer_modules(skipped)[0].register_forward_hook(identity, with_kwargs=True)
+    drop_layers(tiny, [0])
+    assert len(adapter.layer_modules(tiny)) == 1 and adapter.depth(tiny.config) == 1
+    torch.testing.assert_close(tiny(**_batch()).logits, skipped(**_batch()).logits)
+    with pytest.raises(PolicyError, match="removes all 1 encoder layers"):
+        drop_layers(tiny, [0])
+    with pytest.raises(PolicyError, match=r"outside \[0, 1\)"):
+        drop_layers(tiny, [3])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from autoprune.models._base import Adapter, LayerParts
+from autoprune.models._base import Adapter, LayerParts, Slice
 
 
 class BertAdapter(Adapter):
@@ -14,27 +14,28 @@ class BertAdapter(Adapter):
     def base(self, model: nn.Module) -> nn.Module:
         return getattr(model, self.prefix, model)
 
-    def layers(self, model: nn.Module) -> list[LayerParts]:
-        out = []
-        for layer in self.base(model).encoder.layer:
-            att = layer.attention.self
-            out.append(LayerParts(attention=att, query=att.query, key=att.key, value=att.value,
-                                  attn_out=layer.attention.output.dense, ffn_in=layer.intermediate.dense,
-                                  ffn_out=layer.output.dense))
-        return out
+    def layer_modules(self, model: nn.Module) -> nn.ModuleList:
+        return self.base(model).encoder.layer
 
-    def num_heads(self, parts: LayerParts) -> int:
-        return int(parts.attention.num_attention_heads)
+    def parts(self, layer: nn.Module) -> LayerParts:
+        att = layer.attention.self
+        out = layer.attention.output
+        return LayerParts(
+            block=layer, attention=att, num_heads=int(att.num_attention_heads),
+            head_dim=int(att.attention_head_size),
+            head_slices=[Slice(att.query, 0), Slice(att.key, 0), Slice(att.value, 0), Slice(out.dense, 1)],
+            neuron_slices=[Slice(layer.intermediate.dense, 0), Slice(layer.output.dense, 1)],
+            attn_out=out.dense, ffn_out=layer.output.dense,
+            attn_norm=out.LayerNorm, ffn_norm=layer.output.LayerNorm)
 
     def set_num_heads(self, parts: LayerParts, n: int) -> None:
         att = parts.attention
         att.num_attention_heads = n
         att.all_head_size = n * att.attention_head_size
 
-    def head_dim(self, model: nn.Module) -> int:
-        return int(self.layers(model)[0].attention.attention_head_size)
-
 
 class RobertaAdapter(BertAdapter):
+    """RoBERTa has BERT's modules under ``model.roberta``."""
+
     model_type = "roberta"
     prefix = "roberta"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from autoprune.models._base import Adapter, LayerParts
+from autoprune.models._base import Adapter, LayerParts, Slice
 
 
 class DistilBertAdapter(Adapter):
@@ -13,19 +13,20 @@ class DistilBertAdapter(Adapter):
     def base(self, model: nn.Module) -> nn.Module:
         return getattr(model, "distilbert", model)
 
-    def layers(self, model: nn.Module) -> list[LayerParts]:
-        out = []
-        for layer in self.base(model).transformer.layer:
-            att = layer.attention
-            out.append(LayerParts(attention=att, query=att.q_lin, key=att.k_lin, value=att.v_lin,
-                                  attn_out=att.out_lin, ffn_in=layer.ffn.lin1, ffn_out=layer.ffn.lin2))
-        return out
+    def layer_modules(self, model: nn.Module) -> nn.ModuleList:
+        return self.base(model).transformer.layer
 
-    def num_heads(self, parts: LayerParts) -> int:
-        return int(parts.attention.n_heads)
+    def depth_attr(self, hf_config: object) -> str:
+        return "n_layers"
+
+    def parts(self, layer: nn.Module) -> LayerParts:
+        att = layer.attention
+        return LayerParts(
+            block=layer, attention=att, num_heads=int(att.n_heads), head_dim=int(att.attention_head_size),
+            head_slices=[Slice(att.q_lin, 0), Slice(att.k_lin, 0), Slice(att.v_lin, 0), Slice(att.out_lin, 1)],
+            neuron_slices=[Slice(layer.ffn.lin1, 0), Slice(layer.ffn.lin2, 1)],
+            attn_out=att.out_lin, ffn_out=layer.ffn.lin2,
+            attn_norm=layer.sa_layer_norm, ffn_norm=layer.output_layer_norm)
 
     def set_num_heads(self, parts: LayerParts, n: int) -> None:
         parts.attention.n_heads = n
-
-    def head_dim(self, model: nn.Module) -> int:
-        return int(self.layers(model)[0].attention.attention_head_size)

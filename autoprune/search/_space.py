@@ -156,7 +156,7 @@ class SearchSpace(_Strict):
     """A whole search: the run config, the policy space, the objectives and how to run trials."""
 
     config: str | dict[str, Any]
-    criteria: list[Literal["random", "gradient", "l1", "l2"]] = Field(default_factory=lambda: ["l1", "l2", "gradient"])
+    criteria: list[str] = Field(default_factory=lambda: ["l1", "l2", "gradient"])
     granularities: list[Literal["structured", "unstructured"]] = Field(default_factory=lambda: ["structured"])
     structured: StructuredSpace = StructuredSpace()
     unstructured: UnstructuredSpace = UnstructuredSpace()
@@ -200,6 +200,17 @@ class SearchSpace(_Strict):
             raise ValueError(f"'{info.field_name}' is empty; list at least one choice")
         if len(set(v)) != len(v):
             raise ValueError(f"'{info.field_name}' lists a choice twice: {v}")
+        return v
+
+    @field_validator("criteria")
+    @classmethod
+    def _known_criteria(cls, v: list[str]) -> list[str]:
+        from autoprune.criteria import criterion_names
+
+        unknown = [c for c in v if c not in criterion_names()]
+        if unknown:
+            raise ValueError(f"'criteria' lists unknown {', '.join(map(repr, unknown))}; "
+                             f"choose from {', '.join(criterion_names())}")
         return v
 
     @field_validator("objectives")
