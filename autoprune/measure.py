@@ -136,20 +136,16 @@ def size_on_disk(model: nn.Module) -> int:
 def count_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> int:
     """Analytic multiply-add FLOPs (2 per MAC) of the encoder for ``batch_size`` x ``seq_len`` tokens.
 
-    Per layer and token: q/k/v and output projections ``2 * 4 * hidden * heads * d``, attention
-    scores and weighted sum ``2 * 2 * seq_len * heads * d``, FFN ``2 * 2 * hidden * ffn``.
-    Embeddings, layer norms and the classifier head are left out (they are not pruned).
+    Per layer, the adapter's :meth:`~autoprune.models.Adapter.layer_macs`: every Linear a head or FFN
+    neuron owns, per token (for BERT ``4 * hidden * heads * d`` for q/k/v/output and ``2 * hidden * ffn``
+    for the FFN; a gated FFN has three matrices), plus attention scores and the weighted sum
+    ``2 * seq_len * heads * d`` per token, plus what an architecture adds (DeBERTa's relative-position
+    scores). Embeddings, layer norms and the classifier head are left out (they are not pruned).
     """
     from autoprune.models import get_adapter
 
     adapter = get_adapter(model)
-    hidden = adapter.hidden_size(model)
-    d = adapter.head_dim(model)
-    heads, ffn = adapter.shape(model)
-    per_token = 0
-    for h, f in zip(heads, ffn):
-        per_token += 2 * 4 * hidden * h * d + 2 * 2 * seq_len * h * d + 2 * 2 * hidden * f
-    return int(per_token * seq_len * batch_size)
+    return int(sum(2 * adapter.layer_macs(parts, seq_len, batch_size) for parts in adapter.layers(model)))
 
 
 # ----------------------------------------------------------------------------- latency

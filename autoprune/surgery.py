@@ -137,6 +137,7 @@ def reshape_to(model: nn.Module, heads_per_layer: Sequence[int], ffn_per_layer: 
     from autoprune.models import get_adapter
 
     adapter = get_adapter(model)
+    adapter.prepare_rebuilt(model)
     heads, ffn = adapter.shape(model)
     if len(heads_per_layer) != len(heads) or len(ffn_per_layer) != len(ffn):
         raise PolicyError(f"saved shape has {len(heads_per_layer)} layers, the architecture has {len(heads)}")

@@ -30,29 +30,64 @@ FILLER = ["the", "a", "movie", "film", "was", "is", "plot", "story", "very", "qu
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POS + NEG + FILLER
 
 
+#: every model type make_tiny_model can build (one per registered adapter; deberta-v2 twice: see below)
+TINY_MODEL_TYPES = ("bert", "distilbert", "roberta", "modernbert", "deberta-v2", "electra", "xlm-roberta",
+                    "camembert", "mpnet")
+
+
+def tiny_hf_config(model_type: str = "bert", *, layers: int = 2, heads: int = 4, hidden: int = 32, ffn: int = 64,
+                   num_labels: int = 2, **extra):
+    """A tiny ``transformers`` config of ``model_type`` for the test vocabulary (``extra`` overrides fields).
+
+    * ``modernbert``: local attention window 4 (so a 12-token batch really is windowed) and a global layer
+      every 2 layers: layer types ``full, sliding, full, ...``;
+    * ``deberta-v2``: DeBERTa-v3's attention (relative attention with ``c2p`` and ``p2c``, log buckets, a
+      LayerNorm on the relative embeddings, no absolute positions); ``share_att_key`` true as in v3 by
+      default, pass ``share_att_key=False`` for separate ``pos_key_proj`` / ``pos_query_proj``;
+    * ``electra``: embedding size 16 below the hidden size (the projected embeddings of ELECTRA-small).
+    """
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=len(VOCAB), num_labels=num_labels, pad_token_id=0)
+    bert_like = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn)
+    roberta_ids = dict(max_position_embeddings=130, bos_token_id=2, eos_token_id=3)
+    if model_type == "bert":
+        kw = dict(bert_like, max_position_embeddings=128)
+    elif model_type == "distilbert":
+        kw = dict(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=ffn, max_position_embeddings=128)
+    elif model_type in ("roberta", "xlm-roberta", "camembert"):
+        kw = dict(bert_like, **roberta_ids)
+    elif model_type == "electra":
+        kw = dict(bert_like, embedding_size=16, max_position_embeddings=128)
+    elif model_type == "modernbert":
+        kw = dict(bert_like, max_position_embeddings=128, local_attention=4, global_attn_every_n_layers=2,
+                  bos_token_id=2, cls_token_id=2, eos_token_id=3, sep_token_id=3)
+    elif model_type == "deberta-v2":
+        kw = dict(bert_like, max_position_embeddings=128, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                  position_buckets=8, max_relative_positions=32, norm_rel_ebd="layer_norm",
+                  position_biased_input=False, share_att_key=True, type_vocab_size=0)
+    elif model_type == "mpnet":
+        kw = dict(bert_like, max_position_embeddings=130, relative_attention_num_buckets=32, bos_token_id=2,
+                  eos_token_id=3)
+    else:
+        raise ValueError(f"make_tiny_model has no config for model_type {model_type!r}; known: {TINY_MODEL_TYPES}")
+    return AutoConfig.for_model(model_type, **{**common, **kw, **extra})
+
+
 def make_tiny_model(path: Path, model_type: str = "bert", *, layers: int = 2, heads: int = 4,
-                    hidden: int = 32, ffn: int = 64, num_labels: int = 2, seed: int = 0) -> Path:
-    """Write a tiny randomly initialised ``model_type`` classifier with a WordPiece tokenizer to ``path``."""
+                    hidden: int = 32, ffn: int = 64, num_labels: int = 2, seed: int = 0, **extra) -> Path:
+    """Write a tiny randomly initialised ``model_type`` classifier with a WordPiece tokenizer to ``path``.
+
+    ``extra`` overrides config fields (see :func:`tiny_hf_config`), e.g. ``share_att_key=False``.
+    """
     import torch
-    from transformers import (AutoModelForSequenceClassification, BertConfig, BertTokenizerFast,
-                              DistilBertConfig, RobertaConfig)
+    from transformers import AutoModelForSequenceClassification, BertTokenizerFast
 
     torch.manual_seed(seed)
     path.mkdir(parents=True, exist_ok=True)
     (path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    common = dict(vocab_size=len(VOCAB), num_labels=num_labels, pad_token_id=0)
-    if model_type == "bert":
-        cfg = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                         intermediate_size=ffn, max_position_embeddings=128, **common)
-    elif model_type == "distilbert":
-        cfg = DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=ffn,
-                               max_position_embeddings=128, **common)
-    elif model_type == "roberta":
-        cfg = RobertaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                            intermediate_size=ffn, max_position_embeddings=130, bos_token_id=2, eos_token_id=3,
-                            **common)
-    else:
-        raise ValueError(model_type)
+    cfg = tiny_hf_config(model_type, layers=layers, heads=heads, hidden=hidden, ffn=ffn, num_labels=num_labels,
+                         **extra)
     model = AutoModelForSequenceClassification.from_config(cfg)
     model.save_pretrained(path)
     tok = BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=True)

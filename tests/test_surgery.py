@@ -109,7 +109,7 @@ def test_unsupported_architecture_names_supported_ones(tmp_path):
 
     GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path)
     with pytest.raises(ModelError, match="unsupported architecture 'gpt2'; autoprune supports model_type bert, "
-                                         "distilbert, roberta"):
+                                         "camembert, deberta-v2, distilbert"):
         load_model(str(tmp_path))
 
 

@@ -1,12 +1,13 @@
 """Model loading and per-architecture adapters.
 
 Architecture-specific code lives only here: an adapter knows where a family keeps its
-attention heads and FFN blocks. Adding a family is one new module that registers an adapter.
+attention heads and FFN blocks. Adding a family is one new module with an :class:`Adapter` subclass,
+passed to :func:`register_adapter`.
 
 Example:
-    >>> from autoprune.models import SUPPORTED_MODEL_TYPES
-    >>> SUPPORTED_MODEL_TYPES
-    ('bert', 'distilbert', 'roberta')
+    >>> from autoprune.models import supported_model_types
+    >>> supported_model_types()
+    ('bert', 'camembert', 'deberta-v2', 'distilbert', 'electra', 'modernbert', 'mpnet', 'roberta', 'xlm-roberta')
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import ModelError
 from autoprune.models._base import Adapter, LayerParts
-from autoprune.models._bert import BertAdapter, RobertaAdapter
+from autoprune.models._bert import BertAdapter, CamembertAdapter, ElectraAdapter, RobertaAdapter, XLMRobertaAdapter
+from autoprune.models._deberta import DebertaV2Adapter
 from autoprune.models._distilbert import DistilBertAdapter
+from autoprune.models._modernbert import ModernBertAdapter
+from autoprune.models._mpnet import MPNetAdapter
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -27,8 +31,36 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_ADAPTERS: dict[str, Adapter] = {a.model_type: a for a in (BertAdapter(), DistilBertAdapter(), RobertaAdapter())}
-SUPPORTED_MODEL_TYPES = tuple(sorted(_ADAPTERS))
+_ADAPTERS: dict[str, Adapter] = {}
+
+#: what an adapter must provide, for the unsupported-architecture error
+ADAPTER_CONTRACT = (
+    "an autoprune.models.Adapter subclass with model_type, base(model) (the encoder inside the task model), "
+    "layer_modules(model) (its list of layers), parts(layer) (a LayerParts: the slices of the Linears each "
+    "attention head and FFN neuron owns and the two output projections) and set_num_heads(parts, n), "
+    "registered with autoprune.models.register_adapter()")
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    """Make ``adapter`` the one used for models whose ``config.model_type`` is ``adapter.model_type``."""
+    if not adapter.model_type:
+        raise ValueError(f"{type(adapter).__name__} sets no model_type")
+    _ADAPTERS[adapter.model_type] = adapter
+    return adapter
+
+
+for _adapter in (BertAdapter(), CamembertAdapter(), DebertaV2Adapter(), DistilBertAdapter(), ElectraAdapter(),
+                 ModernBertAdapter(), MPNetAdapter(), RobertaAdapter(), XLMRobertaAdapter()):
+    register_adapter(_adapter)
+
+
+def supported_model_types() -> tuple[str, ...]:
+    """The ``config.model_type`` values that have an adapter, sorted."""
+    return tuple(sorted(_ADAPTERS))
+
+
+#: the model types with a built-in adapter
+SUPPORTED_MODEL_TYPES = supported_model_types()
 
 
 def adapter_for_type(model_type: str) -> Adapter:
@@ -38,7 +70,7 @@ def adapter_for_type(model_type: str) -> Adapter:
     except KeyError:
         raise ModelError(
             f"unsupported architecture '{model_type}'; autoprune supports model_type "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} (add an adapter in autoprune/models/ for others)"
+            f"{', '.join(supported_model_types())}. To add one, write {ADAPTER_CONTRACT}"
         ) from None
 
 
@@ -62,8 +94,7 @@ def _hf_config(name_or_path: str) -> Any:
 def model_depth(config: "RunConfig") -> int:
     """Number of encoder layers of the configured model, read from its config only."""
     hf = _hf_config(config.model.resolve())
-    adapter_for_type(hf.model_type)
-    return int(getattr(hf, "num_hidden_layers", getattr(hf, "n_layers", 0)))
+    return adapter_for_type(hf.model_type).depth(hf)
 
 
 def load_model(name_or_path: str, num_labels: int | None = None, pooling: str | None = None) -> "nn.Module":
@@ -105,5 +136,5 @@ def load_model(name_or_path: str, num_labels: int | None = None, pooling: str | 
     return model
 
 
-__all__ = ["Adapter", "LayerParts", "SUPPORTED_MODEL_TYPES", "adapter_for_type", "get_adapter", "load_model",
-           "model_depth"]
+__all__ = ["ADAPTER_CONTRACT", "Adapter", "LayerParts", "SUPPORTED_MODEL_TYPES", "adapter_for_type", "get_adapter",
+           "load_model", "model_depth", "register_adapter", "supported_model_types"]

@@ -94,7 +94,10 @@ class LayerParts:
 class Adapter:
     """Per-family access to encoder layers. Subclasses set ``model_type`` and implement
     :meth:`base`, :meth:`layer_modules`, :meth:`parts` and :meth:`set_num_heads`; architectures with
-    couplings beyond the slices (a per-head bias shared across layers) override :meth:`after_head_cut`.
+    couplings beyond the slices (a per-head bias shared across layers) override :meth:`after_head_cut`,
+    those whose layers depend on their index override :meth:`set_layers` (and :meth:`prepare_rebuilt`),
+    those with work outside their sliced Linears (a gated FFN is just three sliced matrices; relative
+    position projections are not) override :meth:`layer_macs`.
     """
 
     model_type: str = ""
@@ -116,6 +119,18 @@ class Adapter:
 
     def after_head_cut(self, model: nn.Module, layer_index: int, kept: list[int]) -> None:
         """Couplings outside the slices (default: none). ``kept`` indexes the heads before the cut."""
+
+    def prepare_rebuilt(self, model: nn.Module) -> None:
+        """On a model freshly built from a saved config, re-create the structure the config alone does
+        not describe (default: nothing). :func:`autoprune.surgery.reshape_to` calls it before resizing."""
+
+    def layer_macs(self, parts: LayerParts, seq_len: int, batch_size: int = 1) -> int:
+        """Multiply-accumulates of one encoder layer for ``batch_size`` x ``seq_len`` tokens: every Linear a
+        unit owns, applied to every token, plus attention scores and the weighted sum of values
+        (``2 * seq_len * heads * head_dim`` per token). Layer norms and activations are left out."""
+        linear = sum(lin.in_features * lin.out_features for lin in parts.linears())
+        attention = 2 * seq_len * parts.num_heads * parts.head_dim
+        return seq_len * batch_size * (linear + attention)
 
     def set_layers(self, model: nn.Module, keep: list[int]) -> None:
         """Keep only the encoder layers ``keep`` (indices in order) and record the new depth."""

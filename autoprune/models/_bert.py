@@ -1,4 +1,6 @@
-"""BERT (MiniLM is a BERT) and RoBERTa: ``encoder.layer[i].attention.self`` / ``intermediate`` / ``output``."""
+"""BERT (MiniLM is a BERT) and the families with its layer modules, ``encoder.layer[i].attention.self`` /
+``intermediate`` / ``output``: RoBERTa, XLM-RoBERTa and CamemBERT (under ``model.roberta``), ELECTRA
+(under ``model.electra``)."""
 
 from __future__ import annotations
 
@@ -39,3 +41,22 @@ class RobertaAdapter(BertAdapter):
 
     model_type = "roberta"
     prefix = "roberta"
+
+
+class ElectraAdapter(BertAdapter):
+    """ELECTRA has BERT's layer modules under ``model.electra`` (its embedding projection is not pruned)."""
+
+    model_type = "electra"
+    prefix = "electra"
+
+
+class XLMRobertaAdapter(RobertaAdapter):
+    """XLM-RoBERTa: RoBERTa's modules and prefix (``model.roberta``); only the vocabulary differs."""
+
+    model_type = "xlm-roberta"
+
+
+class CamembertAdapter(RobertaAdapter):
+    """CamemBERT: RoBERTa's modules and prefix (``model.roberta``); only the vocabulary differs."""
+
+    model_type = "camembert"
