@@ -30,7 +30,7 @@ FILLER = ["the", "a", "movie", "film", "was", "is", "plot", "story", "very", "qu
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + POS + NEG + FILLER
 
 
-#: every model type make_tiny_model can build (one per registered adapter; deberta-v2 twice: see below)
+#: every model type make_tiny_model can build (one per registered adapter)
 TINY_MODEL_TYPES = ("bert", "distilbert", "roberta", "modernbert", "deberta-v2", "electra", "xlm-roberta",
                     "camembert", "mpnet")
 
