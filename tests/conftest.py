@@ -106,3 +106,23 @@ def sst2_dir() -> Path:
     if not (SST2_DIR / "train.tsv").is_file():
         pytest.skip(f"SST-2 data not found at {SST2_DIR} (expected ../shared/data/sst2 beside the repo)")
     return SST2_DIR
+
+
+@pytest.fixture
+def readonly_dir(tmp_path) -> Path:
+    """A folder this process cannot write in: a ``chmod 555`` folder, or for root (whom permission bits do
+    not stop) a path under ``/sys``, where creating files fails; skips where neither is available."""
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    ro.chmod(0o555)
+    candidates = [ro] if os.geteuid() != 0 else [Path("/sys/autoprune-readonly")]
+    for p in candidates:
+        try:
+            (p / "probe").mkdir(parents=True)
+        except OSError:
+            yield p
+            ro.chmod(0o755)
+            return
+        (p / "probe").rmdir()
+    ro.chmod(0o755)
+    pytest.skip("no folder that this process cannot write in")
