@@ -95,9 +95,14 @@ def check_output(path: Optional[Path], flag: str, *, folder: bool) -> None:
         above = above.parent
     if not above.is_dir():
         raise ConfigError(f"{flag} {path}: {above} is a file, not a folder; give a path in a folder")
-    if not os.access(above, os.W_OK):
-        raise ConfigError(f"{flag} {path}: cannot write in {above} (read-only or no permission); give a path "
-                          f"you can write")
+    import tempfile
+
+    try:  # a probe, not os.access: root passes permission checks and still cannot write everywhere
+        with tempfile.TemporaryFile(dir=above):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write in {above} ({exc.strerror or exc}); give a path you can "
+                          f"write") from None
 
 
 def _print_json(obj: Any) -> None:

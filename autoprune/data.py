@@ -169,10 +169,12 @@ def _text_rows(p: Path, split: str) -> int:
     """Non-blank lines of a text data file; :class:`DataError` when it is not UTF-8 text."""
     rows, offset = 0, 0
     with open(p, "rb") as fh:
+        head = fh.read(8192)
+        if b"\x00" in head:  # text never holds NUL bytes; binary formats (images, archives, pickles) do
+            raise DataError(f"data.files.{split}: {p} is not a UTF-8 text file (it holds NUL bytes, from offset "
+                            f"{head.index(0)}: a binary file?); give a {p.suffix} text file")
+        fh.seek(0)
         for line in fh:  # UTF-8 never puts a newline byte inside a character: lines decode on their own
-            if b"\x00" in line:
-                raise DataError(f"data.files.{split}: {p} is not a UTF-8 text file (it holds NUL bytes at offset "
-                                f"{offset + line.index(0)}: a binary file?); give a {p.suffix} text file")
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as exc:

@@ -160,7 +160,8 @@ def position_limit(hf_config: Any) -> int | None:
 
     Example:
         >>> from transformers import BertConfig, RobertaConfig
-        >>> position_limit(BertConfig(max_position_embeddings=512)), position_limit(RobertaConfig())
+        >>> bert, roberta = BertConfig(max_position_embeddings=512), RobertaConfig(max_position_embeddings=514)
+        >>> position_limit(bert), position_limit(roberta)
         (512, 512)
     """
     n = getattr(hf_config, "max_position_embeddings", None)

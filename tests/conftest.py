@@ -108,21 +108,27 @@ def sst2_dir() -> Path:
     return SST2_DIR
 
 
-@pytest.fixture
-def readonly_dir(tmp_path) -> Path:
-    """A folder this process cannot write in: a ``chmod 555`` folder, or for root (whom permission bits do
-    not stop) a path under ``/sys``, where creating files fails; skips where neither is available."""
+
+def readonly_place(tmp_path: Path) -> Path | None:
+    """A folder path this process cannot write in: a ``chmod 555`` folder under ``tmp_path``, or for root
+    (whom permission bits do not stop) a path under ``/sys``, where creating files fails; None if neither."""
     ro = tmp_path / "readonly"
-    ro.mkdir()
+    ro.mkdir(exist_ok=True)
     ro.chmod(0o555)
-    candidates = [ro] if os.geteuid() != 0 else [Path("/sys/autoprune-readonly")]
-    for p in candidates:
+    for p in [ro] if os.geteuid() != 0 else [Path("/sys/autoprune-readonly")]:
         try:
             (p / "probe").mkdir(parents=True)
         except OSError:
-            yield p
-            ro.chmod(0o755)
-            return
+            return p
         (p / "probe").rmdir()
-    ro.chmod(0o755)
-    pytest.skip("no folder that this process cannot write in")
+    return None
+
+
+@pytest.fixture
+def readonly_dir(tmp_path) -> Path:
+    """:func:`readonly_place`, or skip."""
+    p = readonly_place(tmp_path)
+    if p is None:
+        pytest.skip("no folder that this process cannot write in")
+    yield p
+    (tmp_path / "readonly").chmod(0o755)
