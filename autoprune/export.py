@@ -362,7 +362,7 @@ def _readme(info: dict[str, Any]) -> str:
         f"Heads per layer: {m.get('heads_per_layer')}; FFN neurons per layer: {m.get('ffn_per_layer')}.",
         "",
         "Labels (`id2label` in `config.json`): "
-        + ", ".join(f"{i} = `{n}`" for i, n in sorted((int(k), v) for k, v in info.get("id2label", {}).items())) + ".",
+        + ", ".join(f"{i} = `{n}`" for i, n in sorted((int(k), v) for k, v in info["id2label"].items())) + ".",
         "",
         f"Model files: {src['description']}.",
     ]
