@@ -17,6 +17,8 @@ def read_yaml_mapping(path: str | Path, error_cls: type[Exception] = ConfigError
     for a missing file, malformed YAML or a top level that is not a mapping.
     """
     p = Path(path)
+    if p.is_dir():
+        raise error_cls(f"{p}: is a folder; give the YAML file")
     if not p.is_file():
         raise error_cls(f"{p}: file not found; check the path (relative paths start at the current directory)")
     try:

@@ -1,7 +1,9 @@
 """The ``autoprune`` command line: a thin layer over the library API.
 
-Every command turns an :class:`~autoprune.errors.AutopruneError` into one line on stderr and
-exit status 2 (``--debug`` shows the traceback instead).
+Every command turns an error that comes from what the user typed (an
+:class:`~autoprune.errors.AutopruneError`, or an ``OSError`` about a named path) into one line on
+stderr and exit status 2 (``--debug`` shows the traceback instead); output paths and ports are
+checked before any work.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show full traceback
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a command; a user error becomes one clear line and exit code 2."""
+    """Run a command; an error that comes from what the user typed becomes one line and exit code 2.
+
+    That is an :class:`~autoprune.errors.AutopruneError`, or an ``OSError`` about a named path (a
+    folder that is a file, a read-only place, no permission). ``--debug`` re-raises with the traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -50,16 +56,53 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except AutopruneError as exc:
             if _state["debug"]:
                 raise
-            from rich.markup import escape
-
-            # escape: a message such as "give one [low, high] per layer" must not be read as markup
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            _error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            if _state["debug"] or exc.filename is None:
+                raise
+            _error_line(f"{exc.filename}: {exc.strerror or exc}; check the path and that you may write there")
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _error_line(message: str) -> None:
+    from rich.markup import escape
+
+    # escape: a message such as "give one [low, high] per layer" must not be read as markup
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def check_output(path: Optional[Path], flag: str, *, folder: bool) -> None:
+    """Refuse an output path of the wrong kind, or in a place that cannot be written, before any work.
+
+    ``folder``: the command writes a folder there (else a file).
+    """
+    from autoprune.errors import ConfigError
+
+    if path is None:
+        return
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: exists and is a file; give a folder (new, empty, or an earlier export)")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a folder; give a file path, e.g. {path / 'dashboard.html'}")
+    above = path.absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise ConfigError(f"{flag} {path}: {above} is a file, not a folder; give a path in a folder")
+    import tempfile
+
+    try:  # a probe, not os.access: root passes permission checks and still cannot write everywhere
+        with tempfile.TemporaryFile(dir=above):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot write in {above} ({exc.strerror or exc}); give a path you can "
+                          f"write") from None
 
 
 def _print_json(obj: Any) -> None:
@@ -104,6 +147,7 @@ def prune(config: Path = typer.Option(..., "-c", "--config", help="run configura
 
     from autoprune.models import model_depth
 
+    check_output(save, "--save", folder=True)
     cfg = load_config(config)
     pol = PruningPolicy.load(policy)
     pol.check_layers(model_depth(cfg), source=str(policy))  # name the policy file in a layer-count error
@@ -231,7 +275,13 @@ def dashboard(space: Optional[Path] = _SPACE_OPT, study: Optional[str] = _STUDY_
               refresh: int = typer.Option(10, "--refresh", help="seconds between page reloads with --serve")) -> None:
     """Write the Pareto-front dashboard of a study as one offline HTML page, or serve it live."""
     from autoprune.dashboard import default_output, locate_study, make_server, mask_url, write_dashboard
+    from autoprune.errors import ConfigError
 
+    if serve and not 0 <= port <= 65535:
+        raise ConfigError(f"--port {port}: a TCP port is 1-65535, or 0 for any free one; give e.g. --port 8765")
+    if serve and refresh < 1:
+        raise ConfigError(f"--refresh {refresh}: the page reloads every N seconds, N >= 1; give e.g. --refresh 10")
+    check_output(output, "-o", folder=False)
     st, url, run_dir = locate_study(space, study, storage)
     if serve:
         import optuna
@@ -275,6 +325,7 @@ def export(space: Optional[Path] = _SPACE_OPT, study: Optional[str] = _STUDY_OPT
     from autoprune.dashboard import locate_study
     from autoprune.export import Selector, export_trial
 
+    check_output(output, "-o", folder=True)
     sel = Selector.parse(trial=trial, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup)
     st, _, _ = locate_study(space, study, storage)
     path = export_trial(st, sel, output, onnx=onnx)
@@ -296,6 +347,7 @@ def apply(policy: Path = typer.Argument(..., help="policy.yaml written by 'autop
     """Re-apply an exported policy to a fresh base model, retrain, and compare with the stored numbers."""
     from autoprune.export import apply_policy
 
+    check_output(output, "-o", folder=True)
     rep = apply_policy(policy, config, out_dir=output)
     if json_out:
         _print_json(rep)

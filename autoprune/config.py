@@ -37,9 +37,22 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    """The base model: a local directory, a Hub id, or an embedded alias (``minilm-l6``)."""
+    """The base model: a local directory, a Hub id, or an embedded alias (``minilm-l6``).
+
+    ``finetuned: true`` brings a model already fine-tuned for the task: it becomes the dense baseline
+    as it is (evaluated and cached under ``run_dir``, never retrained; the ``baseline`` training
+    settings are not used). Its classifier must have the data's number of labels and, where its
+    ``config.json`` names them (``id2label`` other than ``LABEL_0``, ``LABEL_1``, ...), the same names.
+
+    Example:
+        >>> ModelConfig.model_validate({"name_or_path": "models/my-sst2", "finetuned": True}).finetuned
+        True
+    """
 
     name_or_path: str = "minilm-l6"
+    finetuned: bool = Field(
+        False, description="the checkpoint is already fine-tuned for this task: use it as the dense baseline as it "
+        "is (evaluated and cached, never retrained); its classifier must match the data's labels")
     pooling: Literal["cls", "mean"] = Field(
         "cls", description="what the classification head reads: 'cls' is the architecture's own head "
         "([CLS] pooler for BERT); 'mean' the attention-masked mean of the last hidden states (BERT only), "
@@ -72,17 +85,34 @@ class ModelConfig(_Strict):
         return p
 
 
-# fields that choose which rows are scored, not what the dense model is trained on: left out of the
-# baseline's cache key (see ``RunConfig.baseline_key`` and ``train.baseline_metrics``)
-_SCORED_ROWS_ONLY = {"min_validation_words", "exclude_train_overlap", "max_validation_samples", "max_test_samples"}
+# fields that choose which rows are scored, or only relax a check, not what the dense model is trained on:
+# left out of the baseline's cache key (see ``RunConfig.baseline_key`` and ``train.baseline_metrics``)
+_SCORED_ROWS_ONLY = {"min_validation_words", "exclude_train_overlap", "max_validation_samples", "max_test_samples",
+                     "allow_split_overlap"}
 
 
 class DataConfig(_Strict):
-    """A labelled text classification dataset: local files (tsv/csv/jsonl/parquet) or a Hub dataset."""
+    """A labelled text classification dataset: local files (tsv/csv/jsonl/parquet) or a Hub dataset.
+
+    Labels may be integers (kept as the label ids) or strings (ids in sorted order; the names go into
+    the models' ``id2label``). A tsv/csv file without a header row is read with ``header: false``:
+    its columns are then named by position, ``"0"``, ``"1"``, ..., and ``text_column`` /
+    ``label_column`` default to the first and the second column.
+
+    Example:
+        >>> d = DataConfig.model_validate({"files": {"train": "t.csv", "validation": "v.csv"}, "header": False,
+        ...                                "label_column": 0, "text_column": 2})
+        >>> d.text_column, d.label_column
+        ('2', '0')
+        >>> DataConfig.model_validate({"files": {"train": "t.tsv", "validation": "v.tsv"}, "header": False}).text_column
+        '0'
+    """
 
     dataset: str | None = Field(None, description="Hub dataset id (e.g. 'glue'); ignored when 'files' is set")
     subset: str | None = Field(None, description="Hub dataset configuration name (e.g. 'sst2')")
     files: dict[str, str] | None = Field(None, description="split name -> local file path")
+    header: bool = Field(True, description="tsv/csv files start with a header row naming the columns; false: "
+                         "there is none and the columns are named by position (\"0\", \"1\", ...)")
     text_column: str = "sentence"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -101,6 +131,15 @@ class DataConfig(_Strict):
         "(5,971 of 6,735), which the fine-tuned model has seen")
     max_validation_samples: int | None = Field(None, ge=1, description="fixed validation subset used in trials")
     max_test_samples: int | None = Field(None, ge=1)
+    allow_split_overlap: bool = Field(
+        False, description="accept a validation or test split that is the train split's file, or of which more "
+        "than 5% of the rows are also training rows (its accuracy is then partly measured on training rows)")
+
+    @field_validator("text_column", "text_pair_column", "label_column", mode="before")
+    @classmethod
+    def _column_by_position(cls, v: Any) -> Any:
+        # `label_column: 0` names a column by position (header: false); bools are not positions
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @field_validator("files")
     @classmethod
@@ -120,6 +159,14 @@ class DataConfig(_Strict):
     def model_post_init(self, __context: Any) -> None:
         if self.files is None and self.dataset is None:
             raise ValueError("data needs either 'files' (split -> local file) or 'dataset' (a Hub id)")
+        if not self.header:
+            if self.files is None or any(Path(f).suffix.lower() not in (".tsv", ".csv") for f in self.files.values()):
+                raise ValueError("'header: false' applies to local .tsv/.csv files only (jsonl, parquet and Hub "
+                                 "datasets name their columns themselves); remove it")
+            if "text_column" not in self.model_fields_set:
+                self.text_column = "0"
+            if "label_column" not in self.model_fields_set:
+                self.label_column = "1"
 
 
 class TrainConfig(_Strict):
@@ -157,15 +204,26 @@ class RunConfig(_Strict):
     run_dir: str = "runs"
     calibration_batches: int = Field(8, ge=1, description="batches used by the gradient criterion")
     eval_batch_size: int = Field(128, ge=1)
-    torch_threads: int | None = Field(None, ge=1, description="threads for training; default: torch's choice")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads of training and evaluation; default (null): for a "
+        "lone baseline (`autoprune baseline`, a search's dense baseline) the CPUs this process may use "
+        "(its CPU affinity, capped by a cgroup CPU quota), never more")
 
     def baseline_key(self) -> str:
-        """A stable hash of everything that determines the dense baseline."""
+        """A stable hash of everything that determines the dense baseline.
+
+        A field added after a baseline format was in use enters the key only when it is not at its
+        default, so the keys of existing baselines stay valid.
+        """
+        exclude = set(_SCORED_ROWS_ONLY) | ({"header"} if self.data.header else set())
         payload: dict[str, Any] = {
             "model": self.model.name_or_path,
-            "data": self.data.model_dump(exclude=_SCORED_ROWS_ONLY),
-            "baseline": self.baseline.model_dump(),
+            "data": self.data.model_dump(exclude=exclude),
         }
+        if self.model.finetuned:  # used as it is: the training settings do not shape it
+            payload["finetuned"] = True
+        else:
+            payload["baseline"] = self.baseline.model_dump()
         if self.model.pooling != "cls":  # only when set: keys of existing cls baselines stay valid
             payload["pooling"] = self.model.pooling
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -361,6 +361,9 @@ def _readme(info: dict[str, Any]) -> str:
         "",
         f"Heads per layer: {m.get('heads_per_layer')}; FFN neurons per layer: {m.get('ffn_per_layer')}.",
         "",
+        "Labels (`id2label` in `config.json`): "
+        + ", ".join(f"{i} = `{n}`" for i, n in sorted((int(k), v) for k, v in info["id2label"].items())) + ".",
+        "",
         f"Model files: {src['description']}.",
     ]
     if src.get("rebuilt_metrics"):
@@ -495,8 +498,9 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         "# autoprune export: the policy (with kept indices) under 'policy:', then provenance.\n"
         "# Re-apply with: autoprune apply policy.yaml -c CONFIG.yaml\n"
         + yaml.safe_dump(json.loads(json.dumps(doc, default=str)), sort_keys=False), encoding="utf-8")
-    (out / "README.md").write_text(_readme({**doc, "dir_name": out.name, "quantized": policy.quantize,
-                                            "onnx": onnx, "onnx_inputs": onnx_inputs}), encoding="utf-8")
+    id2label = json.loads((out / "config.json").read_text(encoding="utf-8")).get("id2label", {})
+    (out / "README.md").write_text(_readme({**doc, "dir_name": out.name, "quantized": policy.quantize, "onnx": onnx,
+                                            "onnx_inputs": onnx_inputs, "id2label": id2label}), encoding="utf-8")
     logger.info("exported trial %d to %s (%s)", trial.number, out, source["kind"])
     return out
 

@@ -141,3 +141,29 @@ def sst2_dir() -> Path:
     if not (SST2_DIR / "train.tsv").is_file():
         pytest.skip(f"SST-2 data not found at {SST2_DIR} (expected ../shared/data/sst2 beside the repo)")
     return SST2_DIR
+
+
+
+def readonly_place(tmp_path: Path) -> Path | None:
+    """A folder path this process cannot write in: a ``chmod 555`` folder under ``tmp_path``, or for root
+    (whom permission bits do not stop) a path under ``/sys``, where creating files fails; None if neither."""
+    ro = tmp_path / "readonly"
+    ro.mkdir(exist_ok=True)
+    ro.chmod(0o555)
+    for p in [ro] if os.geteuid() != 0 else [Path("/sys/autoprune-readonly")]:
+        try:
+            (p / "probe").mkdir(parents=True)
+        except OSError:
+            return p
+        (p / "probe").rmdir()
+    return None
+
+
+@pytest.fixture
+def readonly_dir(tmp_path) -> Path:
+    """:func:`readonly_place`, or skip."""
+    p = readonly_place(tmp_path)
+    if p is None:
+        pytest.skip("no folder that this process cannot write in")
+    yield p
+    (tmp_path / "readonly").chmod(0o755)

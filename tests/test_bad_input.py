@@ -301,3 +301,42 @@ def test_debug_shows_the_traceback(ws):
     from autoprune.errors import ConfigError
 
     assert isinstance(res.exception, ConfigError)
+
+
+# ----------------------------------------------------------------------------- one guard for every command
+def _bench():
+    """The case table of ``benchmarks/bad_input.py`` (which runs it through ``python -m autoprune``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bad_input_bench", REPO / "benchmarks" / "bad_input.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+BENCH = _bench()
+
+
+@pytest.fixture(scope="module")
+def table_ws(ws):
+    from conftest import readonly_place
+
+    t = dict(ws, ro=readonly_place(ws["root"]))
+    yield t
+    if t["ro"] is not None and t["ro"].is_relative_to(ws["root"]):
+        t["ro"].chmod(0o755)
+
+
+@pytest.mark.parametrize("name", [c.name for c in BENCH.CASES])
+def test_bad_value_table(table_ws, name):
+    """Ports, output paths that are files or folders or read-only, data without a header / binary / not
+    UTF-8 / the training file, lengths above the position limit, a fine-tuned model that does not fit
+    the data: one line, exit 2, no traceback, storage unchanged, for every command."""
+    try:
+        args, needles = BENCH.case(name).build(table_ws)
+    except BENCH.Skip as exc:
+        pytest.skip(str(exc))
+    bad(table_ws, args, *needles)
+    for p in (table_ws["root"] / "cases").glob("runs_*"):  # a failed search left no study behind
+        assert not list(p.glob("*.db")), p

@@ -84,3 +84,40 @@ def test_status_table_marks_the_trials_that_do_not_count():
     assert "FAIL" in lines["1"] and "not counted" not in lines["1"]
     assert "RUNNING" in lines["2"] and "not counted" not in lines["2"]  # still in flight: not a verdict yet
     assert "COMPLETE" in lines["3"] and "1.50x" in lines["3"]
+
+
+def test_baseline_of_a_finetuned_model_is_not_trained(tmp_path):
+    from conftest import make_tiny_model
+
+    raw = tiny_config_dict(tmp_path)
+    raw["model"] = {"name_or_path": str(make_tiny_model(tmp_path / "byo", "bert", seed=5)), "finetuned": True}
+    f = tmp_path / "byo.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    r = runner.invoke(app, ["baseline", "-c", str(f), "--json"])
+    assert r.exit_code == 0, r.output
+    base = json.loads(r.stdout)
+    assert base["steps"] == 0 and base["finetuned"] is True and base["final_loss"] is None
+
+
+def test_error_guard_turns_path_errors_into_one_line_and_keeps_bugs():
+    """An OSError about a named path is the user's (one line, exit 2); anything else is a bug and keeps
+    its traceback."""
+    import typer
+
+    from autoprune.cli import handle_errors
+
+    sub = typer.Typer()
+
+    @sub.command()
+    @handle_errors
+    def touch(path: str, bug: bool = False) -> None:
+        if bug:
+            raise OSError("no filename: a bug")
+        open(path, "w").close()
+
+    res = runner.invoke(sub, ["/proc/autoprune-no-such/x"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert [ln for ln in res.output.splitlines() if ln.startswith("error:")] == [
+        "error: /proc/autoprune-no-such/x: No such file or directory; check the path and that you may write there"]
+    res = runner.invoke(sub, ["x", "--bug"])
+    assert isinstance(res.exception, OSError) and res.exit_code == 1

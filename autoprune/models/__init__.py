@@ -117,6 +117,7 @@ def load_model(name_or_path: str, num_labels: int | None = None, pooling: str | 
         hf.num_labels = num_labels
         hf.id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
         hf.label2id = {v: k for k, v in hf.id2label.items()}
+        kw["ignore_mismatched_sizes"] = True  # a new classifier of num_labels replaces the checkpoint's
     if pooling is not None:
         setattr(hf, POOLING_ATTR, pooling)
     cls = classifier_class(hf)

@@ -151,10 +151,10 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     space = _resolve(space)
     check_sampler(space)  # a sampler that cannot be built (gp without scipy) fails before any storage exists
     config, name, url, depth = _prepare(space, study_name, storage)
-    if dense_metrics is None:  # the baseline will be trained: check the data files before a study exists
-        from autoprune.data import check_files
+    if dense_metrics is None:  # the baseline will be trained: check data and model before a study exists
+        from autoprune.train import check_config
 
-        check_files(config.data)
+        check_config(config)
     target = n_trials if n_trials is not None else space.n_trials
     if target < 1:
         raise ConfigError("--n-trials must be at least 1")
@@ -206,8 +206,8 @@ def _dense_baseline(cfg: Any, attrs: dict[str, Any]) -> tuple[dict[str, Any], st
     from autoprune.train import baseline_metrics, ensure_baseline
 
     log.info("dense baseline: training or loading from cache under %s", cfg.run_dir)
-    # no trial runs yet: the driver trains with torch's default thread count (all cores) instead of
-    # the per-trial torch_threads; the thread count is not part of the baseline's cache key
+    # no trial runs yet: the driver trains with all the CPUs it may use (train.available_cpus) instead
+    # of the per-trial torch_threads; the thread count is not part of the baseline's cache key
     path = ensure_baseline(cfg.model_copy(update={"torch_threads": None}))
     m = dict(baseline_metrics(cfg, path))
     m.setdefault("accuracy", m.get("validation_accuracy"))
