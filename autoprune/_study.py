@@ -58,18 +58,6 @@ def state_label(trial: Any) -> str:
     return name
 
 
-def completed_results(study: Any) -> list[tuple[int, dict[str, Any]]]:
-    """(trial number, result dict) for every COMPLETE trial that carries a result."""
-    import optuna
-
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        res = t.user_attrs.get(T_RESULT)
-        if res is not None:
-            out.append((t.number, res))
-    return out
-
-
 def pareto_numbers(study: Any) -> set[int]:
     """Numbers of the trials on the Pareto front (COMPLETE trials only, as Optuna computes it)."""
     return {t.number for t in study.best_trials}

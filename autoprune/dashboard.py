@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from autoprune import visualization as V
+from autoprune._study import METRIC_NAMES
+from autoprune.errors import StudyError
 from autoprune.search import mask_url
 from autoprune.study import TrialRecord, completed_trials, dense_accuracy, front, study_info, trial_records
 
@@ -64,7 +66,7 @@ def _fig_html(fig: Any, div_id: str) -> str:
 
 
 def _front_table(fr: list[TrialRecord], study_name: str, storage: str | None) -> str:
-    f = V._fmt
+    f = V.fmt_number
     rows = []
     for r in sorted(fr, key=lambda r: -(r.speedup or 0.0)):
         res = r.result or {}
@@ -81,9 +83,6 @@ def _front_table(fr: list[TrialRecord], study_name: str, storage: str | None) ->
 
 
 def _importances(study: Any, n_complete: int) -> str:
-    from autoprune._study import METRIC_NAMES
-    from autoprune.errors import StudyError
-
     head = "<h2>Parameter importances</h2>"
     if n_complete < V.MIN_TRIALS_FOR_IMPORTANCE:
         return head + (f"<p class=note>Parameter importances appear from {V.MIN_TRIALS_FOR_IMPORTANCE} completed "

@@ -46,11 +46,11 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 
 
 # ----------------------------------------------------------------------------- hover text
-def _fmt(x: Any, fmt: str = ".4f") -> str:
+def fmt_number(x: Any, fmt: str = ".4f") -> str:
     """A number for a table or hover text: '-' for None, 'nan' for NaN.
 
     Example:
-        >>> _fmt(0.91234), _fmt(None), _fmt(2.0, ".2f")
+        >>> fmt_number(0.91234), fmt_number(None), fmt_number(2.0, ".2f")
         ('0.9123', '-', '2.00')
     """
     if x is None:
@@ -90,12 +90,12 @@ def hover_text(r: TrialRecord) -> str:
     if p.get("quantize"):
         extra.append("int8, quantization-aware" if p.get("qat") else "int8")
     lines.append(f"retraining steps: {_retrain_steps(r)}" + (f" ({', '.join(extra)})" if extra else ""))
-    lines.append(f"accuracy: {_fmt(r.accuracy)}"
+    lines.append(f"accuracy: {fmt_number(r.accuracy)}"
                  + (f" (drop {100 * res['accuracy_drop']:.2f} pts)" if res.get("accuracy_drop") is not None else ""))
-    lines.append(f"macro-F1: {_fmt(res.get('macro_f1'))}")
+    lines.append(f"macro-F1: {fmt_number(res.get('macro_f1'))}")
     label = res.get("speed_label", "measured")
-    lines.append(f"speedup: {_fmt(r.speedup, '.2f')}x" + ("" if label == "measured" else f" ({label})"))
-    lines.append(f"FLOPs reduction: {_fmt(res.get('flops_reduction'), '.2f')}x")
+    lines.append(f"speedup: {fmt_number(r.speedup, '.2f')}x" + ("" if label == "measured" else f" ({label})"))
+    lines.append(f"FLOPs reduction: {fmt_number(res.get('flops_reduction'), '.2f')}x")
     if res.get("params") is not None:
         lines.append(f"params: {res['params']:,}" + (f" of {res['dense_params']:,}" if res.get("dense_params") else ""))
     return "<br>".join(lines)

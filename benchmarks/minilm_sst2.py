@@ -105,7 +105,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
         "steps": bm["steps"], "test_accuracy": bm.get("test_accuracy"), "test_n": bm.get("test_n"),
         "validation_accuracy": dense_val or bm["validation_accuracy"],
         "validation_n": dense_attrs.get("validation_n", bm.get("validation_n")), "train_seconds": bm["train_seconds"]}}
-    lines = [BEGIN, "## Reference benchmark: MiniLM-L6 / SST-2", "",
+    lines = [BEGIN, "### Report (generated)", "",
              f"Command: `.venv/bin/python benchmarks/minilm_sst2.py` · machine: {platform.machine()}, "
              f"{platform.platform()}; latency at 1 intra-op thread, interleaved against dense · generated "
              f"{time.strftime('%Y-%m-%d %H:%M')}", "",
@@ -122,7 +122,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
               + (f"; not run yet: {', '.join(missing)}" if missing else "")
               + ". Numbers below cover only what has finished; re-run the script to continue.", ""]
     n_same = min(n_counted[k] for k in ("search", "random") if k in studies)
-    lines += ["### Hypervolume of the accuracy/speedup front (validation)", "",
+    lines += ["#### Hypervolume of the accuracy/speedup front (validation)", "",
               f"Reference point: dense validation accuracy - 5 points ({ref[0]:.4f}), speedup 1.0. Search and "
               f"random search are compared at the same trial count: their first {n_same} finished trials.", ""]
     samplers = {"search": space.sampler, "random": "random", "uniform": "none (fixed sweep)"}
@@ -160,7 +160,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
         best = [max((r.accuracy for r in rs if r.speedup >= b), default=None) for b in bins]  # type: ignore[operator]
         out["criteria"][crit] = {"trials": len(rs), "best_accuracy_at": dict(zip(map(str, bins), best))}
         crit_rows.append([crit, *("-" if v is None else f"{v:.4f}" for v in best), len(rs)])
-    lines += ["", "### Which criterion wins at which speedup (best validation accuracy, all studies)", ""]
+    lines += ["", "#### Which criterion wins at which speedup (best validation accuracy, all studies)", ""]
     lines += _table(["criterion", *(f">= {b:g}x" for b in bins), "trials"], "llllllr", crit_rows)
     lines += phase_profile([r.result for r in done if r.result])
     # the front, exported and re-measured on the test split
@@ -193,7 +193,7 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
                            f"{row['validation_accuracy']:.4f}", f"{acc:.4f}", f"{row['test_drop_points']:.2f}",
                            f"{sp.speedup:.2f}x", f"{r['flops_reduction']:.2f}x",
                            f"{sp.speedup / r['flops_reduction']:.2f}", f"{r['params']:,}"])
-    lines += ["", "### The search's front, exported and re-measured on the test split", ""]
+    lines += ["", "#### The search's front, exported and re-measured on the test split", ""]
     lines += _table(["trial", "criterion", "granularity", "distill", "int8", "policy (sparsity per layer, budget)",
                      "heads/layer", "FFN/layer", "val acc", "test acc", "test drop (pts)", "speedup b32x64",
                      "FLOPs red.", "speedup/FLOPs", "params"], "rlllllllrrrrrrr", front_rows)
@@ -243,7 +243,7 @@ def phase_profile(results: list[dict[str, Any]]) -> list[str]:
     rows = [r for r in rows if r.get("total")]
     if not rows:
         return []
-    out = ["", f"### Profile of a trial by phase ({len(rows)} completed trials, 1 thread each)", "",
+    out = ["", f"#### Profile of a trial by phase ({len(rows)} completed trials, 1 thread each)", "",
            "| phase | median s | max s | share of median total |", "|---|---:|---:|---:|"]
     tot = statistics.median(r["total"] for r in rows)
     for ph in ("load", "prune", "retrain", "evaluate", "measure", "total"):
