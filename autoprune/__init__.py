@@ -46,11 +46,21 @@ _EXPORTS = {
     "load_search_space": "autoprune.search",
     "run_search": "autoprune.search",
     "study_status": "autoprune.search",
+    "load_study": "autoprune.study",
+    "trial_records": "autoprune.study",
+    "TrialRecord": "autoprune.study",
+    "counted_trials": "autoprune.study",
+    "front": "autoprune.study",
+    "hypervolume": "autoprune.study",
+    "reference_point": "autoprune.study",
     "build_dashboard": "autoprune.dashboard",
     "export_trial": "autoprune.export",
     "load_pruned": "autoprune.export",
     "apply_policy": "autoprune.export",
 }
+
+# public modules reachable as attributes after a plain `import autoprune` (autoprune.visualization.plot_front)
+_SUBMODULES = ("study", "visualization", "dashboard", "export", "search")
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
@@ -60,4 +70,6 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"autoprune.{name}")
     raise AttributeError(f"module 'autoprune' has no attribute {name!r}")

@@ -11,7 +11,10 @@ Trial
   * ``values`` = [validation accuracy, measured speedup] for COMPLETE trials.
   * ``user_attrs``: ``policy`` (PruningPolicy.to_dict()), ``policy_summary`` (str),
     ``result`` (TrialResult.to_dict(), COMPLETE only), ``history`` ([[step, accuracy], ...]),
-    ``fail_reason`` (str, FAIL only), ``prune_reason`` (str, PRUNED only).
+    ``fail_reason`` (str, FAIL only), ``prune_reason`` (str, PRUNED only), ``rung`` (int, optional:
+    the fidelity level of a multi-fidelity search; a trial without it ran at full fidelity).
+
+Read a study through :mod:`autoprune.study`, not through these names.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ T_FAIL = "fail_reason"
 T_PRUNE = "prune_reason"
 T_ORPHANED = "orphaned"      # FAIL trial left RUNNING by a dead driver (not counted; re-enqueued)
 T_DUPLICATE = "duplicate"    # FAIL trial whose policy was already tried (not counted, never run)
+T_RUNG = "rung"              # fidelity level of a multi-fidelity search (absent: full fidelity)
 
 
 LABEL_DUPLICATE = "duplicate skipped"
@@ -52,18 +56,6 @@ def state_label(trial: Any) -> str:
     if name == "fail" and trial.user_attrs.get(T_ORPHANED):
         return LABEL_ORPHANED
     return name
-
-
-def completed_results(study: Any) -> list[tuple[int, dict[str, Any]]]:
-    """(trial number, result dict) for every COMPLETE trial that carries a result."""
-    import optuna
-
-    out = []
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        res = t.user_attrs.get(T_RESULT)
-        if res is not None:
-            out.append((t.number, res))
-    return out
 
 
 def pareto_numbers(study: Any) -> set[int]:

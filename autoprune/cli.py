@@ -182,7 +182,7 @@ def result_table(r: dict[str, Any], title: str = "") -> Table:
     return t
 
 
-# ----------------------------------------------------------------------------- search commands (issue 3)
+# ----------------------------------------------------------------------------- search commands
 def _search_common(space: Path, study: Optional[str], storage: Optional[str], address: Optional[str],
                    n_trials: Optional[int], resume_only: bool) -> None:
     from autoprune.search import default_storage, load_search_space, mask_url, run_search, study_status
@@ -235,29 +235,43 @@ def resume(space: Path = _SPACE_OPT, study: Optional[str] = _STUDY_OPT, storage:
     _search_common(space, study, storage, address, n_trials, resume_only=True)
 
 
+def _locate(space: Optional[Path], study: Optional[str], storage: Optional[str]) -> Any:
+    """Where the study of ``-c SPACE.yaml`` / ``--study`` / ``--storage`` is (autoprune.study.locate)."""
+    from autoprune.errors import ConfigError
+    from autoprune.study import locate
+
+    if space is None and storage is None:
+        raise ConfigError("give the search space (-c SPACE.yaml) or the storage (--storage URL) of the study")
+    return locate(space, study_name=study, storage=storage)
+
+
+def _status_rows(st: Any) -> list[dict[str, Any]]:
+    """One plain dict per trial (what ``status --json`` prints)."""
+    from autoprune.study import front, trial_records
+
+    records = trial_records(st)
+    on_front = {r.number for r in front(records)}
+    return [{"number": r.number, "state": r.state, "counted": r.counted, "policy_summary": r.summary,
+             "accuracy": r.accuracy, "speedup": r.speedup, "macro_f1": (r.result or {}).get("macro_f1"),
+             "latency_ms": (r.result or {}).get("latency_ms"), "on_front": r.number in on_front,
+             "reason": r.reason, "node_id": r.node_id, "duration_s": r.duration_s} for r in records]
+
+
 @app.command()
 @handle_errors
 def status(space: Optional[Path] = typer.Option(None, "-c", "--config", help="search space YAML"),
            study: Optional[str] = _STUDY_OPT, storage: Optional[str] = _STORAGE_OPT,
            json_out: bool = typer.Option(False, "--json", help="print a JSON list, one object per trial")) -> None:
     """Show the trials of a study: policy, accuracy, speedup, state, and whether it is on the Pareto front."""
-    from autoprune.errors import ConfigError
-    from autoprune.search import default_storage, default_study_name, load_search_space, study_status
-
-    if space is not None:
-        sp = load_search_space(space)
-        study = study or default_study_name(sp)
-        storage = storage or default_storage(sp.run_config().run_dir, study)
-    elif storage is None:
-        raise ConfigError("give the search space (-c SPACE.yaml) or the storage (--storage URL) of the study")
-    rows = study_status(study, storage)
+    st = _locate(space, study, storage).open()
+    rows = _status_rows(st)
     if json_out:
         _print_json(rows)
         return
-    out.print(_status_table(rows, title=f"study '{study or ''}': {len(rows)} trials"))
+    out.print(_status_table(rows, title=f"study '{st.study_name}': {len(rows)} trials"))
 
 
-# ----------------------------------------------------------------------------- dashboard / export commands (issue 4)
+# ----------------------------------------------------------------------------- dashboard / export commands
 _SPACE_OPT = typer.Option(None, "-c", "--config", help="search space YAML (default storage and study name)")
 _STUDY_OPT = typer.Option(None, "--study", help="study name (default: the space file's stem)")
 _STORAGE_OPT = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite:///<run_dir>/<stem>.db)")
@@ -274,38 +288,34 @@ def dashboard(space: Optional[Path] = _SPACE_OPT, study: Optional[str] = _STUDY_
               host: str = typer.Option("127.0.0.1", "--host", help="address for --serve (default: local only)"),
               refresh: int = typer.Option(10, "--refresh", help="seconds between page reloads with --serve")) -> None:
     """Write the Pareto-front dashboard of a study as one offline HTML page, or serve it live."""
-    from autoprune.dashboard import default_output, locate_study, make_server, mask_url, write_dashboard
+    from autoprune.dashboard import default_output, make_server, write_dashboard
     from autoprune.errors import ConfigError
+    from autoprune.search import mask_url
 
     if serve and not 0 <= port <= 65535:
         raise ConfigError(f"--port {port}: a TCP port is 1-65535, or 0 for any free one; give e.g. --port 8765")
     if serve and refresh < 1:
         raise ConfigError(f"--refresh {refresh}: the page reloads every N seconds, N >= 1; give e.g. --refresh 10")
     check_output(output, "-o", folder=False)
-    st, url, run_dir = locate_study(space, study, storage)
+    loc = _locate(space, study, storage)
+    st = loc.open()
     if serve:
-        import optuna
-
-        from autoprune.search._storage import get_storage
-
         name = st.study_name
-        rdb = get_storage(url)  # postgresql:// needs the psycopg2 mapping of get_storage, not a raw URL
-        try:
-            server = make_server(lambda: optuna.load_study(study_name=name, storage=rdb), host=host, port=port,
-                                 storage=url, refresh_seconds=refresh)
+        try:  # the study reads its storage on every call, so each request shows the trials finished since
+            server = make_server(lambda: st, host=host, port=port, storage=loc.storage, refresh_seconds=refresh)
         except OSError as exc:
             from autoprune.errors import AutopruneError
 
             raise AutopruneError(f"cannot serve on {host}:{port}: {exc.strerror or exc}; pick another --port") from None
         h, p = server.server_address[:2]
-        console.print(f"serving study '{name}' from {mask_url(url)} on http://{h}:{p}/ (Ctrl-C stops)",
+        console.print(f"serving study '{name}' from {mask_url(loc.storage)} on http://{h}:{p}/ (Ctrl-C stops)",
                       highlight=False)
         try:
             server.serve_forever()
         finally:
             server.server_close()
         return
-    path = write_dashboard(st, output or default_output(st.study_name, run_dir), storage=url)
+    path = write_dashboard(st, output or default_output(st.study_name, loc.run_dir), storage=loc.storage)
     out.print(f"dashboard written to {path}", highlight=False)
 
 
@@ -322,12 +332,11 @@ def export(space: Optional[Path] = _SPACE_OPT, study: Optional[str] = _STUDY_OPT
            output: Path = typer.Option(..., "-o", "--output", help="export directory"),
            onnx: bool = typer.Option(False, "--onnx", help="also write model.onnx (checked in onnxruntime)")) -> None:
     """Export a trial of the front: policy.yaml, the pruned model (safetensors), README, optional ONNX."""
-    from autoprune.dashboard import locate_study
     from autoprune.export import Selector, export_trial
 
     check_output(output, "-o", folder=True)
     sel = Selector.parse(trial=trial, max_accuracy_drop=max_accuracy_drop, min_speedup=min_speedup)
-    st, _, _ = locate_study(space, study, storage)
+    st = _locate(space, study, storage).open()
     path = export_trial(st, sel, output, onnx=onnx)
     import yaml
 

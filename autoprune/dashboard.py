@@ -1,15 +1,9 @@
 """The results dashboard: one self-contained, offline Plotly HTML page built from a study.
 
-The page reads only what :mod:`autoprune._study` defines (metric values, the dense baseline,
-the accuracy floor, each trial's policy and result) and shows
-
-* the Pareto front of validation accuracy vs measured speedup (every completed trial is a point,
-  the front is highlighted and joined by a line, the dense baseline and the accuracy floor drawn),
-* the per-layer sparsity profiles of the front's trials side by side,
-* the front of each pruning criterion separately,
-* progress over the trial number (trials by state, best accuracy at >= 1.5x and >= 2x speedup),
-* Optuna's parameter importances for each objective (from 5 completed trials on),
-* a table of the front's trials with the ``autoprune export`` command of each.
+The page assembles the figures of :mod:`autoprune.visualization` (the Pareto front with the dense
+baseline and the accuracy floor, the per-layer sparsity profiles of the front, the front of each
+criterion, progress over the trial number, Optuna's parameter importances from 5 completed
+trials on) and a table of the front's trials with the ``autoprune export`` command of each.
 
 plotly.js is embedded once in the page (no CDN), so the file opens without a network. Storage
 URLs are shown with their password masked.
@@ -20,93 +14,22 @@ Example (a study with no trials yet still renders):
     >>> html = build_dashboard(study)
     >>> html.startswith("<!DOCTYPE html>") and "no completed trials yet" in html
     True
-    >>> mask_url("postgresql://me:secret@db:5432/autoprune")
-    'postgresql://me:***@db:5432/autoprune'
 """
 
 from __future__ import annotations
 
 import html as _html
-import json
 import logging
-import math
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from autoprune import _study as S
+from autoprune import visualization as V
+from autoprune._study import METRIC_NAMES
 from autoprune.errors import StudyError
-from autoprune.search._storage import mask_url
+from autoprune.search import mask_url
+from autoprune.study import TrialRecord, completed_trials, dense_accuracy, front, study_info, trial_records
 
 logger = logging.getLogger(__name__)
-
-CRITERIA = ("random", "gradient", "l1", "l2")
-_CRITERION_COLORS = {"random": "#7f7f7f", "gradient": "#d62728", "l1": "#1f77b4", "l2": "#2ca02c"}
-_STATE_COLORS = {"COMPLETE": "#2ca02c", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#1f77b4",
-                 "WAITING": "#9467bd", "DUPLICATE SKIPPED": "#7f7f7f", "RE-ENQUEUED": "#8c564b"}
-SPEEDUP_MARKS = (1.5, 2.0)
-MIN_TRIALS_FOR_IMPORTANCE = 5
-
-# ----------------------------------------------------------------------------- study access
-def _space_defaults(space_path: Path) -> tuple[str, str, Path]:
-    """Default (storage URL, study name, run dir) for a search space file, by the search's convention:
-    ``sqlite:///<run_dir>/<stem>.db`` and study name ``<stem>``."""
-    run_dir: Path | None = None
-    try:
-        from autoprune.search import load_search_space  # type: ignore[attr-defined]
-    except ImportError:
-        load_search_space = None
-    if load_search_space is not None:
-        sp = load_search_space(space_path)  # its errors are AutopruneErrors with the file named
-        run_dir = Path(sp.run_config().run_dir)
-    else:
-        from autoprune._yaml import read_yaml_mapping
-        from autoprune.errors import ConfigError
-
-        raw = read_yaml_mapping(space_path, ConfigError)
-        conf = raw.get("config")
-        if isinstance(conf, dict) and isinstance(conf.get("run_dir"), str):
-            run_dir = Path(conf["run_dir"])
-        elif isinstance(conf, str):
-            from autoprune.config import load_config
-
-            cfg_path = Path(conf)
-            if not cfg_path.is_absolute():
-                cfg_path = space_path.resolve().parent / cfg_path
-            run_dir = Path(load_config(cfg_path).run_dir)
-        else:
-            run_dir = Path("runs")
-    run_dir = run_dir.resolve()
-    stem = space_path.stem
-    return f"sqlite:///{run_dir / (stem + '.db')}", stem, run_dir
-
-
-def locate_study(space: str | Path | None = None, study_name: str | None = None,
-                 storage: str | None = None) -> tuple[Any, str, Path | None]:
-    """Open an existing study for the dashboard/export commands: ``(study, storage_url, run_dir)``.
-
-    With a search space file the defaults follow the search's convention: storage
-    ``sqlite:///<run_dir>/<stem>.db`` and study name ``<stem>``. A missing database or an
-    unknown study name raises :class:`StudyError` listing the studies that are there.
-    """
-    run_dir: Path | None = None
-    if space is not None:
-        d_storage, d_name, run_dir = _space_defaults(Path(space))
-        storage = storage or d_storage
-        study_name = study_name or d_name
-    if storage is None:
-        raise StudyError("no study storage given; pass --storage URL (e.g. sqlite:///runs/space.db) "
-                         "or -c SPACE.yaml")
-    if storage.startswith("sqlite:///"):
-        db = Path(storage[len("sqlite:///"):])
-        if not db.is_file():
-            raise StudyError(f"study database {db} does not exist; run 'autoprune search' first "
-                             f"or pass the right --storage")
-        if run_dir is None:
-            run_dir = db.parent
-    from autoprune.search import open_study
-
-    return open_study(storage, study_name), storage, run_dir
 
 
 def default_output(study_name: str, run_dir: Path | None) -> Path:
@@ -114,92 +37,6 @@ def default_output(study_name: str, run_dir: Path | None) -> Path:
     if run_dir is not None:
         return Path(run_dir) / f"{study_name}_dashboard.html"
     return Path("dashboard.html")
-
-
-# ----------------------------------------------------------------------------- data extraction
-def _f(x: Any, fmt: str = ".4f") -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float) and math.isnan(x):
-        return "nan"
-    try:
-        return format(x, fmt)
-    except (TypeError, ValueError):
-        return str(x)
-
-
-def _sparsity_list(v: Sequence[float] | None) -> str:
-    return "-" if not v else "[" + ", ".join(f"{x:.2f}" for x in v) + "]"
-
-
-class _Point:
-    """A completed trial flattened for plotting."""
-
-    def __init__(self, trial: Any):
-        self.number: int = trial.number
-        self.accuracy: float = float(trial.values[0])
-        self.speedup: float = float(trial.values[1])
-        self.policy: dict[str, Any] = dict(trial.user_attrs.get(S.T_POLICY) or {})
-        self.result: dict[str, Any] = dict(trial.user_attrs.get(S.T_RESULT) or {})
-        self.summary: str = trial.user_attrs.get(S.T_SUMMARY) or ""
-        self.criterion: str = str(self.policy.get("criterion", "?"))
-        self.granularity: str = str(self.policy.get("granularity", "structured"))
-        self.complete_time = trial.datetime_complete
-
-    @property
-    def retrain_steps(self) -> Any:
-        if "retrain_steps" in self.result:
-            return self.result["retrain_steps"]
-        return (self.policy.get("retrain") or {}).get("steps")
-
-    def hover(self) -> str:
-        r, p = self.result, self.policy
-        lines = [f"<b>trial {self.number}</b>", f"criterion: {self.criterion}", f"granularity: {self.granularity}"]
-        if self.granularity == "unstructured":
-            lines.append(f"weight sparsity: {_sparsity_list(p.get('weight_sparsity'))}")
-        else:
-            lines.append(f"head sparsity: {_sparsity_list(p.get('head_sparsity'))}")
-            lines.append(f"FFN sparsity: {_sparsity_list(p.get('ffn_sparsity'))}")
-        extra = []
-        if p.get("iterative_steps", 1) != 1:
-            extra.append(f"{p['iterative_steps']} iterative steps")
-        if p.get("distillation"):
-            extra.append(f"KD weight {p['distillation'].get('weight')}")
-        if p.get("quantize"):
-            extra.append("int8, quantization-aware" if p.get("qat") else "int8")
-        lines.append(f"retraining steps: {self.retrain_steps}" + (f" ({', '.join(extra)})" if extra else ""))
-        lines.append(f"accuracy: {_f(self.accuracy)}"
-                     + (f" (drop {100 * r['accuracy_drop']:.2f} pts)" if r.get("accuracy_drop") is not None else ""))
-        lines.append(f"macro-F1: {_f(r.get('macro_f1'))}")
-        label = r.get("speed_label", "measured")
-        lines.append(f"speedup: {_f(self.speedup, '.2f')}x" + ("" if label == "measured" else f" ({label})"))
-        lines.append(f"FLOPs reduction: {_f(r.get('flops_reduction'), '.2f')}x")
-        if r.get("params") is not None:
-            lines.append(f"params: {r['params']:,}" + (f" of {r['dense_params']:,}" if r.get("dense_params") else ""))
-        return "<br>".join(lines)
-
-
-def _front(points: list[_Point]) -> list[_Point]:
-    """The 2-D Pareto front (both maximised), sorted by speedup."""
-    pts = sorted(points, key=lambda p: (-p.speedup, -p.accuracy))
-    out: list[_Point] = []
-    best_acc = -math.inf
-    for p in pts:
-        if p.accuracy > best_acc:
-            out.append(p)
-            best_acc = p.accuracy
-    return sorted(out, key=lambda p: p.speedup)
-
-
-def _dense_accuracy(study: Any, points: list[_Point]) -> float | None:
-    dense = study.user_attrs.get(S.ATTR_DENSE) or {}
-    for k in ("accuracy", "validation_accuracy"):
-        if isinstance(dense.get(k), (int, float)):
-            return float(dense[k])
-    for p in points:
-        if isinstance(p.result.get("dense_accuracy"), (int, float)):
-            return float(p.result["dense_accuracy"])
-    return None
 
 
 def export_command(study_name: str, number: int, storage: str | None = None) -> str:
@@ -211,203 +48,6 @@ def export_command(study_name: str, number: int, storage: str | None = None) -> 
     """
     st = f" --storage '{mask_url(storage)}'" if storage else ""
     return f"autoprune export --study {study_name}{st} --trial {number} -o exports/{study_name}-trial{number}"
-
-
-# ----------------------------------------------------------------------------- figures
-def _pareto_figure(study: Any, points: list[_Point], front: list[_Point], dense_acc: float | None,
-                   floor: float | None) -> Any:
-    import plotly.graph_objects as go
-
-    by_number = {p.number: p for p in points}
-    fig = None
-    try:  # Optuna's own Pareto plot as the base: x = speedup, y = accuracy
-        import optuna
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fig = optuna.visualization.plot_pareto_front(
-                study, targets=lambda t: (t.values[1], t.values[0]), target_names=["speedup", "accuracy"])
-        for tr in fig.data:
-            texts = list(tr.text or [])
-            new = []
-            for t in texts:
-                try:
-                    num = json.loads(t.replace("<br>", "\n"))["number"]
-                    new.append(by_number[num].hover() if num in by_number else f"trial {num}")
-                except (ValueError, KeyError, TypeError):
-                    new.append(t)
-            is_best = "Best" in (tr.hovertemplate or "")
-            tr.update(text=new, hovertemplate="%{text}<extra></extra>", showlegend=True,
-                      name="Pareto front" if is_best else "dominated trial")
-            tr.marker.update(color="#d62728" if is_best else "#b0b0b0", colorscale=None, showscale=False,
-                             size=10 if is_best else 8, line=dict(width=0))
-    except Exception as exc:  # pragma: no cover - depends on Optuna internals
-        logger.info("optuna.visualization.plot_pareto_front unavailable (%s); plotting directly", exc)
-        fig = None
-    if fig is None:
-        fig = go.Figure()
-        dominated = [p for p in points if p not in front]
-        fig.add_trace(go.Scatter(x=[p.speedup for p in dominated], y=[p.accuracy for p in dominated],
-                                 mode="markers", name="dominated trial", marker=dict(color="#b0b0b0", size=8),
-                                 text=[p.hover() for p in dominated], hovertemplate="%{text}<extra></extra>"))
-        fig.add_trace(go.Scatter(x=[p.speedup for p in front], y=[p.accuracy for p in front], mode="markers",
-                                 name="Pareto front", marker=dict(color="#d62728", size=11),
-                                 text=[p.hover() for p in front], hovertemplate="%{text}<extra></extra>"))
-    if front:
-        fig.add_trace(go.Scatter(x=[p.speedup for p in front], y=[p.accuracy for p in front],
-                                 mode="lines+markers+text", name="front (joined)",
-                                 line=dict(color="#d62728", width=2, shape="linear"),
-                                 marker=dict(color="#d62728", size=13, symbol="circle-open", line=dict(width=2)),
-                                 text=[f"#{p.number}" for p in front], textposition="top center",
-                                 hovertext=[p.hover() for p in front], hoverinfo="text"))
-    if dense_acc is not None:
-        fig.add_trace(go.Scatter(x=[1.0], y=[dense_acc], mode="markers+text", name="dense baseline",
-                                 marker=dict(symbol="star", size=18, color="black"), text=["dense"],
-                                 textposition="bottom right",
-                                 hovertext=[f"<b>dense baseline</b><br>speedup: 1.00x<br>accuracy: {dense_acc:.4f}"],
-                                 hoverinfo="text"))
-    if floor is not None:
-        fig.add_hline(y=floor, line=dict(color="#ff7f0e", dash="dash"),
-                      annotation_text=f"accuracy floor {floor:.4f}", annotation_position="bottom left")
-    fig.update_layout(title="Pareto front: validation accuracy vs measured speedup",
-                      xaxis_title="measured speedup vs dense (x)", yaxis_title="validation accuracy",
-                      height=560, legend=dict(orientation="h", y=-0.15), hoverlabel=dict(align="left"))
-    return fig
-
-
-def _profiles_figure(front: list[_Point]) -> Any:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    unstructured = any(p.granularity == "unstructured" for p in front)
-    titles = ["attention heads removed per layer", "FFN neurons removed per layer"]
-    if unstructured:
-        titles.append("weights zeroed per layer (unstructured)")
-    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, shared_yaxes=True)
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-               "#bcbd22", "#7f7f7f"]
-    for k, p in enumerate(front):
-        color = palette[k % len(palette)]
-        name = f"#{p.number} ({p.speedup:.2f}x, {p.accuracy:.3f})"
-        series = [("head_sparsity", "heads_per_layer"), ("ffn_sparsity", "ffn_per_layer")]
-        if unstructured:
-            series.append(("weight_sparsity", None))
-        for col, (key, kept_key) in enumerate(series, start=1):
-            vals = p.policy.get(key)
-            if not vals:
-                continue
-            kept = p.result.get(kept_key) if kept_key else None
-            hover = [f"trial {p.number}, layer {i}: {v:.2f} removed" + (f" ({kept[i]} kept)" if kept and i < len(kept) else "")
-                     for i, v in enumerate(vals)]
-            fig.add_trace(go.Scatter(x=list(range(len(vals))), y=vals, mode="lines+markers", name=name,
-                                     legendgroup=name, showlegend=col == 1 or (col == 3 and not p.policy.get("head_sparsity")),
-                                     line=dict(color=color), hovertext=hover, hoverinfo="text"), row=1, col=col)
-    fig.update_yaxes(range=[-0.02, 1.0], title_text="fraction removed", row=1, col=1)
-    fig.update_xaxes(title_text="encoder layer", dtick=1)
-    fig.update_layout(title="Per-layer sparsity of the Pareto-front trials", height=430)
-    return fig
-
-
-def _criteria_figure(points: list[_Point], dense_acc: float | None) -> Any:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for crit in list(CRITERIA) + sorted({p.criterion for p in points} - set(CRITERIA)):
-        pts = [p for p in points if p.criterion == crit]
-        if not pts:
-            continue
-        color = _CRITERION_COLORS.get(crit, "#17becf")
-        fr = _front(pts)
-        others = [p for p in pts if p not in fr]
-        fig.add_trace(go.Scatter(x=[p.speedup for p in others], y=[p.accuracy for p in others], mode="markers",
-                                 name=f"{crit} (dominated)", legendgroup=crit, showlegend=False,
-                                 marker=dict(color=color, size=6, opacity=0.35),
-                                 hovertext=[p.hover() for p in others], hoverinfo="text"))
-        fig.add_trace(go.Scatter(x=[p.speedup for p in fr], y=[p.accuracy for p in fr], mode="lines+markers",
-                                 name=f"{crit} front ({len(pts)} trials)", legendgroup=crit,
-                                 line=dict(color=color, width=2), marker=dict(color=color, size=10),
-                                 hovertext=[p.hover() for p in fr], hoverinfo="text"))
-    if dense_acc is not None:
-        fig.add_trace(go.Scatter(x=[1.0], y=[dense_acc], mode="markers", name="dense baseline",
-                                 marker=dict(symbol="star", size=16, color="black"),
-                                 hovertext=[f"dense baseline: accuracy {dense_acc:.4f}"], hoverinfo="text"))
-    fig.update_layout(title="Pareto front of each criterion", xaxis_title="measured speedup (x)",
-                      yaxis_title="validation accuracy", height=480, hoverlabel=dict(align="left"))
-    return fig
-
-
-def _progress_figure(study: Any) -> Any:
-    import optuna
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["trials by state (cumulative)",
-                                                        "best accuracy at a minimum speedup"])
-    numbers = [t.number for t in trials]
-    labels = [S.state_label(t) for t in trials]
-    for state in ("complete", "pruned", "fail", "running", "waiting", *S.BOOKKEEPING_LABELS):
-        counts, c = [], 0
-        for lab in labels:
-            c += lab == state
-            counts.append(c)
-        if c:
-            fig.add_trace(go.Scatter(x=numbers, y=counts, mode="lines", name=state,
-                                     line=dict(color=_STATE_COLORS.get(state.upper()), shape="hv",
-                                               dash="dot" if state in S.BOOKKEEPING_LABELS else "solid")),
-                          row=1, col=1)
-    reached_none: list[str] = []
-    for mark, dash in zip(SPEEDUP_MARKS, ("solid", "dot")):
-        best, xs, ys = None, [], []
-        for t in trials:
-            if t.state == optuna.trial.TrialState.COMPLETE and t.values and t.values[1] >= mark:
-                best = t.values[0] if best is None else max(best, t.values[0])
-            xs.append(t.number)
-            ys.append(best)
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"best accuracy at >= {mark:g}x",
-                                 line=dict(dash=dash, shape="hv", width=2), connectgaps=False), row=1, col=2)
-        if best is None:
-            reached_none.append(f"{mark:g}x")
-    if reached_none:
-        fig.add_annotation(text="no completed trial has reached " + " or ".join(reached_none) + " yet",
-                           xref="x2 domain", yref="y2 domain", x=0.5, y=0.5, showarrow=False,
-                           font=dict(color="#7a5200"))
-    fig.update_xaxes(title_text="trial number")
-    fig.update_yaxes(title_text="trials", row=1, col=1)
-    fig.update_yaxes(title_text="validation accuracy", row=1, col=2)
-    fig.update_layout(title="Progress over the search", height=420)
-    return fig
-
-
-def _importance_figures(study: Any, n_complete: int) -> tuple[list[Any], str | None]:
-    if n_complete < MIN_TRIALS_FOR_IMPORTANCE:
-        return [], (f"Parameter importances appear from {MIN_TRIALS_FOR_IMPORTANCE} completed trials on "
-                    f"({n_complete} so far).")
-    import optuna
-
-    figs = []
-    notes = []
-    for i, name in enumerate(S.METRIC_NAMES):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i])
-            if not imp:
-                notes.append(f"no parameters to rank for {name}")
-                continue
-            import plotly.graph_objects as go
-
-            items = sorted(imp.items(), key=lambda kv: kv[1])
-            fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h",
-                                   marker_color="#1f77b4" if i == 0 else "#2ca02c",
-                                   hovertemplate="%{y}: %{x:.3f}<extra></extra>"))
-            fig.update_layout(title=f"Parameter importance for {name} (optuna.importance)",
-                              xaxis_title="importance (normalised)", height=max(280, 140 + 34 * len(items)))
-            fig.update_yaxes(automargin=True, tickmode="array", tickvals=[k for k, _ in items])
-            figs.append(fig)
-        except Exception as exc:  # too few distinct values, a single parameter, ...
-            notes.append(f"importance for {name} not available: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    return figs, ("; ".join(notes) if notes else None)
 
 
 # ----------------------------------------------------------------------------- page
@@ -425,20 +65,39 @@ def _fig_html(fig: Any, div_id: str) -> str:
                        config={"displaylogo": False, "responsive": True})
 
 
-def _front_table(front: list[_Point], study_name: str, storage: str | None) -> str:
+def _front_table(fr: list[TrialRecord], study_name: str, storage: str | None) -> str:
+    f = V.fmt_number
     rows = []
-    for p in sorted(front, key=lambda p: -p.speedup):
-        r = p.result
-        drop = f"{100 * r['accuracy_drop']:.2f}" if r.get("accuracy_drop") is not None else "-"
-        params = f"{r['params']:,}" if isinstance(r.get("params"), int) else "-"
+    for r in sorted(fr, key=lambda r: -(r.speedup or 0.0)):
+        res = r.result or {}
+        drop = f"{100 * res['accuracy_drop']:.2f}" if res.get("accuracy_drop") is not None else "-"
+        params = f"{res['params']:,}" if isinstance(res.get("params"), int) else "-"
         rows.append(
-            f"<tr><td>{p.number}</td><td>{p.accuracy:.4f}</td><td>{drop}</td><td>{_f(r.get('macro_f1'))}</td>"
-            f"<td>{p.speedup:.2f}x</td><td>{_f(r.get('flops_reduction'), '.2f')}x</td><td>{params}</td>"
-            f"<td class=l>{_html.escape(p.summary or p.criterion)}</td>"
-            f"<td class=l><code>{_html.escape(export_command(study_name, p.number, storage))}</code></td></tr>")
+            f"<tr><td>{r.number}</td><td>{r.accuracy:.4f}</td><td>{drop}</td><td>{f(res.get('macro_f1'))}</td>"
+            f"<td>{r.speedup:.2f}x</td><td>{f(res.get('flops_reduction'), '.2f')}x</td><td>{params}</td>"
+            f"<td class=l>{_html.escape(r.summary or r.criterion)}</td>"
+            f"<td class=l><code>{_html.escape(export_command(study_name, r.number, storage))}</code></td></tr>")
     head = ("<tr><th>trial</th><th>accuracy</th><th>drop (pts)</th><th>macro-F1</th><th>speedup</th>"
             "<th>FLOPs red.</th><th>params</th><th>policy</th><th>export</th></tr>")
     return f"<table id='front-table'>{head}{''.join(rows)}</table>"
+
+
+def _importances(study: Any, n_complete: int) -> str:
+    head = "<h2>Parameter importances</h2>"
+    if n_complete < V.MIN_TRIALS_FOR_IMPORTANCE:
+        return head + (f"<p class=note>Parameter importances appear from {V.MIN_TRIALS_FOR_IMPORTANCE} completed "
+                       f"trials on ({n_complete} so far).</p>")
+    out, notes = [], []
+    for i, objective in enumerate(METRIC_NAMES):
+        try:
+            out.append(_fig_html(V.plot_importances(study, objective), f"importance-{i}"))
+        except StudyError as exc:
+            notes.append(str(exc))
+        except Exception as exc:  # noqa: BLE001 - Optuna: too few distinct values, a single parameter, ...
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            notes.append(f"importance for {objective} not available: {first}")
+    note = f"<p class=note>{_html.escape('; '.join(notes))}</p>" if notes else ""
+    return head + "".join(out) + note
 
 
 def build_dashboard(study: Any, *, storage: str | None = None, refresh_seconds: int | None = None) -> str:
@@ -454,47 +113,31 @@ def build_dashboard(study: Any, *, storage: str | None = None, refresh_seconds: 
         >>> "Pareto front" in build_dashboard(s)
         True
     """
-    import optuna
     from plotly.offline import get_plotlyjs
 
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    points = [_Point(t) for t in complete if t.values is not None and len(t.values) >= 2]
-    try:
-        front_numbers = S.pareto_numbers(study)
-    except Exception:
-        front_numbers = {p.number for p in _front(points)}
-    front = sorted([p for p in points if p.number in front_numbers], key=lambda p: p.speedup)
-    dense_acc = _dense_accuracy(study, points)
-    floor = study.user_attrs.get(S.ATTR_FLOOR)
-    floor = float(floor) if isinstance(floor, (int, float)) else None
-    all_trials = study.get_trials(deepcopy=False)
+    records = trial_records(study)
+    points = completed_trials(records)
+    fr = front(records)
+    info = study_info(study)
+    dense_acc, floor = dense_accuracy(study), info.accuracy_floor
     by_state: dict[str, int] = {}
-    for t in all_trials:
-        label = S.state_label(t)
-        by_state[label] = by_state.get(label, 0) + 1
+    for r in records:
+        by_state[r.label] = by_state.get(r.label, 0) + 1
     name = study.study_name
 
     sections: list[str] = []
     if not points:
         sections.append("<p class=note>no completed trials yet; the page fills in as the search runs.</p>")
     else:
-        sections.append("<h2>Pareto front</h2>" + _fig_html(_pareto_figure(study, points, front, dense_acc, floor),
-                                                            "pareto"))
-        sections.append("<h2>Pareto-front trials</h2>" + _front_table(front, name, storage))
-        sections.append("<h2>Per-layer sparsity profiles</h2>" + _fig_html(_profiles_figure(front), "profiles"))
-        sections.append("<h2>Fronts by criterion</h2>" + _fig_html(_criteria_figure(points, dense_acc), "criteria"))
-    if all_trials:
-        sections.append("<h2>Progress</h2>" + _fig_html(_progress_figure(study), "progress"))
-    figs, note = _importance_figures(study, len(points))
-    imp_html = "<h2>Parameter importances</h2>"
-    if figs:
-        imp_html += "".join(_fig_html(f, f"importance-{i}") for i, f in enumerate(figs))
-    if note:
-        imp_html += f"<p class=note>{_html.escape(note)}</p>"
-    sections.append(imp_html)
+        sections.append("<h2>Pareto front</h2>" + _fig_html(V.plot_front(study), "pareto"))
+        sections.append("<h2>Pareto-front trials</h2>" + _front_table(fr, name, storage))
+        sections.append("<h2>Per-layer sparsity profiles</h2>" + _fig_html(V.plot_layer_profiles(study), "profiles"))
+        sections.append("<h2>Fronts by criterion</h2>" + _fig_html(V.plot_criteria(study), "criteria"))
+    if records:
+        sections.append("<h2>Progress</h2>" + _fig_html(V.plot_history(study), "progress"))
+    sections.append(_importances(study, len(points)))
 
-    cfg = study.user_attrs.get(S.ATTR_CONFIG) or {}
-    model_name = (cfg.get("model") or {}).get("name_or_path", "?") if isinstance(cfg, dict) else "?"
+    model_name = (info.config.get("model") or {}).get("name_or_path", "?")
     meta = [f"study <b>{_html.escape(name)}</b>"]
     if storage:
         meta.append(f"storage <code>{_html.escape(mask_url(storage))}</code>")
@@ -504,7 +147,7 @@ def build_dashboard(study: Any, *, storage: str | None = None, refresh_seconds: 
         meta.append(f"dense accuracy {dense_acc:.4f}")
     if floor is not None:
         meta.append(f"accuracy floor {floor:.4f}")
-    meta.append(f"{len(front)} trial(s) on the front")
+    meta.append(f"{len(fr)} trial(s) on the front")
     refresh = f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">' if refresh_seconds else ""
     body = (f"<h1>autoprune: {_html.escape(name)}</h1><div class=meta>{' &middot; '.join(meta)}</div>"
             + "".join(sections)
@@ -563,15 +206,3 @@ def make_server(load_study: Callable[[], Any], *, host: str = "127.0.0.1", port:
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     return server
-
-
-def serve_dashboard(load_study: Callable[[], Any], *, host: str = "127.0.0.1", port: int = 8765,
-                    storage: str | None = None, refresh_seconds: int = 10) -> None:
-    """Serve the live dashboard until interrupted (see :func:`make_server`)."""
-    server = make_server(load_study, host=host, port=port, storage=storage, refresh_seconds=refresh_seconds)
-    h, p = server.server_address[:2]
-    logger.warning("serving the dashboard on http://%s:%s/ (Ctrl-C stops)", h, p)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()

@@ -12,7 +12,7 @@ Tokenised splits are cached per process (a Ray worker reuses them across trials)
 Batches use *dynamic padding*: each batch is padded to its own longest sequence. With
 ``padding="bucketed"`` (the default) training batches are also drawn from length-sorted
 buckets, so a batch holds sentences of similar length (SST-2 averages ~13 tokens: padding every
-batch to 64 wastes most of the compute; ``scripts/bench_bucketing.py`` measures the gain).
+batch to 64 wastes most of the compute; docs/experiments.md records the gain).
 """
 
 from __future__ import annotations

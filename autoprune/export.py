@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoprune import _study as S
 from autoprune.errors import AutopruneError, ModelError, PolicyError, StudyError
+from autoprune.study import TrialRecord, front, study_info, trial_records
 
 logger = logging.getLogger(__name__)
 
@@ -89,30 +89,31 @@ def _as_selector(selector: Any) -> Selector:
     raise ExportError(f"unsupported selector {selector!r}; use Selector(trial=...), an int or a dict")
 
 
-def _drop_points(trial: Any) -> float:
-    res = trial.user_attrs.get(S.T_RESULT) or {}
+def _drop_points(rec: TrialRecord) -> float:
+    res = rec.result or {}
     if res.get("accuracy_drop") is not None:
         return 100.0 * float(res["accuracy_drop"])
-    if res.get("dense_accuracy") is not None:
-        return 100.0 * (float(res["dense_accuracy"]) - float(trial.values[0]))
-    raise ExportError(f"trial {trial.number} has no recorded accuracy drop (no 'result' attribute)")
+    if res.get("dense_accuracy") is not None and rec.accuracy is not None:
+        return 100.0 * (float(res["dense_accuracy"]) - rec.accuracy)
+    raise ExportError(f"trial {rec.number} has no recorded accuracy drop (no 'result' attribute)")
 
 
-def _describe_front(front: list[Any]) -> str:
-    if not front:
+def _describe_front(fr: list[TrialRecord]) -> str:
+    if not fr:
         return "the study has no completed trials yet"
     parts = []
-    for t in sorted(front, key=lambda t: t.values[1]):
+    for r in fr:
         try:
-            drop = f"drop {_drop_points(t):.2f} pts, "
+            drop = f"drop {_drop_points(r):.2f} pts, "
         except ExportError:
             drop = ""
-        parts.append(f"trial {t.number}: accuracy {t.values[0]:.4f} ({drop}speedup {t.values[1]:.2f}x)")
+        parts.append(f"trial {r.number}: accuracy {r.accuracy:.4f} ({drop}speedup {r.speedup:.2f}x)")
     return "the front offers " + "; ".join(parts)
 
 
-def select_trial(study: Any, selector: Any) -> Any:
-    """Return the FrozenTrial the selector picks; :class:`ExportError` when none qualifies.
+def select_trial(study: Any, selector: Any) -> TrialRecord:
+    """The trial the selector picks, as a :class:`~autoprune.study.TrialRecord`; :class:`ExportError`
+    when none qualifies.
 
     Example:
         >>> import optuna
@@ -125,32 +126,31 @@ def select_trial(study: Any, selector: Any) -> Any:
         >>> select_trial(s, Selector(min_speedup=2.0)).number
         2
     """
-    import optuna
-
     sel = _as_selector(selector)
-    front = list(study.best_trials)
+    records = trial_records(study)
+    fr = front(records)
     if sel.trial is not None:
-        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-        t = by_number.get(sel.trial)
-        if t is None:
+        by_number = {r.number: r for r in records}
+        rec = by_number.get(sel.trial)
+        if rec is None:
             raise ExportError(f"study '{study.study_name}' has no trial {sel.trial} "
-                              f"(trials 0..{max(by_number) if by_number else -1}); {_describe_front(front)}")
-        if t.state != optuna.trial.TrialState.COMPLETE:
-            raise ExportError(f"trial {sel.trial} is {t.state.name}, not COMPLETE; only completed trials can be "
-                              f"exported; {_describe_front(front)}")
-        if sel.trial not in {f.number for f in front}:
+                              f"(trials 0..{max(by_number) if by_number else -1}); {_describe_front(fr)}")
+        if not rec.complete:
+            raise ExportError(f"trial {sel.trial} is {rec.state}, not COMPLETE; only completed trials can be "
+                              f"exported; {_describe_front(fr)}")
+        if sel.trial not in {r.number for r in fr}:
             logger.warning("trial %d is not on the Pareto front (it is dominated); exporting it anyway", sel.trial)
-        return t
+        return rec
     if sel.max_accuracy_drop is not None:
-        ok = [t for t in front if _drop_points(t) <= sel.max_accuracy_drop + _TOL]
+        ok = [r for r in fr if _drop_points(r) <= sel.max_accuracy_drop + _TOL]
         if not ok:
             raise ExportError(f"no Pareto-front trial is within {sel.max_accuracy_drop:g} accuracy points of the "
-                              f"dense baseline; {_describe_front(front)}")
-        return max(ok, key=lambda t: (t.values[1], t.values[0], -t.number))
-    ok = [t for t in front if t.values[1] >= sel.min_speedup - _TOL]
+                              f"dense baseline; {_describe_front(fr)}")
+        return max(ok, key=lambda r: (r.speedup, r.accuracy, -r.number))
+    ok = [r for r in fr if r.speedup >= sel.min_speedup - _TOL]  # type: ignore[operator]
     if not ok:
-        raise ExportError(f"no Pareto-front trial reaches {sel.min_speedup:g}x speedup; {_describe_front(front)}")
-    return max(ok, key=lambda t: (t.values[0], t.values[1], -t.number))
+        raise ExportError(f"no Pareto-front trial reaches {sel.min_speedup:g}x speedup; {_describe_front(fr)}")
+    return max(ok, key=lambda r: (r.accuracy, r.speedup, -r.number))
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -335,8 +335,8 @@ def export_onnx(model: Any, out_path: str | Path, *, check: bool = True, atol: f
 def _study_config(study: Any) -> Any:
     from autoprune.config import config_from_dict
 
-    raw = study.user_attrs.get(S.ATTR_CONFIG)
-    if not isinstance(raw, dict):
+    raw = study_info(study).config
+    if not raw:
         raise StudyError(f"study '{study.study_name}' has no stored run configuration ('config' attribute); "
                          f"it was not written by 'autoprune search'")
     return config_from_dict(raw, source=f"study '{study.study_name}' config")
@@ -420,8 +420,8 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
 
     sel = _as_selector(selector)
     trial = select_trial(study, sel)
-    res = trial.user_attrs.get(S.T_RESULT)
-    pol_raw = trial.user_attrs.get(S.T_POLICY) or (res or {}).get("policy")
+    res = trial.result
+    pol_raw = trial.policy or (res or {}).get("policy")
     if not isinstance(res, dict) or not isinstance(pol_raw, dict):
         raise ExportError(f"trial {trial.number} has no recorded result/policy; it was not written by "
                           f"'autoprune search'")
@@ -438,7 +438,7 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         raise ExportError(f"trial {trial.number} uses dynamic int8 quantization (quantize: true), which has no "
                           f"ONNX export in torch; rerun without --onnx (the PyTorch export keeps the int8 model)")
     logger.info("selected trial %d (%s): accuracy %.4f, speedup %.2fx", trial.number, sel.describe(),
-                trial.values[0], trial.values[1])
+                trial.accuracy, trial.speedup)
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):

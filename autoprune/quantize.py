@@ -143,7 +143,7 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     Per-channel weights against torch's default per-tensor ones, on the dense SST-2 baseline (872
     test sentences; float 0.894): accuracy 0.891 against 0.878 scored in batches of 32, 0.882 for
     both one sentence at a time; speedup 1.78-2.00x against 1.67-2.06x over four runs
-    (scripts/bench_int8.py, docs/BENCHMARKS.md).
+    (benchmarks/int8.py, docs/BENCHMARKS.md).
 
     Example:
         >>> q = quantize_dynamic_int8(nn.Sequential(nn.Linear(4, 2)))

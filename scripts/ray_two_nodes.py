@@ -92,7 +92,7 @@ def main() -> int:
 
         from conftest import tiny_config_dict
         from autoprune.search import run_search, space_from_dict
-        from autoprune.search._fake import sleep_trial
+        from autoprune.testing import sleep_trial
 
         cfg = tiny_config_dict(tmp / "tiny")
         space = space_from_dict({"config": dict(cfg, run_dir=str(tmp / "runs")), "n_trials": 6, "trials_in_flight": 2,

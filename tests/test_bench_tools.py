@@ -1,64 +1,106 @@
-"""Helpers of the benchmark scripts that decide reported numbers."""
+"""Helpers of the benchmarks (``benchmarks/``) that decide reported numbers, and the results files they write."""
 
 from __future__ import annotations
 
-import importlib.util
+import datetime as dt
+import doctest
+import importlib
+import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
+import optuna
 import pytest
+from optuna.trial import TrialState, create_trial
 
 from conftest import REPO
 
+from autoprune import _study as S
+from autoprune.errors import AutopruneError
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+BENCHMARKS = ("common", "minilm_sst2", "surgery", "search_overhead", "samplers", "int8")
 
 
-def test_hypervolume_of_a_two_objective_front():
-    hv = _load("bench_minilm_sst2").hypervolume
-    ref = (0.85, 1.0)
-    assert hv([(0.9, 2.0)], ref) == pytest.approx(0.05)
-    # a dominated point adds nothing; a point below the reference adds nothing
-    assert hv([(0.9, 2.0), (0.88, 1.5), (0.80, 3.0)], ref) == pytest.approx(0.05)
-    # staircase: (0.95, 1.5) adds the strip between 0.9 and 0.95 up to 1.5x
-    assert hv([(0.9, 2.0), (0.95, 1.5)], ref) == pytest.approx(0.05 + 0.5 * 0.05)
-    assert hv([], ref) == 0
+def bench(name: str):
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+def _add(study, acc: float, speedup: float, **attrs) -> None:
+    study.add_trial(create_trial(state=TrialState.COMPLETE, values=[acc, speedup],
+                                 user_attrs={S.T_RESULT: {"accuracy": acc, "speedup": speedup}, **attrs}))
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmarks_import_no_private_module_and_their_examples_run(name):
+    src = (REPO / "benchmarks" / f"{name}.py").read_text()
+    assert "autoprune._" not in src and "autoprune.search._" not in src and "from conftest" not in src
+    res = doctest.testmod(bench(name), optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert res.failed == 0
+
+
+@pytest.mark.parametrize("argv", [["minilm_sst2.py"], ["surgery.py"], ["search_overhead.py"], ["int8.py"],
+                                  ["samplers.py", "real"], ["samplers.py", "surrogate"]])
+def test_every_benchmark_runs_from_a_checkout_and_offers_a_results_file(argv):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / argv[0]), *argv[1:], "--help"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO / "tests")
+    assert proc.returncode == 0, proc.stderr
+    assert "--results" in proc.stdout
+
+
+def test_results_file_keeps_other_sections_and_records_the_command(tmp_path, monkeypatch):
+    common = bench("common")
+    path = tmp_path / "r" / "x.json"
+    args = SimpleNamespace(results=path, benchmark="x")
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "x.py"), "--seeds", "1,2"])
+    common.write_results(args, "report", {"ratio": 1.5})
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "x.py"), "--phases", "seeds-report"])
+    common.write_results(args, "seeds", [{"seed": 1}])
+    common.write_results(args, "report", {"ratio": 2.0})  # replaces its own section only
+    doc = json.loads(path.read_text())
+    assert doc["benchmark"] == "x" and sorted(doc["sections"]) == ["report", "seeds"]
+    rep = doc["sections"]["report"]
+    assert rep["results"] == {"ratio": 2.0}
+    assert rep["command"] == ".venv/bin/python benchmarks/x.py --phases seeds-report"
+    assert doc["sections"]["seeds"]["results"] == [{"seed": 1}]
+    dt.datetime.strptime(rep["date"], "%Y-%m-%d %H:%M")
+    assert rep["commit"] is None or len(rep["commit"].split("-")[0]) >= 7
+
+
+def test_parse_ints_names_the_flag():
+    with pytest.raises(AutopruneError, match="--seeds 'a,b'"):
+        bench("common").parse_ints("a,b", "--seeds")
 
 
 def test_study_wall_time_counts_overlapping_trials_once_and_skips_the_gap_between_invocations():
-    import datetime as dt
-    from types import SimpleNamespace
-
     t0 = dt.datetime(2026, 1, 1, 12, 0, 0)
-
-    def trial(start_min: float, end_min: float) -> SimpleNamespace:
-        return SimpleNamespace(datetime_start=t0 + dt.timedelta(minutes=start_min),
-                               datetime_complete=t0 + dt.timedelta(minutes=end_min), user_attrs={})
-
+    study = optuna.create_study(directions=S.DIRECTIONS)
     # two workers overlap (0-10, 5-12: 12 min), then the study is resumed an hour later (70-80: 10 min)
-    study = SimpleNamespace(get_trials=lambda deepcopy=False: [trial(70, 80), trial(0, 10), trial(5, 12),
-                                                               trial(6, 8)])
-    assert _load("bench_minilm_sst2")._study_wall(study) == pytest.approx(22 * 60)
+    for start, end in ((70, 80), (0, 10), (5, 12), (6, 8)):
+        t = create_trial(values=[0.9, 1.5])
+        t.datetime_start, t.datetime_complete = t0 + dt.timedelta(minutes=start), t0 + dt.timedelta(minutes=end)
+        study.add_trial(t)
+    assert bench("minilm_sst2").study_wall(study) == pytest.approx(22 * 60)
 
 
 def test_study_names_ignore_later_fields_left_at_their_defaults(tiny_config, tmp_path):
     # the reference studies are keyed by a hash of the space and run config: adding `qat` to
     # SearchSpace or `exclude_train_overlap` to DataConfig must not orphan studies run before they
     # existed, but setting either must start fresh studies
+    import hashlib
+
     from autoprune.search import space_from_dict
 
-    import hashlib
-    import json
-
-    bench = _load("bench_minilm_sst2")
-    names = bench.study_names
+    mod = bench("minilm_sst2")
+    names = mod.study_names
     raw = {"config": tiny_config.model_dump(mode="json"), "quantize": [False, True]}
     plain = space_from_dict(raw, str(tmp_path / "s.yaml"), tmp_path)
     # the key as computed before `qat` existed: the space's fields without it
-    before = {"protocol": bench.PROTOCOL,
+    before = {"protocol": mod.PROTOCOL,
               "config": plain.run_config().model_dump(mode="json", exclude={"run_dir": True,
                                                                             "data": {"exclude_train_overlap"}}),
               "space": plain.model_dump(mode="json", exclude={"n_trials", "qat"})}
@@ -72,59 +114,37 @@ def test_study_names_ignore_later_fields_left_at_their_defaults(tiny_config, tmp
     assert names(plain.model_copy(update={"n_trials": 99})) == names(plain)
 
 
-def test_search_and_random_are_compared_over_their_first_n_counted_trials():
-    # a study that ran further (or re-ran orphans) is cut to its first n trials that count towards
-    # n_trials, so the hypervolume ratio compares equal trial counts
-    import optuna
-    from optuna.trial import TrialState, create_trial
-
-    from autoprune import _study as S
-
+def test_hypervolume_first_compares_equal_counted_trial_counts():
+    # a study that ran further (or re-ran orphans) is cut to its first n trials that count towards n_trials
     study = optuna.create_study(directions=S.DIRECTIONS)
-
-    def add(state: TrialState, acc: float | None = None, **attrs: bool) -> None:
-        values = [acc, 1.5] if state == TrialState.COMPLETE else None
-        res = {S.T_RESULT: {"accuracy": acc, "speedup": 1.5}} if acc is not None else {}
-        study.add_trial(create_trial(state=state, values=values, user_attrs={**res, **attrs}))
-
-    add(TrialState.COMPLETE, 0.90)                  # 0: counts
-    add(TrialState.FAIL, **{S.T_ORPHANED: True})    # 1: an orphan, re-run later: does not count
-    add(TrialState.PRUNED)                          # 2: counts, no result
-    add(TrialState.FAIL)                            # 3: a failed trial counts
-    add(TrialState.COMPLETE, 0.91)                  # 4: counts
-    add(TrialState.COMPLETE, 0.95)                  # 5: beyond the first four
-    first = _load("bench_minilm_sst2").completed_in_first
-    assert [r["number"] for r in first(study, 4)] == [0, 4]
-    assert [r["number"] for r in first(study, 2)] == [0]
-    assert [r["number"] for r in first(study, 10)] == [0, 4, 5]
-
-
-def test_spearman_rank_correlation_with_ties():
-    mod = _load("bench_validation_rows")
-    assert mod.ranks([0.5, 0.9, 0.5, 0.1]) == [2.5, 4.0, 2.5, 1.0]
-    assert mod.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert mod.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    # one swap among four: 1 - 6 * 2 / (4 * 15) = 0.8
-    assert mod.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    study.set_user_attr(S.ATTR_DENSE, {"accuracy": 0.95})
+    _add(study, 0.92, 2.0)                                                                 # 0: counts
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={S.T_ORPHANED: True}))  # 1: does not count
+    _add(study, 0.99, 3.0)                                                                 # 2: the 2nd counted
+    study.add_trial(create_trial(state=TrialState.PRUNED))                                  # 3: the 3rd, no point
+    _add(study, 0.995, 4.0)                                                                # 4: the 4th
+    common = bench("common")
+    ref = common.study_reference(study)
+    assert ref == pytest.approx((0.90, 1.0))
+    assert common.hypervolume_first(study, 1, ref) == pytest.approx(0.02 * 1.0)
+    assert common.hypervolume_first(study, 2, ref) == pytest.approx(0.09 * 2.0)
+    assert common.hypervolume_first(study, 3, ref) == pytest.approx(0.09 * 2.0)
+    assert common.hypervolume_first(study, 4, ref) == pytest.approx(0.095 * 3.0)
+    with pytest.raises(AutopruneError, match="no dense accuracy"):
+        common.study_reference(optuna.create_study(directions=S.DIRECTIONS, study_name="bare"))
 
 
 def test_seeds_report_compares_each_seed_at_equal_trial_counts_and_averages_only_finished_seeds(tmp_path):
     # the replication of search vs random at other sampler seeds: a pair is compared at the trial
     # count both arms reached, an unfinished pair is marked interim and left out of the mean
-    import optuna
-    from optuna.trial import TrialState, create_trial
-
-    from autoprune import _study as S
-
-    bench = _load("bench_minilm_sst2")
+    mod = bench("minilm_sst2")
     storage = f"sqlite:///{tmp_path / 'b.db'}"
     names = {"search": "ref", "random": "ref_random", "uniform": "ref_uniform"}
 
     def study(name: str, points: list[tuple[float, float]]) -> None:
         st = optuna.create_study(study_name=name, storage=storage, directions=S.DIRECTIONS)
         for acc, sp in points:
-            st.add_trial(create_trial(state=TrialState.COMPLETE, values=[acc, sp],
-                                      user_attrs={S.T_RESULT: {"accuracy": acc, "speedup": sp}}))
+            _add(st, acc, sp)
         if name == "ref":
             st.set_user_attr(S.ATTR_DENSE, {"accuracy": 0.95})
             st.set_user_attr(S.ATTR_SPACE, {"seed": 0})
@@ -132,30 +152,33 @@ def test_seeds_report_compares_each_seed_at_equal_trial_counts_and_averages_only
     # reference point (0.90, 1.0): hypervolume of one point (a, s) is (a - 0.90) * (s - 1)
     study("ref", [(0.94, 2.0), (0.92, 3.0)])        # 0.04 + 0.02 * 1 = 0.06
     study("ref_random", [(0.93, 2.0), (0.99, 1.0)])  # 0.03 (the second point adds no area)
-    s7 = bench.seed_names(names, 7)
+    s7 = mod.seed_names(names, 7)
     study(s7["search"], [(0.95, 2.0), (0.95, 5.0)])  # first 1 of 2 trials: 0.05
     study(s7["random"], [(0.92, 2.0)])               # 0.02
     md = tmp_path / "B.md"
     md.write_text("# Benchmarks\n\nhand-written\n")
-    text = bench.seeds_report(storage, names, [7], 2, md)
+    text, numbers = mod.seeds_report(storage, names, [7], 2, md)
     rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert rows[0] == "| 0 | 2 | 2 | 2 | 0.06000 | 0.03000 | 2.00x | 2.00x (1 seed) |"
     assert rows[1] == "| 7 | 2 | 1 | 1 | 0.05000 | 0.02000 | 2.50x (interim) | - |"
     assert "over the 1 seed(s)" in text and "**2.00x**" in text
+    assert [s["finished"] for s in numbers["seeds"]] == [True, False]
+    assert numbers["seeds"][1]["hypervolume_search"] == pytest.approx(0.05)
     # a second finished seed: the running column is the ratio of the mean hypervolumes so far
-    s8 = bench.seed_names(names, 8)
+    s8 = mod.seed_names(names, 8)
     study(s8["search"], [(0.92, 2.0), (0.91, 2.0)])  # 0.02
     study(s8["random"], [(0.93, 2.0), (0.93, 2.0)])  # 0.03
-    text = bench.seeds_report(storage, names, [7, 8], 2, md)
+    text, numbers = mod.seeds_report(storage, names, [7, 8], 2, md)
     rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert rows[2] == "| 8 | 2 | 2 | 2 | 0.02000 | 0.03000 | 0.67x | 1.33x (2 seeds) |"
     assert "over the 2 seed(s)" in text and "**1.33x**" in text
+    assert numbers["mean_search"] / numbers["mean_random"] == pytest.approx(0.04 / 0.03)
     # written between its markers, and replaced (not appended) the next time
-    bench.seeds_report(storage, names, [7], 2, md)
+    mod.seeds_report(storage, names, [7], 2, md)
     out = md.read_text()
-    assert out.startswith("# Benchmarks\n\nhand-written\n") and out.count(bench.SEEDS_BEGIN) == 1
-    with pytest.raises(bench.AutopruneError, match="reference run's own seed"):
-        bench.replicate(SimpleNamespace(seed=0), storage, names, [0, 7], 2)
+    assert out.startswith("# Benchmarks\n\nhand-written\n") and out.count(mod.SEEDS_BEGIN) == 1
+    with pytest.raises(AutopruneError, match="reference run's own seed"):
+        mod.replicate(SimpleNamespace(seed=0), storage, names, [0, 7], 2)
 
 
 def _policy(granularity: str, sparsity: float, *, quantize: bool = False) -> dict:
@@ -167,7 +190,7 @@ def _policy(granularity: str, sparsity: float, *, quantize: bool = False) -> dic
 
 
 def test_sampler_surrogate_matches_within_the_speed_deciding_group_and_predicts_stops():
-    mod = _load("bench_sampler_surrogate")
+    mod = bench("samplers")
     rows = [(_policy("structured", 0.2), {"accuracy": 0.95, "speedup": 1.3}),
             (_policy("structured", 0.3), {"accuracy": 0.94, "speedup": 1.5}),
             (_policy("structured", 0.8), None), (_policy("structured", 0.85), None),
@@ -184,8 +207,22 @@ def test_sampler_surrogate_matches_within_the_speed_deciding_group_and_predicts_
         model(_policy("unstructured", 0.5))
 
 
+def test_surrogate_reads_counted_completed_and_stopped_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    st = optuna.create_study(study_name="ref_seed7", storage=storage, directions=S.DIRECTIONS)
+    pol = _policy("structured", 0.2)
+    _add(st, 0.9, 1.5, **{S.T_POLICY: pol})
+    st.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={S.T_POLICY: pol}))
+    st.add_trial(create_trial(state=TrialState.FAIL, user_attrs={S.T_POLICY: pol, S.T_DUPLICATE: True}))
+    _add(st, 0.8, 2.0)  # no policy recorded: not an observation
+    mod = bench("samplers")
+    rows = mod.observed(storage, ["ref_seed7"])["ref_seed7"]
+    assert rows == [(pol, {"accuracy": 0.9, "speedup": 1.5}), (pol, None)]
+    assert mod.seed_of("ref_seed7") == "7" and mod.seed_of("ref") == "0"
+
+
 def test_real_sampler_bench_rotates_order_and_compares_on_common_seeds():
-    mod = _load("bench_samplers_real")
+    mod = bench("samplers")
     order = mod.plan([7, 8, 9], ["random", "tpe", "gp"])
     # every sampler runs once per seed, and each takes each place in the order once over three seeds
     assert sorted(order) == sorted((s, x) for s in (7, 8, 9) for x in ("random", "tpe", "gp"))
@@ -199,12 +236,9 @@ def test_real_sampler_bench_rotates_order_and_compares_on_common_seeds():
 
 
 def test_archive_copies_the_protocol_studies_and_replaces_older_copies(tmp_path):
-    import optuna
-
-    mod = _load("bench_minilm_sst2")
+    mod = bench("minilm_sst2")
     src = f"sqlite:///{tmp_path / 'runs.db'}"
     out = tmp_path / "docs" / "studies.db"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     ref = optuna.create_study(study_name="mini_p1", storage=src, directions=["maximize", "maximize"])
     ref.set_user_attr("dense", {"accuracy": 0.9})
     ref.tell(ref.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), [0.8, 1.5])
@@ -214,9 +248,24 @@ def test_archive_copies_the_protocol_studies_and_replaces_older_copies(tmp_path)
     ref.tell(ref.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), [0.85, 2.0])
     mod.archive(src, "mini_p1", out)  # again, after one more trial: the copy is replaced, not doubled
     dest = f"sqlite:///{out}"
-    assert sorted(s.study_name for s in optuna.get_all_study_summaries(dest)) == ["mini_p1", "mini_p1_random_seed7"]
+    assert sorted(optuna.get_all_study_names(dest)) == ["mini_p1", "mini_p1_random_seed7"]
     copy = optuna.load_study(study_name="mini_p1", storage=dest)
     assert [t.values for t in copy.trials] == [[0.8, 1.5], [0.85, 2.0]]
     assert copy.user_attrs["dense"] == {"accuracy": 0.9}
-    with pytest.raises(mod.AutopruneError, match="no studies named nope"):
+    with pytest.raises(AutopruneError, match="no studies named nope"):
         mod.archive(src, "nope", out)
+
+
+def test_uniform_sweep_is_recorded_in_the_search_schema(tmp_path):
+    # the hand-made sweep's trials must read like a search's: the report compares them by the same helpers
+    from autoprune.policy import PruningPolicy
+    from autoprune.study import create_study, front, record_result, trial_records
+    from autoprune.testing import fake_result
+
+    st = create_study("sweep", f"sqlite:///{tmp_path / 'u.db'}")
+    for s, acc, sp in ((0.25, 0.9, 1.2), (0.5, 0.85, 1.8), (0.75, 0.7, 1.5)):
+        pol = PruningPolicy.uniform("l1", 2, heads=s, ffn=s)
+        record_result(st, pol, fake_result(pol, acc, sp), wall_seconds=60.0)
+    assert [r.number for r in front(st)] == [0, 1]
+    assert bench("minilm_sst2").study_wall(st) == pytest.approx(180.0)
+    assert all(r.policy["criterion"] == "l1" and r.summary for r in trial_records(st))

@@ -19,9 +19,10 @@ from test_export import POLICIES, add_result_trial, build_real_study, new_study
 from typer.testing import CliRunner
 
 from autoprune import _study as S
-from autoprune.dashboard import (build_dashboard, default_output, locate_study, make_server, mask_url,
-                                 write_dashboard)
+from autoprune.dashboard import build_dashboard, default_output, make_server, write_dashboard
 from autoprune.errors import StudyError
+from autoprune.search import mask_url
+from autoprune.study import load_study
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -241,9 +242,9 @@ def test_missing_studies_are_clear_errors(real, tmp_path):
     from autoprune.cli import app
 
     with pytest.raises(StudyError, match=rf"nope.*{real['name']}"):
-        locate_study(study_name="nope", storage=real["storage"])
+        load_study(study_name="nope", storage=real["storage"])
     with pytest.raises(StudyError, match="does not exist"):
-        locate_study(storage=f"sqlite:///{tmp_path / 'none.db'}")
+        load_study(storage=f"sqlite:///{tmp_path / 'none.db'}")
     r = CliRunner().invoke(app, ["dashboard", "--storage", real["storage"], "--study", "nope"])
     assert r.exit_code == 2 and real["name"] in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["dashboard"])

@@ -6,6 +6,8 @@ Public API:
     * :func:`run_search`, :func:`resume` - run or continue a study (SQLite by default, any Optuna URL).
     * :func:`study_status` - one plain dict per trial; :func:`open_study` - load a study by name.
     * :func:`mask_url` - hide the password of a storage URL.
+    * :func:`make_sampler` - the Optuna sampler a space names; :func:`policy_key` - what makes two
+      sampled policies the same (the driver skips duplicates by it).
 
 Example:
     >>> from autoprune.search import load_search_space, run_search, study_status
@@ -16,9 +18,10 @@ Example:
 
 from __future__ import annotations
 
-from autoprune.search._driver import default_study_name, resume, run_search, study_status
+from autoprune.search._driver import _policy_key as policy_key
+from autoprune.search._driver import default_study_name, make_sampler, resume, run_search, study_status
 from autoprune.search._space import SearchSpace, load_search_space, space_from_dict
 from autoprune.search._storage import default_storage, mask_url, open_study
 
 __all__ = ["SearchSpace", "load_search_space", "space_from_dict", "run_search", "resume", "study_status",
-           "open_study", "mask_url", "default_storage", "default_study_name"]
+           "open_study", "mask_url", "default_storage", "default_study_name", "make_sampler", "policy_key"]

@@ -167,7 +167,7 @@ class SearchSpace(_Strict):
     objectives: list[Literal["accuracy", "speedup"]] = Field(default_factory=lambda: ["accuracy", "speedup"])
     accuracy_drop_floor: float | None = Field(0.05, ge=0, le=1, description="max drop vs dense; null disables early stop")
     early_stop: EarlyStop = EarlyStop()
-    # gp by default: on real trials of the quick-start space (scripts/bench_samplers_real.py, 18 trials,
+    # gp by default: on real trials of the quick-start space (benchmarks/samplers.py real, 18 trials,
     # 6 seeds) it reached 1.87x random search's hypervolume, against 1.08x for tpe and 1.05x for nsga2
     sampler: Literal["nsga2", "tpe", "gp", "random"] = "gp"
     population_size: int = Field(8, ge=2, description="NSGA-II population size")

@@ -1,33 +1,32 @@
-"""Reference benchmark: the MiniLM-L6 / SST-2 search against random search and a hand-made sweep.
+"""Reference benchmark: the MiniLM-L6 / SST-2 search against random search and a uniform sweep.
 
 Every phase is resumable (all results live in Optuna studies in one SQLite file), so the script
-can be stopped and re-run across sessions; finished work is never recomputed.
+can be stopped and re-run; finished work is never recomputed.
 
-1. the search of ``search_spaces/minilm_sst2.yaml`` (its sampler: TPE), ``--n-trials`` trials;
-2. the same space with Optuna's RandomSampler, the same number of trials;
-3. the hand-made baseline a user would try: uniform L1 head+FFN sparsity of 25/50/75%, with the
+1. ``search``: the search of ``search_spaces/minilm_sst2.yaml`` (its sampler: TPE), ``--n-trials`` trials;
+2. ``random``: the same space with Optuna's RandomSampler, the same number of trials;
+3. ``uniform``: the sweep a user would try by hand: uniform L1 head+FFN sparsity of 25/50/75%, with the
    space's middle retraining budget;
-4. hypervolume of each accuracy/speedup front (reference point: dense validation accuracy minus
-   5 points, speedup 1.0) and the ratios search/random and search/hand-made (target >= 1.1x);
-5. which criterion wins at which speedup (best validation accuracy per criterion per speedup bin);
-6. the search's front exported (``autoprune export``) and re-measured on the *test* split, the
-   exported model timed interleaved against the dense baseline (batch 32 x 64);
-7. the search's dashboard as ``dashboards/minilm_sst2.html`` and ``.png``.
-
-8. every study of this protocol copied into ``docs/data/minilm_sst2_studies.db`` (``archive``), the
-   committed record of the trials behind the numbers (``runs/`` is not committed).
+4. ``report``: hypervolume of each accuracy/speedup front (reference point: dense validation accuracy
+   minus 5 points, speedup 1.0) and the ratios search/random and search/sweep; which criterion wins at
+   which speedup; the search's front exported (``autoprune export``), re-measured on the *test* split and
+   timed interleaved against the dense baseline (batch 32 x 64);
+5. ``dashboard``: the search's dashboard as ``dashboards/minilm_sst2.html`` and ``.png``;
+6. ``archive``: every study of this protocol copied into ``docs/data/minilm_sst2_studies.db``, a record of
+   the trials behind the numbers that can be committed (``runs/`` is not).
 
 Not in the default phases: ``replicate`` runs search and random search again at the sampler seeds of
 ``--seeds`` (studies named like the reference ones plus ``_seed<N>``), and ``seeds-report`` writes
-their hypervolumes, seed by seed, between ``<!-- minilm_sst2_seeds:begin -->`` and ``:end -->``.
+their hypervolumes, seed by seed.
 
-It writes ``docs/BENCHMARKS.md``'s section between the markers ``<!-- minilm_sst2:begin -->`` and
-``<!-- minilm_sst2:end -->`` and prints the same text.
+``report`` and ``seeds-report`` write their sections of ``docs/BENCHMARKS.md`` (between the markers
+``<!-- minilm_sst2:begin -->`` / ``:end -->`` and ``<!-- minilm_sst2_seeds:begin -->`` / ``:end -->``),
+print them, and write the same numbers to ``docs/results/minilm_sst2.json``.
 
-    .venv/bin/python scripts/bench_minilm_sst2.py [--n-trials 60] [--phases search,random,uniform,report,dashboard,archive]
-    .venv/bin/python scripts/bench_minilm_sst2.py --n-trials 28 --phases replicate,seeds-report,archive --seeds 1000,2000
-    .venv/bin/python scripts/bench_minilm_sst2.py --n-trials 28 --phases seeds-report --seeds 1000,2000 \
-        --storage sqlite:///docs/data/minilm_sst2_studies.db   # the report again, from the committed copy
+    .venv/bin/python benchmarks/minilm_sst2.py [--n-trials 60] [--phases search,random,uniform,report,dashboard,archive]
+    .venv/bin/python benchmarks/minilm_sst2.py --n-trials 28 --phases replicate,seeds-report,archive --seeds 1000,2000
+    .venv/bin/python benchmarks/minilm_sst2.py --n-trials 28 --phases seeds-report --seeds 1000,2000 \
+        --storage sqlite:///docs/data/minilm_sst2_studies.db   # the report again, from an archived copy
 """
 
 from __future__ import annotations
@@ -41,70 +40,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from autoprune import _study as S  # noqa: E402
-from autoprune._study import completed_results  # noqa: E402
+from benchmarks.common import (ROOT, add_results_option, hypervolume_first, parse_ints, run, study_reference,  # noqa: E402
+                               write_block, write_results)
+
 from autoprune.errors import AutopruneError  # noqa: E402
-from autoprune.search import load_search_space, open_study, run_search  # noqa: E402
+from autoprune.search import load_search_space, run_search  # noqa: E402
+from autoprune.study import (completed_trials, counted_trials, create_study, front, hypervolume, load_study,  # noqa: E402
+                             record_result, reference_point, study_info)
 
-log = logging.getLogger("bench_minilm_sst2")
+log = logging.getLogger("benchmarks.minilm_sst2")
 BEGIN, END = "<!-- minilm_sst2:begin -->", "<!-- minilm_sst2:end -->"
-
-
-def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
-    """Area dominated by ``points`` (accuracy, speedup), both maximised, above the reference point.
-
-    >>> hypervolume([(0.9, 2.0), (0.95, 1.5)], (0.85, 1.0))
-    0.075
-    """
-    pts = sorted(((s, a) for a, s in points if a > ref[0] and s > ref[1]), reverse=True)
-    area, best, prev_s = 0.0, ref[0], None
-    for i, (s, a) in enumerate(pts):
-        best = max(best, a)
-        nxt = pts[i + 1][0] if i + 1 < len(pts) else ref[1]
-        area += (s - nxt) * (best - ref[0])
-    return round(area, 10)
-
-
-REF_MARGIN = 0.05  # the hypervolume's reference point: dense validation accuracy minus 5 points, speedup 1.0
-
-
-def reference_point(dense_accuracy: float) -> tuple[float, float]:
-    """The hypervolume reference point for a dense model of validation accuracy ``dense_accuracy``.
-
-    >>> reference_point(0.9)
-    (0.85, 1.0)
-    """
-    return (dense_accuracy - REF_MARGIN, 1.0)
-
-
-def results_hypervolume(results: list[dict[str, Any]], ref: tuple[float, float]) -> float:
-    """:func:`hypervolume` of trial result dicts (their ``accuracy`` and ``speedup``)."""
-    return hypervolume([(r["accuracy"], r["speedup"]) for r in results], ref)
-
-
-def completed(study: Any) -> list[dict[str, Any]]:
-    """The result dict of every COMPLETE trial (as stored by the search, see autoprune/_study.py)."""
-    return [{"number": n, **r} for n, r in completed_results(study)]
-
-
-def completed_in_first(study: Any, n: int) -> list[dict[str, Any]]:
-    """The completed results among the study's first ``n`` trials (by number) that count towards
-    ``n_trials``: how a study that ran further is compared with another at the same trial count."""
-    from autoprune.search._driver import counts
-
-    first = set(sorted(t.number for t in study.get_trials(deepcopy=False) if counts(t))[:n])
-    return [r for r in completed(study) if r["number"] in first]
 
 
 def run_uniform(space: Any, storage: str, name: str) -> Any:
     """The hand-made sweep, stored as a study so it is resumable and read like the others."""
-    import optuna
-
-    from autoprune.policy import PruningPolicy, RetrainBudget
     from autoprune.models import model_depth
+    from autoprune.policy import PruningPolicy, RetrainBudget
     from autoprune.trial import run_trial
 
     cfg = space.run_config()
@@ -112,110 +65,114 @@ def run_uniform(space: Any, storage: str, name: str) -> Any:
     steps = space.retrain.steps if isinstance(space.retrain.steps, int) else sorted(space.retrain.steps)[
         len(space.retrain.steps) // 2]
     lr = space.retrain.learning_rate if isinstance(space.retrain.learning_rate, float) else 5e-5
-    study = optuna.create_study(study_name=name, storage=storage, directions=S.DIRECTIONS, load_if_exists=True)
-    study.set_metric_names(S.METRIC_NAMES)
-    from optuna.trial import TrialState
-
-    done = {json.dumps(t.user_attrs.get(S.T_POLICY), sort_keys=True)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    study = create_study(name, storage)
+    done = {json.dumps(r.policy, sort_keys=True) for r in completed_trials(study)}
     for s in (0.25, 0.5, 0.75):
         pol = PruningPolicy.uniform("l1", depth, heads=s, ffn=s).model_copy(
             update={"retrain": RetrainBudget(steps=steps, learning_rate=lr)})
-        key = json.dumps(pol.to_dict(), sort_keys=True)
-        if key in done:
+        if json.dumps(pol.to_dict(), sort_keys=True) in done:
             continue
         log.info("hand-made: %s", pol.summary())
         t0 = time.perf_counter()
         res = run_trial(cfg, pol)
-        study.add_trial(optuna.trial.create_trial(
-            values=[res.accuracy, res.speedup],
-            user_attrs={S.T_POLICY: pol.to_dict(), S.T_SUMMARY: pol.summary(), S.T_RESULT: res.to_dict(),
-                        "wall_seconds": time.perf_counter() - t0}))
+        record_result(study, pol, res, wall_seconds=time.perf_counter() - t0)
     return study
 
 
-def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export_dir: Path, wall: dict,
-           n_target: int) -> str:
-    import torch
+def _table(header: list[str], align: str, rows: list[list[Any]]) -> list[str]:
+    """Markdown table lines; ``align`` has one character per column: l (left) or r (right)."""
+    sep = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    return ["| " + " | ".join(header) + " |", sep] + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
+
+def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export_dir: Path, wall: dict,
+           n_target: int) -> tuple[str, dict[str, Any]]:
+    """The report's markdown (also written into ``out_md``) and the same numbers as a JSON-able dict."""
     from autoprune.export import export_trial, load_pruned
     from autoprune.measure import evaluate_split, measure_speed
     from autoprune.models import load_model
     from autoprune.train import ensure_baseline, load_baseline_metrics, load_task_data, load_tokenizer
 
     cfg = space.run_config()
-    studies = {k: open_study(storage, n) for k, n in names.items() if _exists(storage, n)}
+    studies = {k: load_study(storage=storage, study_name=n) for k, n in names.items() if _exists(storage, n)}
     main = studies["search"]
-    dense_attrs = main.user_attrs.get(S.ATTR_DENSE, {})
+    dense_attrs = study_info(main).dense
     dense_val = dense_attrs.get("accuracy")
     bdir = ensure_baseline(cfg)
     bm = load_baseline_metrics(bdir)
-    ref = reference_point(dense_val or bm["validation_accuracy"])
-    lines = [BEGIN, "## Reference benchmark: MiniLM-L6 / SST-2", "",
-             f"Command: `.venv/bin/python scripts/bench_minilm_sst2.py` · machine: {platform.machine()}, "
+    ref = reference_point(dense_val if dense_val is not None else bm["validation_accuracy"])
+    out: dict[str, Any] = {"reference_point": list(ref), "dense": {
+        "steps": bm["steps"], "test_accuracy": bm.get("test_accuracy"), "test_n": bm.get("test_n"),
+        "validation_accuracy": dense_val or bm["validation_accuracy"],
+        "validation_n": dense_attrs.get("validation_n", bm.get("validation_n")), "train_seconds": bm["train_seconds"]}}
+    lines = [BEGIN, "### Report (generated)", "",
+             f"Command: `.venv/bin/python benchmarks/minilm_sst2.py` · machine: {platform.machine()}, "
              f"{platform.platform()}; latency at 1 intra-op thread, interleaved against dense · generated "
              f"{time.strftime('%Y-%m-%d %H:%M')}", "",
              f"Dense baseline: {bm['steps']} steps at batch {bm['settings']['batch_size']} "
              f"(lr {bm['settings']['learning_rate']}), **test accuracy {bm.get('test_accuracy', float('nan')):.4f}** "
-             f"(n={bm.get('test_n')}), validation {dense_val or bm['validation_accuracy']:.4f} "
-             f"(n={dense_attrs.get('validation_n', bm.get('validation_n'))}, the rows trials are scored on"
+             f"(n={bm.get('test_n')}), validation {out['dense']['validation_accuracy']:.4f} "
+             f"(n={out['dense']['validation_n']}, the rows trials are scored on"
              f"{'' if cfg.data.min_validation_words is None else f': {cfg.data.min_validation_words}+ words'}); "
              f"trained in {bm['train_seconds'] / 60:.0f} min.", ""]
-    from autoprune.search._driver import counted
-
-    status = {k: f"{counted(st.get_trials(deepcopy=False))} of {n_target if k != 'uniform' else 3} trials finished"
-              for k, st in studies.items()}
+    n_counted = {k: len(counted_trials(st)) for k, st in studies.items()}
+    status = {k: f"{n_counted[k]} of {n_target if k != 'uniform' else 3} trials finished" for k in studies}
     missing = [k for k in names if k not in studies]
     lines += ["**Status of this report:** " + "; ".join(f"{k}: {v}" for k, v in status.items())
               + (f"; not run yet: {', '.join(missing)}" if missing else "")
               + ". Numbers below cover only what has finished; re-run the script to continue.", ""]
-    n_same = min(counted(studies[k].get_trials(deepcopy=False)) for k in ("search", "random") if k in studies)
-    lines += ["### Hypervolume of the accuracy/speedup front (validation)", "",
+    n_same = min(n_counted[k] for k in ("search", "random") if k in studies)
+    lines += ["#### Hypervolume of the accuracy/speedup front (validation)", "",
               f"Reference point: dense validation accuracy - 5 points ({ref[0]:.4f}), speedup 1.0. Search and "
-              f"random search are compared at the same trial count: their first {n_same} finished trials.", "",
-              "| study | sampler | completed trials | front size | hypervolume | hypervolume, first "
-              f"{n_same} trials | wall time |",
-              "|---|---|---:|---:|---:|---:|---:|"]
-    hv, hv_same = {}, {}
+              f"random search are compared at the same trial count: their first {n_same} finished trials.", ""]
     samplers = {"search": space.sampler, "random": "random", "uniform": "none (fixed sweep)"}
+    out["studies"] = {}
+    rows = []
     for k, st in studies.items():
-        done = completed(st)
-        hv[k] = results_hypervolume(done, ref)
-        hv_same[k] = results_hypervolume(completed_in_first(st, n_same), ref)
-        lines.append(f"| {k} ({names[k]}) | {samplers[k]} | {len(done)} | {len(st.best_trials)} | {hv[k]:.5f} | "
-                     f"{hv_same[k]:.5f} | {_study_wall(st) / 60:.0f} min |")
+        row = {"name": names[k], "sampler": samplers[k], "counted": n_counted[k],
+               "completed": len(completed_trials(st)), "front_size": len(front(st)),
+               "hypervolume": hypervolume(st, ref), "hypervolume_first": hypervolume_first(st, n_same, ref),
+               "wall_minutes": study_wall(st) / 60}
+        out["studies"][k] = row
+        rows.append([f"{k} ({names[k]})", row["sampler"], row["completed"], row["front_size"],
+                     f"{row['hypervolume']:.5f}", f"{row['hypervolume_first']:.5f}", f"{row['wall_minutes']:.0f} min"])
+    lines += _table(["study", "sampler", "completed trials", "front size", "hypervolume",
+                     f"hypervolume, first {n_same} trials", "wall time"], "llrrrrr", rows)
+    hv = {k: v["hypervolume"] for k, v in out["studies"].items()}
+    hv_same = {k: v["hypervolume_first"] for k, v in out["studies"].items()}
+    out["compared_at"] = n_same
     if hv_same.get("random", 0) > 0:
-        lines.append(f"\nsearch / random at {n_same} trials each: **{hv_same['search'] / hv_same['random']:.2f}x** "
+        out["search_over_random"] = hv_same["search"] / hv_same["random"]
+        lines.append(f"\nsearch / random at {n_same} trials each: **{out['search_over_random']:.2f}x** "
                      "(target >= 1.1x)")
     if hv.get("uniform", 0) > 0:
-        lines.append(f"\nsearch (all its trials) / uniform L1 sweep (3 policies): **{hv['search'] / hv['uniform']:.2f}x** "
-                     "(target >= 1.1x)")
-    lines += ["", "### Which criterion wins at which speedup (best validation accuracy, all studies)", "",
-              "| criterion | >= 1.25x | >= 1.5x | >= 2x | >= 2.5x | >= 3x | trials |", "|---|---|---|---|---|---|---:|"]
-    rows: dict[str, list[dict[str, Any]]] = {}
-    for st in studies.values():
-        for r in completed(st):
-            rows.setdefault(r["policy"]["criterion"], []).append(r)
-    for crit in ("random", "gradient", "l1", "l2"):
-        rs = rows.get(crit, [])
-        cells = []
-        for b in (1.25, 1.5, 2.0, 2.5, 3.0):
-            ok = [r["accuracy"] for r in rs if r["speedup"] >= b]
-            cells.append(f"{max(ok):.4f}" if ok else "-")
-        lines.append(f"| {crit} | " + " | ".join(cells) + f" | {len(rs)} |")
-    lines += phase_profile([r for st in studies.values() for r in completed(st)])
+        out["search_over_uniform"] = hv["search"] / hv["uniform"]
+        lines.append(f"\nsearch (all its trials) / uniform L1 sweep (3 policies): "
+                     f"**{out['search_over_uniform']:.2f}x** (target >= 1.1x)")
+    done = [r for st in studies.values() for r in completed_trials(st)]
+    bins = (1.25, 1.5, 2.0, 2.5, 3.0)
+    out["criteria"] = {}
+    crit_rows = []
+    from autoprune.policy import CRITERIA
+
+    for crit in CRITERIA:
+        rs = [r for r in done if r.criterion == crit]
+        best = [max((r.accuracy for r in rs if r.speedup >= b), default=None) for b in bins]  # type: ignore[operator]
+        out["criteria"][crit] = {"trials": len(rs), "best_accuracy_at": dict(zip(map(str, bins), best))}
+        crit_rows.append([crit, *("-" if v is None else f"{v:.4f}" for v in best), len(rs)])
+    lines += ["", "#### Which criterion wins at which speedup (best validation accuracy, all studies)", ""]
+    lines += _table(["criterion", *(f">= {b:g}x" for b in bins), "trials"], "llllllr", crit_rows)
+    lines += phase_profile([r.result for r in done if r.result])
     # the front, exported and re-measured on the test split
     tok = load_tokenizer(cfg)
     task = load_task_data(cfg, tok)
     dense = load_model(str(bdir)).eval()
-    lines += ["", "### The search's front, exported and re-measured on the test split", "",
-              "| trial | criterion | granularity | distill | int8 | policy (sparsity per layer, budget) | heads/layer | "
-              "FFN/layer | val acc | test acc | "
-              "test drop (pts) | speedup b32x64 | FLOPs red. | speedup/FLOPs | params |",
-              "|---:|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     dense_test = evaluate_split(dense, task.test, batch_size=128, pad_id=task.pad_token_id,
                                 num_labels=task.num_labels).accuracy
-    for t in sorted(main.best_trials, key=lambda t: t.values[1]):
+    out["dense_test_accuracy"] = dense_test
+    out["front"] = []
+    front_rows = []
+    for t in front(main):
         d = export_dir / f"trial{t.number}"
         if not (d / "policy.yaml").is_file():
             export_trial(main, {"trial": t.number}, d)
@@ -223,30 +180,26 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
         acc = evaluate_split(model, task.test, batch_size=128, pad_id=task.pad_token_id,
                              num_labels=task.num_labels).accuracy
         sp = measure_speed(dense, model, batch_size=32, seq_len=64, threads=1, repeats=15, batch1=False)
-        r = t.user_attrs[S.T_RESULT]
+        r = t.result or {}
         p = r["policy"]
-        lines.append(
-            f"| {t.number} | {p['criterion']} | {p.get('granularity', 'structured')} | "
-            f"{'yes' if p.get('distillation') else 'no'} | {'yes' if p.get('quantize') else 'no'} | "
-            f"{t.user_attrs.get(S.T_SUMMARY, '')} | {r['heads_per_layer']} | {r['ffn_per_layer']} | "
-            f"{r['accuracy']:.4f} | {acc:.4f} | "
-            f"{100 * (dense_test - acc):.2f} | {sp.speedup:.2f}x | {r['flops_reduction']:.2f}x | "
-            f"{sp.speedup / r['flops_reduction']:.2f} | {r['params']:,} |")
+        row = {"trial": t.number, "criterion": p["criterion"], "granularity": p.get("granularity", "structured"),
+               "distillation": bool(p.get("distillation")), "int8": bool(p.get("quantize")), "policy": t.summary,
+               "heads_per_layer": r["heads_per_layer"], "ffn_per_layer": r["ffn_per_layer"],
+               "validation_accuracy": r["accuracy"], "test_accuracy": acc, "test_drop_points": 100 * (dense_test - acc),
+               "speedup_b32x64": sp.speedup, "flops_reduction": r["flops_reduction"], "params": r["params"]}
+        out["front"].append(row)
+        front_rows.append([t.number, row["criterion"], row["granularity"], "yes" if row["distillation"] else "no",
+                           "yes" if row["int8"] else "no", row["policy"], row["heads_per_layer"], row["ffn_per_layer"],
+                           f"{row['validation_accuracy']:.4f}", f"{acc:.4f}", f"{row['test_drop_points']:.2f}",
+                           f"{sp.speedup:.2f}x", f"{r['flops_reduction']:.2f}x",
+                           f"{sp.speedup / r['flops_reduction']:.2f}", f"{r['params']:,}"])
+    lines += ["", "#### The search's front, exported and re-measured on the test split", ""]
+    lines += _table(["trial", "criterion", "granularity", "distill", "int8", "policy (sparsity per layer, budget)",
+                     "heads/layer", "FFN/layer", "val acc", "test acc", "test drop (pts)", "speedup b32x64",
+                     "FLOPs red.", "speedup/FLOPs", "params"], "rlllllllrrrrrrr", front_rows)
     lines += ["", f"Dense test accuracy in this table: {dense_test:.4f}. Wall time of the phases run in this "
               f"invocation: " + ", ".join(f"{k} {v / 60:.0f} min" for k, v in wall.items()) + ".", END]
-    return write_block(out_md, "\n".join(lines), BEGIN, END)
-
-
-def write_block(out_md: Path, text: str, begin: str, end: str) -> str:
-    """Put ``text`` (which starts with ``begin`` and ends with ``end``) in place of the block between
-    those markers in ``out_md``, or append it when the file has no such block; returns ``text``."""
-    old = out_md.read_text() if out_md.is_file() else "# Benchmarks\n"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + text + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip() + "\n\n" + text + "\n"
-    out_md.write_text(new)
-    return text
+    return write_block(out_md, "\n".join(lines), BEGIN, END), out
 
 
 def write_reference_dashboard(storage: str, name: str, out_dir: Path) -> list[Path]:
@@ -261,7 +214,7 @@ def write_reference_dashboard(storage: str, name: str, out_dir: Path) -> list[Pa
 
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = storage.replace(f"sqlite:///{ROOT}/", "sqlite:///")  # export commands relative to the repo
-    html = write_dashboard(open_study(storage, name), out_dir / "minilm_sst2.html", storage=shown)
+    html = write_dashboard(load_study(storage=storage, study_name=name), out_dir / "minilm_sst2.html", storage=shown)
     written = [html]
     chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -290,12 +243,13 @@ def phase_profile(results: list[dict[str, Any]]) -> list[str]:
     rows = [r for r in rows if r.get("total")]
     if not rows:
         return []
-    out = ["", f"### Profile of a trial by phase ({len(rows)} completed trials, 1 thread each)", "",
+    out = ["", f"#### Profile of a trial by phase ({len(rows)} completed trials, 1 thread each)", "",
            "| phase | median s | max s | share of median total |", "|---|---:|---:|---:|"]
     tot = statistics.median(r["total"] for r in rows)
     for ph in ("load", "prune", "retrain", "evaluate", "measure", "total"):
         v = [r.get(ph, 0.0) for r in rows]
         out.append(f"| {ph} | {statistics.median(v):.1f} | {max(v):.1f} | {100 * statistics.median(v) / tot:.0f}% |")
+
     def per_step(qat: bool) -> list[float]:
         return [r["phase_seconds"]["retrain"] / r["retrain_steps"] for r in results
                 if (r.get("phase_seconds") or {}).get("retrain") and r.get("retrain_steps")
@@ -309,14 +263,17 @@ def phase_profile(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _study_wall(study: Any) -> float:
+def study_wall(study: Any) -> float:
     """Seconds during which at least one trial of the study was running: the union of the trials'
-    [start, complete] intervals, so the gap between two invocations of a resumed study is not counted."""
-    ts = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_complete]
-    if any("wall_seconds" in t.user_attrs for t in ts):  # the sweep's trials run one after another
-        return sum(t.user_attrs.get("wall_seconds", 0.0) for t in ts)
+    [start, complete] intervals, so the gap between two invocations of a resumed study is not counted.
+    The sweep's trials (``wall_seconds`` recorded) ran one after another: their times are summed."""
+    from autoprune.study import trial_records
+
+    ts = [r for r in trial_records(study) if r.datetime_start and r.datetime_complete]
+    if any("wall_seconds" in r.user_attrs for r in ts):
+        return sum(r.user_attrs.get("wall_seconds", 0.0) for r in ts)
     total, end = 0.0, None
-    for start, stop in sorted((t.datetime_start, t.datetime_complete) for t in ts):
+    for start, stop in sorted((r.datetime_start, r.datetime_complete) for r in ts):
         if end is not None:
             start = max(start, end)  # the part already counted by an earlier, overlapping trial
         if stop > start:
@@ -340,6 +297,7 @@ def study_names(space: Any) -> dict[str, str]:
     import hashlib
 
     cfg = space.run_config()
+
     # fields added after a protocol's studies ran are hashed only when set, so a space and config
     # that do not use them still find their studies (``qat``, ``data.exclude_train_overlap``)
     def at_default(model: Any, fields: tuple[str, ...]) -> set[str]:
@@ -364,13 +322,15 @@ def seed_names(names: dict[str, str], seed: int) -> dict[str, str]:
     return {"search": f"{names['search']}_seed{seed}", "random": f"{names['random']}_seed{seed}"}
 
 
+def _n_counted(storage: str, name: str) -> int:
+    return len(counted_trials(load_study(storage=storage, study_name=name))) if _exists(storage, name) else 0
+
+
 def replicate(space: Any, storage: str, names: dict[str, str], seeds: list[int], n_trials: int,
               chunk: int = 4) -> None:
     """Run search and random search again at other sampler seeds (the space's ``seed`` also seeds
     each trial's training, ``seed + trial number``), ``chunk`` trials of one arm, then of the other,
     so that an interrupted replication leaves both arms at about the same trial count."""
-    from autoprune.search._driver import counted
-
     if space.seed in seeds:
         raise AutopruneError(f"--seeds {','.join(map(str, seeds))}: seed {space.seed} is the reference run's own "
                              "seed; pick others (a resumed study shifts its sampler seed by its trial count, "
@@ -380,8 +340,7 @@ def replicate(space: Any, storage: str, names: dict[str, str], seeds: list[int],
               "random": space.model_copy(update={"seed": seed, "sampler": "random"})}
         sn = seed_names(names, seed)
         while True:
-            done = {k: counted(open_study(storage, n).get_trials(deepcopy=False)) if _exists(storage, n) else 0
-                    for k, n in sn.items()}
+            done = {k: _n_counted(storage, n) for k, n in sn.items()}
             if min(done.values()) >= n_trials:
                 break
             arm = min(done, key=lambda k: (done[k], k != "search"))  # the arm that is behind; search first
@@ -389,15 +348,14 @@ def replicate(space: Any, storage: str, names: dict[str, str], seeds: list[int],
             run_search(sp[arm], study_name=sn[arm], storage=storage, n_trials=min(n_trials, done[arm] + chunk))
 
 
-def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target: int, out_md: Path) -> str:
-    """Markdown: hypervolume of search and random search at each sampler seed (the reference run is
-    seed 0), each pair compared at the same trial count, and the ratio of the mean hypervolumes over
-    the seeds whose arms both reached ``n_target`` trials."""
-    from autoprune.search._driver import counted
-
-    main = open_study(storage, names["search"])
-    ref = reference_point(main.user_attrs[S.ATTR_DENSE]["accuracy"])
-    runs = [(main.user_attrs.get(S.ATTR_SPACE, {}).get("seed", 0), {k: names[k] for k in ("search", "random")})]
+def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target: int,
+                 out_md: Path) -> tuple[str, dict[str, Any]]:
+    """Markdown (also written into ``out_md``) and JSON-able numbers: hypervolume of search and random
+    search at each sampler seed (the reference run is seed 0), each pair compared at the same trial
+    count, and the ratio of the mean hypervolumes over the seeds whose arms both reached ``n_target``."""
+    main = load_study(storage=storage, study_name=names["search"])
+    ref = study_reference(main)
+    runs = [(study_info(main).space.get("seed", 0), {k: names[k] for k in ("search", "random")})]
     runs += [(s, seed_names(names, s)) for s in seeds]
     lines = [SEEDS_BEGIN, "#### Search against random search, by sampler seed (generated)", "",
              f"Reference point as above ({ref[0]:.4f}, 1.0). Each pair is compared at the trial count both arms "
@@ -405,26 +363,31 @@ def seeds_report(storage: str, names: dict[str, str], seeds: list[int], n_target
              "| sampler seed | search trials | random trials | compared at | hypervolume, search | "
              "hypervolume, random | search / random | mean search / mean random, seeds so far |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    out: dict[str, Any] = {"reference_point": list(ref), "target_trials": n_target, "seeds": []}
     full: list[tuple[float, float]] = []
     ms = mr = 0.0  # mean hypervolumes of search and random over the finished seeds so far
     for seed, sn in runs:
-        st = {k: open_study(storage, n) for k, n in sn.items() if _exists(storage, n)}
-        done = {k: counted(st[k].get_trials(deepcopy=False)) if k in st else 0 for k in sn}
+        st = {k: load_study(storage=storage, study_name=n) for k, n in sn.items() if _exists(storage, n)}
+        done = {k: len(counted_trials(st[k])) if k in st else 0 for k in sn}
         n = min(min(done.values()), n_target)
-        hv = {k: results_hypervolume(completed_in_first(st[k], n), ref) if k in st else 0.0 for k in sn}
+        hv = {k: hypervolume_first(st[k], n, ref) if k in st else 0.0 for k in sn}
         ratio = f"{hv['search'] / hv['random']:.2f}x" if hv["random"] > 0 else "-"
         running = "-"
         if n >= n_target:
             full.append((hv["search"], hv["random"]))
             ms, mr = (sum(v) / len(full) for v in zip(*full))
             running = f"{ms / mr:.2f}x ({len(full)} seed{'s' if len(full) > 1 else ''})" if mr > 0 else "-"
+        out["seeds"].append({"seed": seed, "search_trials": done["search"], "random_trials": done["random"],
+                             "compared_at": n, "hypervolume_search": hv["search"], "hypervolume_random": hv["random"],
+                             "finished": n >= n_target})
         lines.append(f"| {seed} | {done['search']} | {done['random']} | {n} | {hv['search']:.5f} | "
                      f"{hv['random']:.5f} | {ratio}{'' if n >= n_target else ' (interim)'} | {running} |")
     if full:
+        out.update(mean_search=ms, mean_random=mr, finished_seeds=len(full))
         lines.append(f"\nMean hypervolume over the {len(full)} seed(s) whose arms both finished {n_target} trials: "
                      f"search {ms:.5f}, random {mr:.5f}, **{f'{ms / mr:.2f}x' if mr > 0 else '-'}** (target >= 1.1x).")
     lines.append(SEEDS_END)
-    return write_block(out_md, "\n".join(lines), SEEDS_BEGIN, SEEDS_END)
+    return write_block(out_md, "\n".join(lines), SEEDS_BEGIN, SEEDS_END), out
 
 
 ARCHIVE = ROOT / "docs" / "data" / "minilm_sst2_studies.db"
@@ -434,17 +397,17 @@ def archive(storage: str, prefix: str, out: Path) -> list[str]:
     """Copy every study of ``storage`` whose name starts with ``prefix`` (the reference studies, their
     random, uniform and seed replications) into the SQLite file ``out``, replacing older copies there.
 
-    ``runs/`` is not committed and a new machine starts without it; the committed copy keeps the trials
+    ``runs/`` is not committed and a new machine starts without it; a committed copy keeps the trials
     behind the reported numbers, so the seeds report and the sampler surrogate can be re-run from a
     clean clone (``--storage sqlite:///docs/data/minilm_sst2_studies.db``)."""
     import optuna
 
-    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith(prefix))
+    names = sorted(n for n in optuna.get_all_study_names(storage) if n.startswith(prefix))
     if not names:
         raise AutopruneError(f"no studies named {prefix}* in {storage}: nothing to archive")
     out.parent.mkdir(parents=True, exist_ok=True)
     dest = f"sqlite:///{out}"
-    present = {s.study_name for s in optuna.get_all_study_summaries(dest)}
+    present = set(optuna.get_all_study_names(dest))
     for name in names:
         if name in present:
             optuna.delete_study(study_name=name, storage=dest)
@@ -455,37 +418,38 @@ def archive(storage: str, prefix: str, out: Path) -> list[str]:
 def _exists(storage: str, name: str) -> bool:
     import optuna
 
-    return name in [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    return name in optuna.get_all_study_names(storage)
+
+
+PHASES = ("search", "random", "uniform", "report", "dashboard", "replicate", "seeds-report", "archive")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-c", "--space", default=str(ROOT / "search_spaces" / "minilm_sst2.yaml"))
     ap.add_argument("--n-trials", type=int, default=60)
-    ap.add_argument("--phases", default="search,random,uniform,report,dashboard,archive")
+    ap.add_argument("--phases", default="search,random,uniform,report,dashboard,archive",
+                    help=f"comma-separated, from {', '.join(PHASES)}")
     ap.add_argument("--dashboards", default=str(ROOT / "dashboards"), help="where the dashboard phase writes")
     ap.add_argument("--storage", default=None, help="default: sqlite:///<run_dir>/minilm_sst2_bench.db")
     ap.add_argument("--markdown", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     ap.add_argument("--seeds", default="", help="replicate search vs random at these sampler seeds "
                     "(phases replicate, seeds-report), e.g. 1000,2000")
+    add_results_option(ap, "minilm_sst2")
     args = ap.parse_args()
-    try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    except ValueError:
-        raise AutopruneError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 1000,2000") from None
+    seeds = parse_ints(args.seeds, "--seeds")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    phases = args.phases.split(",")
+    if set(phases) - set(PHASES):
+        raise AutopruneError(f"--phases: unknown phase(s) {', '.join(sorted(set(phases) - set(PHASES)))}; "
+                             f"choose from {', '.join(PHASES)}")
+    if {"replicate", "seeds-report"} & set(phases) and not seeds:
+        raise AutopruneError("--phases replicate/seeds-report need --seeds, e.g. --seeds 1000,2000")
     space = load_search_space(args.space)
     run_dir = Path(space.run_config().run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{run_dir / 'minilm_sst2_bench.db'}"
     names = study_names(space)
-    phases = args.phases.split(",")
-    known = {"search", "random", "uniform", "report", "dashboard", "replicate", "seeds-report", "archive"}
-    if set(phases) - known:
-        raise AutopruneError(f"--phases: unknown phase(s) {', '.join(sorted(set(phases) - known))}; "
-                             f"choose from {', '.join(sorted(known))}")
-    if {"replicate", "seeds-report"} & set(phases) and not seeds:
-        raise AutopruneError("--phases replicate/seeds-report need --seeds, e.g. --seeds 1000,2000")
     wall: dict[str, float] = {}
     if "search" in phases:
         t = time.perf_counter()
@@ -501,12 +465,16 @@ def main() -> None:
         run_uniform(space, storage, names["uniform"])
         wall["uniform"] = time.perf_counter() - t
     if "report" in phases:
-        print(report(space, storage, names, Path(args.markdown), run_dir / "bench_exports" / names["search"], wall,
-                     args.n_trials))
+        text, numbers = report(space, storage, names, Path(args.markdown),
+                               run_dir / "bench_exports" / names["search"], wall, args.n_trials)
+        print(text)
+        write_results(args, "report", numbers)
     if "replicate" in phases:
         replicate(space, storage, names, seeds, args.n_trials)
     if "seeds-report" in phases:
-        print(seeds_report(storage, names, seeds, args.n_trials, Path(args.markdown)))
+        text, numbers = seeds_report(storage, names, seeds, args.n_trials, Path(args.markdown))
+        print(text)
+        write_results(args, "seeds", numbers)
     if "archive" in phases:
         for n in archive(storage, names["search"], ARCHIVE):
             log.info("archived study %s in %s", n, ARCHIVE)
@@ -516,10 +484,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        log.warning("interrupted: finished trials are in the study; re-run the same command to continue")
-        sys.exit(130)
-    except AutopruneError as e:  # bad space, config or data: one line, no traceback
-        sys.exit(f"error: {e}")
+    run(main, log)

@@ -13,16 +13,19 @@ Reported per configuration:
 * overhead %: (wall - ideal) / wall;
 * trials/hour: N / wall * 3600 (and the ideal 3600 * k / S).
 
+The space is ``search_spaces/quickstart.yaml`` with its run directory in a temporary folder: the driver
+reads the model's config (its depth) and nothing else, since the fake trials load no model or data.
+The table is printed and written to ``docs/results/search_overhead.json``.
+
 Usage:
-    .venv/bin/python scripts/bench_search.py                 # S in {2, 10}, k in {1, 2}
-    .venv/bin/python scripts/bench_search.py --lengths 2 --trials 6
+    .venv/bin/python benchmarks/search_overhead.py                 # S in {2, 10}, k in {1, 2}
+    .venv/bin/python benchmarks/search_overhead.py --lengths 2 --trials 6
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import math
 import os
@@ -31,8 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, add_results_option, run, write_results  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +44,9 @@ def main() -> None:
     ap.add_argument("--lengths", type=float, nargs="+", default=[2.0, 10.0], help="fake trial seconds")
     ap.add_argument("--in-flight", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--trials", type=int, default=None, help="trials per run (default: 8 for <5 s, else 4)")
-    ap.add_argument("--json", action="store_true", help="print results as JSON too")
+    ap.add_argument("-c", "--space", default=str(ROOT / "search_spaces" / "quickstart.yaml"),
+                    help="search space whose model config the driver reads (default: the quick start's)")
+    add_results_option(ap, "search_overhead")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.WARNING)
@@ -48,12 +54,13 @@ def main() -> None:
 
     import ray
 
-    from conftest import tiny_config_dict
-    from autoprune.search import run_search, space_from_dict
-    from autoprune.search._fake import sleep_trial
+    from autoprune.search import load_search_space, run_search, space_from_dict
+    from autoprune.study import trial_records
+    from autoprune.testing import sleep_trial
 
+    base = load_search_space(args.space)  # validates the file; its run config is taken as it is
     tmp = Path(tempfile.mkdtemp(prefix="ap_bench_"))
-    cfg = tiny_config_dict(tmp)
+    cfg = base.run_config().model_dump(mode="json")
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=max(args.in_flight), include_dashboard=False, configure_logging=False,
              log_to_driver=False, _temp_dir=str(tmp / "ray"), _node_ip_address="127.0.0.1")
@@ -75,17 +82,17 @@ def main() -> None:
                 study = run_search(space, study_name=name, trial_fn=functools.partial(sleep_trial, sleep=S),
                                    dense_metrics={"accuracy": 0.9}, progress=False)
                 wall = time.perf_counter() - t1
-                trials = study.get_trials()
-                first = min(t.datetime_start for t in trials)
-                last = max(t.datetime_complete for t in trials)
+                trials = trial_records(study)
+                first = min(t.datetime_start for t in trials if t.datetime_start)
+                last = max(t.datetime_complete for t in trials if t.datetime_complete)
                 loop = (last - first).total_seconds()
                 waves = math.ceil(n / k)
                 ideal = waves * S
-                per_trial = [(t.datetime_complete - t.datetime_start).total_seconds() - S for t in trials]
+                per_trial = [t.duration_s - S for t in trials if t.duration_s is not None]
                 r = {"S": S, "k": k, "N": n, "wall_s": loop, "call_s": wall, "ideal_s": ideal,
                      "overhead_per_trial_s": (loop - ideal) / waves, "overhead_frac": (loop - ideal) / loop,
                      "trials_per_hour": n / loop * 3600, "ideal_trials_per_hour": 3600 * k / S,
-                     "mean_trial_latency_overhead_s": sum(per_trial) / n}
+                     "mean_trial_latency_overhead_s": sum(per_trial) / len(per_trial)}
                 rows.append(r)
                 print(f"{S:>6g} {k:>2} {n:>3} {loop:>9.2f} {ideal:>9.1f} {r['overhead_per_trial_s']:>13.3f} "
                       f"{100 * r['overhead_frac']:>5.1f}% {r['trials_per_hour']:>9.0f} {r['ideal_trials_per_hour']:>8.0f} "
@@ -97,9 +104,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print("wall: first trial start to last trial end as stored in the study; call: the whole run_search call "
           "(study creation, lease, attrs, the trials)")
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    write_results(args, "overhead", {"ray_start_s": ray_start, "rows": rows})
 
 
 if __name__ == "__main__":
-    main()
+    run(main, logging.getLogger("benchmarks.search_overhead"))

@@ -10,7 +10,9 @@ split (872 labelled sentences) in length-sorted batches of 128, 32 and 1, and on
 are scored on (batches of 128). Its speedup is the median latency ratio against the float dense model at
 batch 32 x 64, measured interleaved at 1 intra-op thread (autoprune.measure.measure_speed).
 
-    .venv/bin/python scripts/bench_int8.py [-c search_spaces/minilm_sst2_config.yaml] [--repeats 11]
+The table is printed and written to ``docs/results/int8.json``.
+
+    .venv/bin/python benchmarks/int8.py [-c search_spaces/minilm_sst2_config.yaml] [--repeats 11]
 """
 
 from __future__ import annotations
@@ -25,18 +27,19 @@ import torch
 import torch.nn as nn
 from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, add_results_option, run, write_results  # noqa: E402
 
 from autoprune.config import load_config  # noqa: E402
 from autoprune.data import eval_batches  # noqa: E402
-from autoprune.errors import AutopruneError  # noqa: E402
+from autoprune.errors import AutopruneError, ModelError  # noqa: E402
 from autoprune.measure import evaluate, measure_speed  # noqa: E402
 from autoprune.models import load_model  # noqa: E402
 from autoprune.quantize import quantize_dynamic_int8  # noqa: E402
 from autoprune.train import baseline_dir, load_task_data, load_tokenizer  # noqa: E402
 
-log = logging.getLogger("bench_int8")
+log = logging.getLogger("benchmarks.int8")
 
 
 def quantize(dense: nn.Module, per_channel: bool, keep_float: tuple[str, ...] = ()) -> nn.Module:
@@ -53,17 +56,18 @@ def main() -> None:
     ap.add_argument("-c", "--config", default=str(ROOT / "search_spaces" / "minilm_sst2_config.yaml"))
     ap.add_argument("--threads", type=int, default=2, help="threads while scoring (timing uses 1)")
     ap.add_argument("--repeats", type=int, default=11)
+    add_results_option(ap, "int8")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
     path = baseline_dir(cfg)
     if not (path / "config.json").exists():
-        sys.exit(f"error: no dense baseline at {path}; train it first: autoprune baseline -c {args.config}")
+        raise ModelError(f"no dense baseline at {path}; train it first: autoprune baseline -c {args.config}")
     tok = load_tokenizer(cfg)
     task = load_task_data(cfg, tok)
     if task.test is None:
-        sys.exit(f"error: the config {args.config} has no test split (data.files.test)")
+        raise AutopruneError(f"the config {args.config} has no test split (data.files.test)")
     dense = load_model(str(path)).eval()
     n_layers = dense.config.num_hidden_layers
     ffn_out = tuple(f"layer.{i}.output.dense" for i in range(n_layers))
@@ -93,10 +97,12 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for name, acc, val, speed in rows:
         print(f"| {name} | {acc[128]:.4f} | {acc[32]:.4f} | {acc[1]:.4f} | {val:.4f} | {speed:.2f}x |")
+    write_results(args, "int8", {
+        "baseline_dir": str(path), "test_n": len(task.test), "validation_n": len(task.validation),
+        "repeats": args.repeats, "torch": torch.__version__,
+        "rows": [{"variant": name, "test_accuracy_by_batch": {str(k): v for k, v in acc.items()},
+                  "validation_accuracy_b128": val, "speedup_b32x64": speed} for name, acc, val, speed in rows]})
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except AutopruneError as e:  # bad config or data: one line, no traceback
-        sys.exit(f"error: {e}")
+    run(main, log)

@@ -9,7 +9,10 @@ medians are reported with the ratio speedup / FLOPs reduction (target >= 0.85).
 Accuracy: the dense baseline of the config is fine-tuned once (cached, resumable) and every
 criterion prunes a copy of it uniformly; accuracy is measured on the test split with no retraining.
 
-    .venv/bin/python scripts/bench_surgery.py [-c CONFIG] [--repeats 15] [--threads 1] [--skip-accuracy]
+Both tables are printed as markdown and written to ``docs/results/surgery.json`` (sections ``speed``
+and ``accuracy``).
+
+    .venv/bin/python benchmarks/surgery.py [-c CONFIG] [--repeats 15] [--threads 1] [--skip-accuracy]
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import ROOT, add_results_option, run, write_results  # noqa: E402
 
 from autoprune.config import load_config  # noqa: E402
 from autoprune.data import eval_batches, train_batches  # noqa: E402
@@ -52,10 +56,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--skip-accuracy", action="store_true")
+    add_results_option(ap, "surgery")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
     cfg = load_config(args.config)
-    print(f"# bench_surgery on {cfg.model.name_or_path} ({cfg.model.resolve()})")
+    print(f"# surgery benchmark on {cfg.model.name_or_path} ({cfg.model.resolve()})")
     print(f"# machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"{args.threads} thread(s); latency medians of {args.repeats} interleaved runs after 3 warm-up runs")
     dense = load_model(cfg.model.resolve(), num_labels=2).eval()
@@ -65,6 +71,7 @@ def main() -> None:
           "b1 dense ms | b1 pruned ms | b1 speedup |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     dense_flops = count_flops(dense, args.seq_len, args.batch_size)
+    speed_rows = []
     for what in ("heads", "ffn", "both"):
         for s in sp:
             if s == 0 and what != "both":
@@ -74,9 +81,15 @@ def main() -> None:
             rep = measure_speed(dense, m, batch_size=args.batch_size, seq_len=args.seq_len, threads=args.threads,
                                 repeats=args.repeats)
             fr = dense_flops / count_flops(m, args.seq_len, args.batch_size)
+            speed_rows.append({"pruned": what, "sparsity": s, "dense_ms": rep.dense_ms, "pruned_ms": rep.pruned_ms,
+                               "speedup": rep.speedup, "flops_reduction": fr, "dense_ms_b1": rep.dense_ms_b1,
+                               "pruned_ms_b1": rep.pruned_ms_b1, "speedup_b1": rep.speedup_b1})
             print(f"| {what} | {s:.0%} | {rep.dense_ms:.1f} | {rep.pruned_ms:.1f} | {rep.speedup:.2f}x | {fr:.2f}x | "
                   f"{rep.speedup / fr:.2f} | {rep.dense_ms_b1:.2f} | {rep.pruned_ms_b1:.2f} | {rep.speedup_b1:.2f}x |",
                   flush=True)
+    write_results(args, "speed", {"model": cfg.model.name_or_path, "threads": args.threads, "repeats": args.repeats,
+                                  "batch_size": args.batch_size, "seq_len": args.seq_len,
+                                  "torch": torch.__version__, "rows": speed_rows})
     if args.skip_accuracy:
         return
     t0 = time.perf_counter()
@@ -91,7 +104,10 @@ def main() -> None:
           f"validation {metrics['validation_accuracy']:.4f}; {bdir}\n")
     print("| criterion | " + " | ".join(f"{s:.0%}" for s in sp[1:]) + " |")
     print("|---|" + "---|" * (len(sp) - 1))
-    for crit in ("random", "gradient", "l1", "l2"):
+    from autoprune.policy import CRITERIA
+
+    accuracy: dict[str, dict[str, float]] = {}
+    for crit in CRITERIA:
         row = []
         for s in sp[1:]:
             m = copy.deepcopy(base)
@@ -101,9 +117,12 @@ def main() -> None:
             prune_uniform(m, crit, s, s)
             acc = evaluate(m, eval_batches(task.test, 128, task.pad_token_id), task.num_labels).accuracy
             row.append(f"{acc:.4f}")
+            accuracy.setdefault(crit, {})[str(s)] = acc
         print(f"| {crit} | " + " | ".join(row) + " |", flush=True)
     print(f"\n(accuracy part: {time.perf_counter() - t0:.0f} s)")
+    write_results(args, "accuracy", {"baseline_dir": str(bdir), "dense_test_accuracy": metrics["test_accuracy"],
+                                     "test_n": metrics["test_n"], "accuracy_by_sparsity": accuracy})
 
 
 if __name__ == "__main__":
-    main()
+    run(main, logging.getLogger("benchmarks.surgery"))
