@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 SPEEDUP_MARKS = (1.5, 2.0)
 MIN_TRIALS_FOR_IMPORTANCE = 5
-_CRITERION_PALETTE = ("#7f7f7f", "#d62728", "#1f77b4", "#2ca02c")  # in the order of autoprune.policy.CRITERIA
+_CRITERION_PALETTE = ("#7f7f7f", "#d62728", "#1f77b4", "#2ca02c")  # in the order of autoprune.criteria.criterion_names() (then plotly defaults)
 _STATE_COLORS = {"complete": "#2ca02c", "pruned": "#ff7f0e", "fail": "#d62728", "running": "#1f77b4",
                  "waiting": "#9467bd", S.LABEL_DUPLICATE: "#7f7f7f", S.LABEL_ORPHANED: "#8c564b"}
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
@@ -212,13 +212,13 @@ def plot_criteria(study: Any) -> Any:
     """The front of each pruning criterion (its dominated trials faint), with the dense baseline."""
     import plotly.graph_objects as go
 
-    from autoprune.policy import CRITERIA
+    from autoprune.criteria import criterion_names
 
     points = completed_trials(study)
     dense_acc = dense_accuracy(study)
-    colors = dict(zip(CRITERIA, _CRITERION_PALETTE))
+    colors = dict(zip(criterion_names(), _CRITERION_PALETTE))
     fig = go.Figure()
-    for crit in list(CRITERIA) + sorted({r.criterion for r in points} - set(CRITERIA)):
+    for crit in list(criterion_names()) + sorted({r.criterion for r in points} - set(criterion_names())):
         pts = [r for r in points if r.criterion == crit]
         if not pts:
             continue

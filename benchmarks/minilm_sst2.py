@@ -153,9 +153,9 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
     bins = (1.25, 1.5, 2.0, 2.5, 3.0)
     out["criteria"] = {}
     crit_rows = []
-    from autoprune.policy import CRITERIA
+    from autoprune.criteria import criterion_names
 
-    for crit in CRITERIA:
+    for crit in criterion_names():
         rs = [r for r in done if r.criterion == crit]
         best = [max((r.accuracy for r in rs if r.speedup >= b), default=None) for b in bins]  # type: ignore[operator]
         out["criteria"][crit] = {"trials": len(rs), "best_accuracy_at": dict(zip(map(str, bins), best))}

@@ -104,10 +104,10 @@ def main() -> None:
           f"validation {metrics['validation_accuracy']:.4f}; {bdir}\n")
     print("| criterion | " + " | ".join(f"{s:.0%}" for s in sp[1:]) + " |")
     print("|---|" + "---|" * (len(sp) - 1))
-    from autoprune.policy import CRITERIA
+    from autoprune.criteria import criterion_names
 
     accuracy: dict[str, dict[str, float]] = {}
-    for crit in CRITERIA:
+    for crit in criterion_names():
         row = []
         for s in sp[1:]:
             m = copy.deepcopy(base)
