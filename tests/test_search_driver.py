@@ -330,6 +330,7 @@ def test_cli_end_of_search_hint_repeats_study_and_storage(cli_ws):
     res = CliRunner().invoke(app, ["search", "-c", str(space)])  # target reached: nothing to do, hint again
     hint = res.output.strip().splitlines()[-1]
     assert hint.endswith(f"see all trials with: autoprune status -c {shlex.quote(str(space))}"), hint
+    (cli_ws / "other").mkdir()
     url = f"sqlite:///{cli_ws / 'other' / 'x.db'}"
     res = CliRunner().invoke(app, ["search", "-c", str(space), "--study", "mine.v2", "--storage", url])
     assert res.exit_code == 0, res.output

@@ -236,7 +236,7 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if resume_only and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         open_study(url, name)  # "no study storage at ..." without creating an empty database
-    prepare_sqlite(url)  # a read-only location: one clear error before anything is written
+    prepare_sqlite(url, create_folder=storage is None)  # a read-only location: one clear error, nothing written
     st = get_storage(url)
     exists = name in study_names(st)
     if resume_only and not exists:

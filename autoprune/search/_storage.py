@@ -95,19 +95,24 @@ def _sqlite_file(url: str) -> Path | None:
     return None
 
 
-def prepare_sqlite(url: str) -> None:
-    """Before a search writes to a SQLite ``url``: create its folder, and check that the folder (SQLite
-    writes its journal next to the database) and an existing database file are writable. Anything else
-    is one StudyError (what, why, how to fix) before any study is created; other URLs pass unchecked."""
+def prepare_sqlite(url: str, create_folder: bool = False) -> None:
+    """Before a search writes to a SQLite ``url``: create its folder when ``create_folder`` (the default
+    storage under ``run_dir``; a folder missing from a URL the user gave is an error of
+    :func:`get_storage`), and check that the folder (SQLite writes its journal next to the database)
+    and an existing database file are writable. Anything else is one StudyError (what, why, how to fix)
+    before any study is created; other URLs pass unchecked."""
     f = _sqlite_file(url)
     if f is None:
         return
     fix = "pass --storage with a writable location or set run_dir in the run config to a writable folder"
-    try:
-        f.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StudyError(f"cannot write the study storage {mask_url(url)}: cannot create the folder {f.parent} "
-                         f"({exc.strerror or exc}); {fix}") from None
+    if create_folder:
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StudyError(f"cannot write the study storage {mask_url(url)}: cannot create the folder "
+                             f"{f.parent} ({exc.strerror or exc}); {fix}") from None
+    if not f.parent.is_dir():
+        return
     if not os.access(f.parent, os.W_OK | os.X_OK):
         why = "is on a read-only file system" if _read_only_fs(f.parent) else "is not writable"
         raise StudyError(f"cannot write the study storage {mask_url(url)}: the folder {f.parent} {why} "
