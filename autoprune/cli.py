@@ -138,7 +138,7 @@ def result_table(r: dict[str, Any], title: str = "") -> Table:
     return t
 
 
-# ----------------------------------------------------------------------------- search commands (issue 3)
+# ----------------------------------------------------------------------------- search commands
 def _search_common(space: Path, study: Optional[str], storage: Optional[str], address: Optional[str],
                    n_trials: Optional[int], resume_only: bool, heartbeat: float) -> None:
     import shlex

@@ -30,6 +30,7 @@ from typing import Any, Callable, Hashable
 from autoprune import _study as S
 from autoprune.errors import ConfigError
 from autoprune.search._executor import Executor, TrialJob
+from autoprune.search._progress import Progress
 from autoprune.search._space import SearchSpace, load_search_space
 from autoprune.search._storage import (Lease, check_study_name, default_storage, get_storage, mask_url, open_study,
                                        prepare_sqlite, study_names)
@@ -278,7 +279,6 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
             log.info("study '%s' already has %d finished trials (target %d)", name, state.done, target)
             return study
         from autoprune.search._executor import RayExecutor, running
-        from autoprune.search._progress import Progress
 
         ex = executor if executor is not None else RayExecutor(address)
         with running(ex, num_cpus=space.trials_in_flight * space.cpus_per_trial, run_dir=run_dir), \
@@ -302,7 +302,7 @@ def _dense_baseline(cfg: Any, attrs: dict[str, Any]) -> tuple[dict[str, Any], st
     return m, str(path)
 
 
-def drive(state: DriverState, executor: Executor, prog: Any) -> None:
+def drive(state: DriverState, executor: Executor, prog: Progress) -> None:
     """The submit/complete loop: keep ``trials_in_flight`` trials running until ``target`` trials count.
 
     Each round fills the free slots (:func:`_next_job`: ask, sample, skip duplicates, submit), then
