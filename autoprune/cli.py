@@ -184,18 +184,25 @@ def result_table(r: dict[str, Any], title: str = "") -> Table:
 
 # ----------------------------------------------------------------------------- search commands
 def _search_common(space: Path, study: Optional[str], storage: Optional[str], address: Optional[str],
-                   n_trials: Optional[int], resume_only: bool) -> None:
+                   n_trials: Optional[int], resume_only: bool, heartbeat: float) -> None:
+    import shlex
+
     from autoprune.search import default_storage, load_search_space, mask_url, run_search, study_status
 
     sp = load_search_space(space)
     st = run_search(sp, study_name=study, storage=storage, address=address, n_trials=n_trials,
-                    progress=True, resume_only=resume_only)
+                    progress=True, resume_only=resume_only, heartbeat_s=heartbeat)
     rows = [r for r in study_status(st.study_name, st._storage) if r["on_front"]]
     out.print(_status_table(sorted(rows, key=lambda r: -(r["speedup"] or 0)),
                             title=f"Pareto front of '{st.study_name}' ({len(rows)} trials)"))
     url = storage or default_storage(sp.run_config().run_dir, st.study_name)
-    console.print(f"study '{st.study_name}' in {mask_url(url)}; "
-                  f"see all trials with: autoprune status -c {space}", highlight=False)
+    again = ["autoprune", "status", "-c", str(space)]  # the options that located the study, as given
+    if study is not None:
+        again += ["--study", study]
+    if storage is not None:
+        again += ["--storage", mask_url(storage)]
+    console.print(f"study '{st.study_name}' in {mask_url(url)}; see all trials with: "
+                  f"{' '.join(shlex.quote(a) for a in again)}", highlight=False, soft_wrap=True)
 
 
 def _status_table(rows: list[dict[str, Any]], title: str = "") -> Table:
@@ -213,26 +220,30 @@ def _status_table(rows: list[dict[str, Any]], title: str = "") -> Table:
 
 
 _SPACE_OPT = typer.Option(..., "-c", "--config", help="search space YAML")
-_STUDY_OPT = typer.Option(None, "--study", help="study name (default: the space file's stem)")
+_STUDY_OPT = typer.Option(None, "--study", help="study name: letters, digits, '.', '_', '-' (default: the space file's stem)")
 _STORAGE_OPT = typer.Option(None, "--storage", help="Optuna storage URL (default: sqlite:///<run_dir>/<study>.db)")
 _ADDRESS_OPT = typer.Option(None, "--address", help="Ray cluster to join (default: RAY_ADDRESS or a local Ray)")
 _NTRIALS_OPT = typer.Option(None, "--n-trials", help="total trials the study should reach (default: the space's)")
+_HEARTBEAT_OPT = typer.Option(60.0, "--heartbeat", metavar="SECONDS",
+                              help="when stderr is not a terminal: a progress line every SECONDS (and one per trial)")
 
 
 @app.command()
 @handle_errors
 def search(space: Path = _SPACE_OPT, study: Optional[str] = _STUDY_OPT, storage: Optional[str] = _STORAGE_OPT,
-           address: Optional[str] = _ADDRESS_OPT, n_trials: Optional[int] = _NTRIALS_OPT) -> None:
+           address: Optional[str] = _ADDRESS_OPT, n_trials: Optional[int] = _NTRIALS_OPT,
+           heartbeat: float = _HEARTBEAT_OPT) -> None:
     """Search pruning policies (Optuna study, trials on Ray); re-running the same command resumes."""
-    _search_common(space, study, storage, address, n_trials, resume_only=False)
+    _search_common(space, study, storage, address, n_trials, resume_only=False, heartbeat=heartbeat)
 
 
 @app.command()
 @handle_errors
 def resume(space: Path = _SPACE_OPT, study: Optional[str] = _STUDY_OPT, storage: Optional[str] = _STORAGE_OPT,
-           address: Optional[str] = _ADDRESS_OPT, n_trials: Optional[int] = _NTRIALS_OPT) -> None:
+           address: Optional[str] = _ADDRESS_OPT, n_trials: Optional[int] = _NTRIALS_OPT,
+           heartbeat: float = _HEARTBEAT_OPT) -> None:
     """Continue an existing search: finished trials are kept, interrupted ones re-run."""
-    _search_common(space, study, storage, address, n_trials, resume_only=True)
+    _search_common(space, study, storage, address, n_trials, resume_only=True, heartbeat=heartbeat)
 
 
 def _locate(space: Optional[Path], study: Optional[str], storage: Optional[str]) -> Any:

@@ -186,14 +186,17 @@ class Chaos:
                                 env=env, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
 
     def _rearm(self) -> None:
-        """(Re)create the one-shot NaN / raise tokens until a trial carrying each is on record (a token
-        taken by a trial whose driver was killed before recording it is put back)."""
+        """(Re)create the NaN / raise tokens until a trial carrying each is on record. A token taken by a
+        trial whose driver was killed before recording it is put back (that trial re-runs under a new
+        number, so its claim ``<token>.taken.<key>`` is dropped); within one driver a taken token stays
+        with its trial, so Ray's retry after a worker kill takes the same fault (``_fake._claim``)."""
         trials = snapshot(self.url, self.study)
         reasons = [_reason(t) for t in trials]
-        if not any("non-finite" in r for r in reasons):
-            (self.faults / "nan").touch()
-        if not any("injected fault" in r for r in reasons):
-            (self.faults / "raise").touch()
+        for token, needle in (("nan", "non-finite"), ("raise", "injected fault")):
+            if not any(needle in r for r in reasons):
+                for stale in self.faults.glob(f"{token}.taken.*"):
+                    stale.unlink()
+                (self.faults / token).touch()
 
     def cleanup(self) -> int:
         n = kill_ray_of(self.temp)

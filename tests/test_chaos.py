@@ -21,6 +21,25 @@ def load_chaos():
     return mod
 
 
+def test_fault_token_stays_with_the_trial_that_took_it(tmp_path):
+    """A worker SIGKILLed after taking the NaN token: Ray's retry of the same trial (same policy) takes
+    the fault again, another trial does not, and the one that took it reports NaN every time."""
+    import math
+
+    from autoprune.policy import PruningPolicy
+    from autoprune.search._fake import _claim, _trial_key, fake_trial
+
+    (tmp_path / "nan").touch()
+    first = PruningPolicy.uniform("l1", 2, heads=0.5, ffn=0.5).model_copy(update={"seed": 3})
+    other = first.model_copy(update={"seed": 4})
+    assert _claim(str(tmp_path), "nan", _trial_key(first))  # the killed attempt took the token
+    assert not (tmp_path / "nan").exists()
+    retry = fake_trial(None, first, sleep=0.0, fault_dir=str(tmp_path))
+    assert math.isnan(retry.accuracy)
+    assert not math.isnan(fake_trial(None, other, sleep=0.0, fault_dir=str(tmp_path)).accuracy)
+    assert math.isnan(fake_trial(None, first, sleep=0.0, fault_dir=str(tmp_path)).accuracy)
+
+
 @pytest.mark.slow
 def test_chaos_three_driver_kills(tmp_path):
     chaos = load_chaos()

@@ -1,8 +1,10 @@
-"""Search service: spaces, driver, Ray dispatch, resume after SIGKILL, lease, early stop, CLI.
+"""Search service end to end on a real Ray: spaces, a search with failures and early stops, a dead
+worker, an interrupted and a SIGKILLed driver, the real trial; also the GP sampler and the status CLI.
 
 One local Ray session is shared by the whole module (``ray.init`` costs seconds); trials are the
 fast fake from ``autoprune.search._fake`` except in the end-to-end test, which runs the real
-``run_trial`` on the tiny model.
+``run_trial`` on the tiny model. The driver's own logic (lease, orphans, duplicates, accounting) is
+tested without Ray in tests/test_search_driver.py.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ from optuna.trial import TrialState  # noqa: E402
 
 from autoprune import _study as S  # noqa: E402
 from autoprune.errors import ConfigError, StudyError  # noqa: E402
-from autoprune.search import (SearchSpace, load_search_space, mask_url, open_study, resume, run_search,  # noqa: E402
-                              space_from_dict, study_status)
+from autoprune.search import (InProcessExecutor, SearchSpace, load_search_space, mask_url, open_study,  # noqa: E402
+                              resume, run_search, space_from_dict, study_status)
 from autoprune.search._dispatch import EarlyStopRule  # noqa: E402
 from autoprune.search._driver import counted  # noqa: E402
 from autoprune.search._fake import fake_trial  # noqa: E402
-from autoprune.search._storage import ATTR_LEASE, Lease  # noqa: E402
+from autoprune.search._storage import ATTR_LEASE  # noqa: E402
 
 DENSE = {"accuracy": 0.9, "macro_f1": 0.89}
 
@@ -172,7 +174,7 @@ def test_search_completes_with_front_failures_and_prunes(tiny, tmp_path, ray_loc
         else:
             assert t.state == TrialState.COMPLETE
             assert t.values == [t.user_attrs[S.T_RESULT]["accuracy"], t.user_attrs[S.T_RESULT]["speedup"]]
-            assert t.user_attrs["node_id"]
+            assert t.user_attrs["node_id"] and t.user_attrs["torch_threads"] == 1  # cpus_per_trial 1
     front = S.pareto_numbers(study)
     assert front and all(trials[n].state == TrialState.COMPLETE for n in front)
     rows = study_status("s", storage_of(tmp_path))
@@ -195,26 +197,10 @@ def test_dead_worker_is_retried_once_then_fail(tiny, tmp_path, ray_local):
     assert counted(study.get_trials()) == 3
 
 
-def test_duplicate_policies_are_skipped(tiny, tmp_path, ray_local):
-    # a space with only 2 distinct policies: the third ask is a duplicate and is skipped, not run
-    space = make_space(tiny, tmp_path, n_trials=3, trials_in_flight=1, criteria=["l1"], retrain={"steps": 10},
-                       structured={"heads": {"mode": "fixed", "value": 0.5}, "ffn": {"mode": "free", "range": [0.2, 0.25]}},
-                       accuracy_drop_floor=None)
-    # ffn free with step 0.05 over [0.2, 0.25] on 2 layers: 4 distinct policies
-    study = run_search(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
-    trials = study.get_trials()
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    keys = [json.dumps(t.user_attrs[S.T_POLICY]["ffn_sparsity"]) for t in done]
-    assert len(done) == 3 and len(set(keys)) == 3
-    for t in trials:
-        if t.user_attrs.get("duplicate"):
-            assert t.state == TrialState.FAIL and "duplicate of trial" in t.user_attrs[S.T_FAIL]
-    assert counted(trials) == 3
-
-
-def test_gp_sampler_models_the_front_after_its_startup_trials(tiny, tmp_path, ray_local):
+def test_gp_sampler_models_the_front_after_its_startup_trials(tiny, tmp_path):
     space = make_space(tiny, tmp_path, sampler="gp", startup_trials=3, n_trials=6, accuracy_drop_floor=None)
-    study = run_search(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
+    study = run_search(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False,
+                       executor=InProcessExecutor())
     trials = study.get_trials()
     assert counted(trials) == 6
     assert type(study.sampler).__name__ == "GPSampler"
@@ -234,33 +220,13 @@ def test_gp_sampler_without_scipy_is_one_clear_error_and_no_study(tiny, tmp_path
     assert not (tmp_path / "runs" / "s.db").exists()
 
 
-def test_second_driver_refused_and_stale_lease_taken_over(tiny, tmp_path, ray_local):
-    space = make_space(tiny, tmp_path, n_trials=2)
-    url = storage_of(tmp_path)
-    (tmp_path / "runs").mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(study_name="s", storage=url, directions=S.DIRECTIONS)
-    holder = Lease(study).acquire()  # a live driver (this process) holds the study
-    try:
-        with pytest.raises(StudyError, match="being run by another driver"):
-            run_search(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
-    finally:
-        holder.release()
-    # a lease of a dead process on this host is stale: taken over at once
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    rec = dict(study.user_attrs[ATTR_LEASE], id="deadbeef", pid=dead.pid, heartbeat=time.time())
-    rec.pop("released", None)
-    study.set_user_attr(ATTR_LEASE, rec)
-    done = run_search(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
-    assert counted(done.get_trials()) == 2
-
-
 def test_resume_refuses_unknown_study(tiny, tmp_path):
     space = make_space(tiny, tmp_path)
     with pytest.raises(StudyError, match="no study storage"):
         resume(space, study_name="nope", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
-    assert not (tmp_path / "runs" / "nope.db").exists()
+    assert not (tmp_path / "runs").exists()  # not even the run folder is created
     url = storage_of(tmp_path, "x")
+    (tmp_path / "runs").mkdir()
     optuna.create_study(study_name="other", storage=url, directions=S.DIRECTIONS)
     with pytest.raises(StudyError, match="study 'nope' not found.*existing studies: other"):
         resume(space, study_name="nope", storage=url, trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
@@ -378,12 +344,12 @@ def test_interrupted_driver_leaves_nothing_running(tiny, tmp_path, ray_local, mo
     import autoprune.search._driver as drv
 
     space = make_space(tiny, tmp_path, n_trials=4, trials_in_flight=2, accuracy_drop_floor=None)
-    real_finish = drv._finish
+    real_record = drv._record
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(drv, "_finish", interrupted)
+    monkeypatch.setattr(drv, "_record", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_search(space, study_name="s", trial_fn=functools.partial(fake_trial, sleep=0.2), dense_metrics=DENSE,
                    progress=False)
@@ -391,7 +357,7 @@ def test_interrupted_driver_leaves_nothing_running(tiny, tmp_path, ray_local, mo
     states = [t.state for t in st.get_trials()]
     assert TrialState.RUNNING not in states and states.count(TrialState.WAITING) == 2
     assert st.user_attrs[ATTR_LEASE]["released"] is True
-    monkeypatch.setattr(drv, "_finish", real_finish)
+    monkeypatch.setattr(drv, "_record", real_record)
     study = resume(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
     trials = study.get_trials()
     assert counted(trials) == 4 and len([t for t in trials if t.state == TrialState.COMPLETE]) == 4
@@ -399,13 +365,14 @@ def test_interrupted_driver_leaves_nothing_running(tiny, tmp_path, ray_local, mo
 
 
 # ----------------------------------------------------------------------------- CLI
-def test_cli_status_and_bad_space(tiny, tmp_path, ray_local):
+def test_cli_status_and_bad_space(tiny, tmp_path):
     from typer.testing import CliRunner
 
     from autoprune.cli import app
 
     space = make_space(tiny, tmp_path, n_trials=2)
-    run_search(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False)
+    run_search(space, study_name="s", trial_fn=fake_trial, dense_metrics=DENSE, progress=False,
+               executor=InProcessExecutor())
     runner = CliRunner()
     res = runner.invoke(app, ["status", "--storage", storage_of(tmp_path), "--json"])
     assert res.exit_code == 0, res.output

@@ -1,9 +1,9 @@
-"""Ray side of a search: start or join Ray, and run one trial as a remote task.
+"""Worker side of a search: the body of one trial (:func:`execute_trial`), its early-stop rule, and
+the Ray session a :class:`~autoprune.search._executor.RayExecutor` runs trials in.
 
-A task gets plain data only (config dict, policy dict, accuracy floor) and returns a plain
-dict (``status``: complete | pruned | failed, ``result``, ``reason``, ``history``, ``node_id``).
-Workers never touch the study storage. A task whose worker dies is retried once by Ray
-(``max_retries=1``); application errors are not retried, they come back as ``failed``.
+A trial gets plain data only (config dict, policy dict, accuracy floor) and returns a plain
+dict (``status``: complete | pruned | failed, ``result``, ``reason``, ``history``, ``node_id``,
+``torch_threads``). Workers never touch the study storage. Application errors come back as ``failed``.
 
 Example:
     >>> rule = EarlyStopRule(floor=0.80, budget_steps=100, margin=0.02, min_fraction=0.5)
@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -61,7 +62,9 @@ class EarlyStopRule:
 def execute_trial(trial_fn: Callable[..., Any] | None, config: dict[str, Any], policy: dict[str, Any],
                   floor: float | None, early_stop: dict[str, float], number: int,
                   save_dir: str | None = None) -> dict[str, Any]:
-    """Run one trial in the current process and describe the outcome as plain data (the Ray task body)."""
+    """Run one trial in the current process and describe the outcome as plain data (the body of a Ray
+    task, or of :class:`~autoprune.search._executor.InProcessExecutor`). With ``config['torch_threads']``
+    set, torch runs the trial with that many intra-op threads."""
     t0 = time.time()
     out: dict[str, Any] = {"number": number, "host": socket.gethostname(), "pid": os.getpid(), "node_id": None}
     try:
@@ -78,6 +81,10 @@ def execute_trial(trial_fn: Callable[..., Any] | None, config: dict[str, Any], p
 
         cfg = RunConfig.model_validate(config)
         pol = PruningPolicy.model_validate(policy)
+        if cfg.torch_threads:  # the trial's intra-op threads: the CPUs it was given (the driver's default)
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
         if trial_fn is None:
             from autoprune.trial import run_trial as trial_fn  # noqa: N806
         res = trial_fn(cfg, pol, on_eval=rule, save_dir=save_dir)
@@ -104,23 +111,10 @@ def execute_trial(trial_fn: Callable[..., Any] | None, config: dict[str, Any], p
             out.update(status="failed", reason=f"{type(exc).__name__}: {msg}",
                        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:])
     out.setdefault("history", rule.history)
+    torch_mod = sys.modules.get("torch")
+    out["torch_threads"] = torch_mod.get_num_threads() if torch_mod is not None else None
     out["seconds"] = time.time() - t0
     return out
-
-
-_remote_cache: dict[str, Any] = {}
-
-
-def submit(trial_fn: Callable[..., Any] | None, config: dict[str, Any], policy: dict[str, Any], floor: float | None,
-           early_stop: dict[str, float], number: int, num_cpus: float, save_dir: str | None = None) -> Any:
-    """Submit one trial as a Ray task; returns its ObjectRef."""
-    import ray
-
-    fn = _remote_cache.get("execute")
-    if fn is None:
-        fn = _remote_cache["execute"] = ray.remote(execute_trial)
-    return fn.options(num_cpus=num_cpus, max_retries=1, name=f"autoprune-trial-{number}").remote(
-        trial_fn, config, policy, floor, early_stop, number, save_dir)
 
 
 def ray_temp_dir(run_dir: str | Path) -> str:

@@ -1,31 +1,39 @@
 """The search driver: one process runs the Optuna study with ask/tell and keeps
-``trials_in_flight`` Ray tasks running.
+``trials_in_flight`` trials running on an executor (Ray tasks by default; see ``_executor``).
 
 Resume: the storage is the only record. On start the driver takes the study lease, marks
 trials left RUNNING by a dead driver FAIL (``orphaned``) and re-enqueues their params, then
 asks for new trials until ``n_trials`` trials are finished (COMPLETE, PRUNED, or FAIL that is
 not an orphan re-run elsewhere).
 
-Example (a fake trial function, as in the tests):
+The loop (:func:`drive`) only fills free slots and records outcomes, on one :class:`DriverState`;
+what to run next (:func:`_next_job`) and what an outcome means for the study (:func:`_record`) are
+separate steps.
+
+Example (fake trials in this process, as in the tests):
     >>> import functools
     >>> from autoprune.search import load_search_space, run_search
+    >>> from autoprune.search._executor import InProcessExecutor
     >>> from autoprune.search._fake import fake_trial
     >>> space = load_search_space("search_spaces/quickstart.yaml")  # doctest: +SKIP
-    >>> study = run_search(space, trial_fn=functools.partial(fake_trial, sleep=0.1),
+    >>> study = run_search(space, trial_fn=functools.partial(fake_trial, sleep=0.1), executor=InProcessExecutor(),
     ...                    dense_metrics={"accuracy": 0.9}, progress=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 from autoprune import _study as S
-from autoprune.errors import ConfigError, StudyError
+from autoprune.errors import ConfigError
+from autoprune.search._executor import Executor, TrialJob
+from autoprune.search._progress import Progress
 from autoprune.search._space import SearchSpace, load_search_space
-from autoprune.search._storage import ATTR_LEASE, Lease, default_storage, get_storage, mask_url, open_study, study_names
+from autoprune.search._storage import (Lease, check_study_name, default_storage, get_storage, mask_url, open_study,
+                                       prepare_sqlite, study_names)
 
 log = logging.getLogger("autoprune.search")
 
@@ -34,6 +42,7 @@ T_RETRY_OF = "retry_of"      # number of the orphaned trial this one re-runs
 T_DUPLICATE = S.T_DUPLICATE  # FAIL trial whose policy was already tried (not counted, never run)
 T_NODE = "node_id"
 T_WORKER = "worker"
+T_THREADS = "torch_threads"  # intra-op threads the trial ran with (read in the worker)
 
 
 def make_sampler(space: SearchSpace, offset: int = 0) -> Any:
@@ -116,6 +125,18 @@ def recover_orphans(study: Any) -> list[int]:
     return out
 
 
+def trial_threads(config: Any, cpus_per_trial: float) -> int:
+    """Intra-op threads of each trial: the run config's ``torch_threads`` when set, else the CPUs the
+    trial was given (``cpus_per_trial``, at least 1), so parallel trials never oversubscribe the machine.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> trial_threads(NS(torch_threads=None), 2), trial_threads(NS(torch_threads=None), 0.5), trial_threads(NS(torch_threads=4), 2)
+        (2, 1, 4)
+    """
+    return int(config.torch_threads) if config.torch_threads else max(1, int(cpus_per_trial))
+
+
 def _prepare(space: SearchSpace, study_name: str | None, storage: str | None) -> tuple[Any, str, str, int]:
     """Validate everything that can be validated before a study exists; returns (config, name, url, depth)."""
     config = space.run_config()
@@ -123,30 +144,82 @@ def _prepare(space: SearchSpace, study_name: str | None, storage: str | None) ->
 
     depth = model_depth(config)
     space.check_depth(depth)
-    name = study_name or default_study_name(space)
+    if study_name is None:
+        name = check_study_name(default_study_name(space), where=f"the name of the search space file {space.source}; "
+                                "rename the file or give a study name")
+    else:
+        name = check_study_name(study_name)
     url = storage or default_storage(config.run_dir, name)
     return config, name, url, depth
 
 
+@dataclass
+class DriverState:
+    """Everything the submit/complete loop of one driver reads and changes.
+
+    ``config``: the run config dict every trial gets; ``done``: trials so far that count towards
+    ``target`` (:func:`counts`); ``inflight``: executor handle -> Optuna trial; ``seen``: policy key ->
+    number of the first trial that ran it (the duplicate check); ``dup_streak``: duplicates asked in a row.
+    """
+
+    study: Any
+    space: SearchSpace
+    config: dict[str, Any]
+    depth: int
+    target: int
+    floor: float | None = None
+    trial_fn: Callable[..., Any] | None = None
+    done: int = 0
+    inflight: dict[Hashable, Any] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    dup_streak: int = 0
+
+    @classmethod
+    def of(cls, study: Any, space: SearchSpace, config: dict[str, Any], depth: int, target: int,
+           floor: float | None, trial_fn: Callable[..., Any] | None) -> "DriverState":
+        """The state of a driver starting on ``study`` (counts and policies of the trials on record)."""
+        trials = study.get_trials(deepcopy=False)
+        seen = {_policy_key(t.user_attrs[S.T_POLICY]): t.number for t in trials
+                if S.T_POLICY in t.user_attrs and not t.user_attrs.get(T_DUPLICATE)}
+        return cls(study, space, config, depth, target, floor, trial_fn, done=counted(trials), seen=seen)
+
+    @property
+    def early_stop(self) -> dict[str, float]:
+        return {"margin": self.space.early_stop.margin, "min_fraction": self.space.early_stop.min_fraction}
+
+    def wants_more(self) -> bool:
+        """Whether to start another trial now: a free slot, and the target not reached by the trials
+        finished and running."""
+        return len(self.inflight) < self.space.trials_in_flight and self.done + len(self.inflight) < self.target
+
+
 def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None, storage: str | None = None,
                address: str | None = None, n_trials: int | None = None, trial_fn: Callable[..., Any] | None = None,
-               progress: bool = True, dense_metrics: dict[str, Any] | None = None, resume_only: bool = False) -> Any:
+               progress: bool = True, dense_metrics: dict[str, Any] | None = None, resume_only: bool = False,
+               executor: Executor | None = None, heartbeat_s: float = 60.0) -> Any:
     """Run (or continue) a search; returns the ``optuna.Study``.
 
+    * ``study_name``: letters, digits, '.', '_', '-' (default: the space file's stem).
     * ``storage``: any Optuna URL; default ``sqlite:///<run_dir>/<study_name>.db``.
     * ``address``: a Ray cluster to join (else ``RAY_ADDRESS``, else a local Ray is started).
     * ``n_trials``: the study's total target (default: the space's ``n_trials``).
     * ``trial_fn``: the trial function (default :func:`autoprune.trial.run_trial`); a picklable
       top-level function or ``functools.partial`` of one.
+    * ``progress``: a live display on a terminal; without one (output to a file), one line per finished
+      trial and a heartbeat every ``heartbeat_s`` seconds, on stderr.
     * ``dense_metrics``: dense baseline metrics to use instead of training the baseline (tests).
     * ``resume_only``: refuse to create a new study.
+    * ``executor``: where trials run (default :class:`~autoprune.search._executor.RayExecutor` on ``address``;
+      :class:`~autoprune.search._executor.InProcessExecutor` runs them in this process).
+
+    Each trial runs with ``torch_threads`` intra-op threads: the run config's value, else ``cpus_per_trial``
+    (:func:`trial_threads`); the value is recorded in the study's run config.
 
     Example:
         >>> study = run_search("search_spaces/quickstart.yaml")  # doctest: +SKIP
         >>> [t.number for t in study.best_trials]  # doctest: +SKIP
     """
     import optuna
-    from optuna.trial import TrialState
 
     space = _resolve(space)
     check_sampler(space)  # a sampler that cannot be built (gp without scipy) fails before any storage exists
@@ -157,10 +230,14 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
         check_config(config)
     target = n_trials if n_trials is not None else space.n_trials
     if target < 1:
-        raise ConfigError("--n-trials must be at least 1")
+        raise ConfigError(f"n_trials must be at least 1, got {target} (--n-trials on the command line)")
+    if not heartbeat_s > 0:
+        raise ConfigError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s} "
+                          "(--heartbeat on the command line)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if resume_only and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         open_study(url, name)  # "no study storage at ..." without creating an empty database
+    prepare_sqlite(url, create_folder=storage is None)  # a read-only location: one clear error, nothing written
     st = get_storage(url)
     exists = name in study_names(st)
     if resume_only and not exists:
@@ -181,7 +258,8 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     lease = Lease(study).acquire()
     try:
         run_dir = Path(config.run_dir).resolve()
-        cfg = config.model_copy(update={"run_dir": str(run_dir)})
+        cfg = config.model_copy(update={"run_dir": str(run_dir),
+                                        "torch_threads": trial_threads(config, space.cpus_per_trial)})
         attrs = study.user_attrs
         if dense_metrics is None:
             dense_metrics, baseline_dir = _dense_baseline(cfg, attrs)
@@ -196,7 +274,16 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
             if attrs.get(k) != v:
                 study.set_user_attr(k, v)
         recover_orphans(study)
-        _loop(study, space, cfg, depth, target, floor, trial_fn, address, progress, url)
+        state = DriverState.of(study, space, cfg.model_dump(mode="json"), depth, target, floor, trial_fn)
+        if state.done >= target:
+            log.info("study '%s' already has %d finished trials (target %d)", name, state.done, target)
+            return study
+        from autoprune.search._executor import RayExecutor, running
+
+        ex = executor if executor is not None else RayExecutor(address)
+        with running(ex, num_cpus=space.trials_in_flight * space.cpus_per_trial, run_dir=run_dir), \
+                Progress(study, target, enabled=progress, heartbeat_s=heartbeat_s) as prog:
+            drive(state, ex, prog)
     finally:
         lease.release()
     return study
@@ -215,133 +302,117 @@ def _dense_baseline(cfg: Any, attrs: dict[str, Any]) -> tuple[dict[str, Any], st
     return m, str(path)
 
 
-def _loop(study: Any, space: SearchSpace, cfg: Any, depth: int, target: int, floor: float | None,
-          trial_fn: Callable[..., Any] | None, address: str | None, progress: bool, url: str) -> None:
-    import ray
-    from optuna.trial import TrialState
+def drive(state: DriverState, executor: Executor, prog: Progress) -> None:
+    """The submit/complete loop: keep ``trials_in_flight`` trials running until ``target`` trials count.
 
-    from autoprune.search._dispatch import ray_session
-    from autoprune.search._progress import Progress
-
-    cfg_dict = cfg.model_dump(mode="json")
-    early = {"margin": space.early_stop.margin, "min_fraction": space.early_stop.min_fraction}
-    done = counted(study.get_trials(deepcopy=False))
-    if done >= target:
-        log.info("study '%s' already has %d finished trials (target %d)", study.study_name, done, target)
-        return
-    n_cpus = space.trials_in_flight * space.cpus_per_trial
-    with ray_session(address=address, num_cpus=n_cpus, run_dir=cfg.run_dir), \
-            Progress(study, target, enabled=progress) as prog:
-        inflight: dict[Any, Any] = {}  # ObjectRef -> optuna Trial
-        try:
-            done = _dispatch_all(study, space, cfg_dict, depth, target, floor, trial_fn, early, prog, inflight, done)
-        except BaseException:
-            _abandon(study, inflight)
-            raise
-
-
-def _abandon(study: Any, inflight: dict[Any, Any]) -> None:
-    """The driver is stopping (Ctrl-C, error): in-flight trials become FAIL (orphaned) and are re-enqueued.
-
-    The Ray tasks are not cancelled (``ray.cancel`` racing a task that just finished crashes the Ray
-    2.60 driver): a local Ray is shut down anyway, and on a cluster the task's result is dropped.
+    Each round fills the free slots (:func:`_next_job`: ask, sample, skip duplicates, submit), then
+    records whatever the executor reports finished (:func:`_record`). When the loop stops early
+    (Ctrl-C, an error), the trials in flight become orphans and are re-enqueued (:func:`_abandon`).
     """
+    try:
+        while True:
+            while state.wants_more():
+                nxt = _next_job(state)
+                if nxt is not None:
+                    trial, job = nxt
+                    state.inflight[executor.submit(job)] = trial
+                    log.info("trial %d dispatched: %s", trial.number, trial.user_attrs.get(S.T_SUMMARY))
+            prog.update(running=len(state.inflight))
+            if not state.inflight:
+                break
+            for handle in executor.wait(list(state.inflight), timeout=1.0):
+                line = _record(state.study, state.inflight[handle], executor.result(handle))
+                del state.inflight[handle]  # only once told: an interrupt while recording re-enqueues it
+                state.done += 1
+                prog.finished(line, done=state.done, running=len(state.inflight))
+    except BaseException:
+        _abandon(state, executor)
+        raise
+
+
+def _next_job(state: DriverState) -> tuple[Any, TrialJob] | None:
+    """Ask the study for a trial and build its job; None when the trial was recorded without running
+    (its parameters make no policy: FAIL, counted; a duplicate policy: FAIL, not counted)."""
     from optuna.trial import TrialState
 
-    for trial in list(inflight.values()):
+    study, space = state.study, state.space
+    trial = study.ask()
+    try:
+        policy = space.sample_policy(trial, state.depth)
+    except Exception as exc:  # noqa: BLE001 - a bad sample must not stop the search
+        trial.set_user_attr(S.T_FAIL, f"cannot build a policy from the sampled parameters: {exc}")
+        study.tell(trial, state=TrialState.FAIL)
+        state.done += 1
+        return None
+    key = _policy_key(policy.to_dict())
+    if key in state.seen and T_RETRY_OF not in trial.user_attrs and state.dup_streak < 10:
+        # the sampler proposed a policy already tried: skip it (not counted), ask again
+        state.dup_streak += 1
+        trial.set_user_attr(S.T_FAIL, f"duplicate of trial {state.seen[key]}; skipped")
+        trial.set_user_attr(T_DUPLICATE, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    state.dup_streak = 0
+    state.seen.setdefault(key, trial.number)
+    trial.set_user_attr(S.T_POLICY, policy.to_dict())
+    trial.set_user_attr(S.T_SUMMARY, policy.summary())
+    save_dir = (str(Path(state.config["run_dir"]) / "models" / study.study_name / f"trial_{trial.number}")
+                if space.save_models else None)
+    job = TrialJob(number=trial.number, config=state.config, policy=policy.to_dict(), floor=state.floor,
+                   early_stop=state.early_stop, num_cpus=space.cpus_per_trial, save_dir=save_dir,
+                   trial_fn=state.trial_fn)
+    return trial, job
+
+
+def _abandon(state: DriverState, executor: Executor) -> None:
+    """The driver is stopping (Ctrl-C, error): in-flight trials become FAIL (orphaned) and are re-enqueued."""
+    from optuna.trial import TrialState
+
+    for handle, trial in list(state.inflight.items()):
+        executor.cancel(handle)
         try:
             trial.set_user_attr(S.T_FAIL, "driver stopped while the trial ran; re-enqueued")
             trial.set_user_attr(T_ORPHANED, True)
-            study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(dict(trial.params), user_attrs={T_RETRY_OF: trial.number})
+            state.study.tell(trial, state=TrialState.FAIL)
+            state.study.enqueue_trial(dict(trial.params), user_attrs={T_RETRY_OF: trial.number})
         except Exception as exc:  # noqa: BLE001 - the next start recovers RUNNING trials anyway
             log.warning("could not mark trial %d as interrupted: %s", trial.number, exc)
-    inflight.clear()
+    state.inflight.clear()
 
 
-def _dispatch_all(study: Any, space: SearchSpace, cfg_dict: dict[str, Any], depth: int, target: int,
-                  floor: float | None, trial_fn: Callable[..., Any] | None, early: dict[str, float], prog: Any,
-                  inflight: dict[Any, Any], done: int) -> int:
-    import ray
+def _record(study: Any, trial: Any, out: dict[str, Any]) -> str:
+    """Tell the study a trial's outcome (from :func:`~autoprune.search._dispatch.execute_trial`); returns
+    a one-line description of it."""
     from optuna.trial import TrialState
 
-    from autoprune.search._dispatch import submit
-
-    seen = {_policy_key(t.user_attrs[S.T_POLICY]): t.number for t in study.get_trials(deepcopy=False)
-            if S.T_POLICY in t.user_attrs and not t.user_attrs.get(T_DUPLICATE)}
-    dup_streak = 0
-    while True:
-        while len(inflight) < space.trials_in_flight and done + len(inflight) < target:
-            trial = study.ask()
-            try:
-                policy = space.sample_policy(trial, depth)
-            except Exception as exc:  # noqa: BLE001 - a bad sample must not stop the search
-                trial.set_user_attr(S.T_FAIL, f"cannot build a policy from the sampled parameters: {exc}")
-                study.tell(trial, state=TrialState.FAIL)
-                done += 1
-                continue
-            key = _policy_key(policy.to_dict())
-            if key in seen and T_RETRY_OF not in trial.user_attrs and dup_streak < 10:
-                # the sampler proposed a policy already tried: skip it (not counted), ask again
-                dup_streak += 1
-                trial.set_user_attr(S.T_FAIL, f"duplicate of trial {seen[key]}; skipped")
-                trial.set_user_attr(T_DUPLICATE, True)
-                study.tell(trial, state=TrialState.FAIL)
-                continue
-            dup_streak = 0
-            seen.setdefault(key, trial.number)
-            trial.set_user_attr(S.T_POLICY, policy.to_dict())
-            trial.set_user_attr(S.T_SUMMARY, policy.summary())
-            save_dir = (str(Path(cfg_dict["run_dir"]).resolve() / "models" / study.study_name / f"trial_{trial.number}")
-                        if space.save_models else None)
-            ref = submit(trial_fn, cfg_dict, policy.to_dict(), floor, early, trial.number, space.cpus_per_trial,
-                         save_dir=save_dir)
-            inflight[ref] = trial
-            log.info("trial %d dispatched: %s", trial.number, policy.summary())
-            prog.update(running=len(inflight))
-        if not inflight:
-            break
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-        for ref in ready:
-            _finish(study, inflight[ref], ref)
-            del inflight[ref]
-            done += 1
-        prog.update(running=len(inflight))
-    return done
-
-
-def _finish(study: Any, trial: Any, ref: Any) -> None:
-    import ray
-    from optuna.trial import TrialState
-
-    try:
-        out = ray.get(ref)
-    except Exception as exc:  # noqa: BLE001 - worker died twice, task cancelled, OOM-killed...
-        msg = str(exc).strip().splitlines()
-        reason = f"{type(exc).__name__}: {msg[0] if msg else ''}".strip()
-        if "OutOfMemory" in type(exc).__name__ or "memory" in reason.lower():
-            reason = f"out of memory: {reason}"
-        out = {"status": "failed", "reason": f"worker lost (retried once): {reason}", "history": []}
-    for k in (T_NODE,):
-        if out.get(k):
-            trial.set_user_attr(k, out[k])
+    if out.get(T_NODE):
+        trial.set_user_attr(T_NODE, out[T_NODE])
     if out.get("host"):
         trial.set_user_attr(T_WORKER, f"{out['host']}:{out.get('pid')}")
+    if out.get(T_THREADS):
+        trial.set_user_attr(T_THREADS, out[T_THREADS])
     trial.set_user_attr(S.T_HISTORY, out.get("history") or [])
     status = out.get("status")
+    summary = trial.user_attrs.get(S.T_SUMMARY, "")
     if status == "complete":
         res = out["result"]
         trial.set_user_attr(S.T_RESULT, res)
         study.tell(trial, [float(res["accuracy"]), float(res["speedup"])])
-        log.info("trial %d complete: accuracy %.4f speedup %.2fx", trial.number, res["accuracy"], res["speedup"])
+        line = f"trial {trial.number} complete: accuracy {res['accuracy']:.4f}, speedup {res['speedup']:.2f}x ({summary})"
+        log.info(line)
     elif status == "pruned":
-        trial.set_user_attr(S.T_PRUNE, out.get("reason") or "stopped early")
+        reason = out.get("reason") or "stopped early"
+        trial.set_user_attr(S.T_PRUNE, reason)
         study.tell(trial, state=TrialState.PRUNED)
-        log.info("trial %d pruned: %s", trial.number, out.get("reason"))
+        line = f"trial {trial.number} pruned: {reason} ({summary})"
+        log.info(line)
     else:
-        trial.set_user_attr(S.T_FAIL, (out.get("reason") or "unknown failure")[:2000])
+        reason = (out.get("reason") or "unknown failure")[:2000]
+        trial.set_user_attr(S.T_FAIL, reason)
         study.tell(trial, state=TrialState.FAIL)
-        log.warning("trial %d failed: %s", trial.number, out.get("reason"))
+        line = f"trial {trial.number} failed: {reason.splitlines()[0][:300]} ({summary})"
+        log.warning("trial %d failed: %s", trial.number, reason)
+    return line
 
 
 def resume(space: SearchSpace | str | Path, **kwargs: Any) -> Any:
@@ -376,7 +447,3 @@ def study_status(study_name: str | None, storage: str) -> list[dict[str, Any]]:
             "duration_s": t.duration.total_seconds() if t.duration else None,
         })
     return rows
-
-
-def study_lease(study: Any) -> dict[str, Any] | None:
-    return study.user_attrs.get(ATTR_LEASE)

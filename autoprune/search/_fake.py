@@ -66,9 +66,10 @@ def fake_trial(config: Any, policy: Any, *, on_eval: Callable[[int, float], bool
     ``low_accuracy_criterion``: report a very low accuracy for that criterion (so early stop triggers).
     ``crash_criterion``: kill the worker process (``os._exit``) for that criterion, like an OOM kill.
     ``fault_dir``: fault injection for ``scripts/chaos_search.py``. While it runs, the trial keeps a file
-    ``<fault_dir>/running/<pid>`` (so a test can SIGKILL the worker mid-trial). One-shot tokens: the
-    first trial to remove the file ``<fault_dir>/nan`` reports accuracy NaN (a diverged loss); the
-    first to remove ``<fault_dir>/raise`` raises ``RuntimeError("injected fault")``.
+    ``<fault_dir>/running/<pid>`` (so a test can SIGKILL the worker mid-trial). Fault tokens: the first
+    trial to take the file ``<fault_dir>/nan`` reports accuracy NaN (a diverged loss); the first to take
+    ``<fault_dir>/raise`` raises ``RuntimeError("injected fault")``. A taken token stays with its trial
+    (:func:`_claim`): Ray's retry of that trial, after its worker was killed, takes the same fault.
     """
     if crash_criterion is not None and policy.criterion == crash_criterion:
         import os
@@ -98,12 +99,37 @@ def fake_trial(config: Any, policy: Any, *, on_eval: Callable[[int, float], bool
     return res
 
 
-def _claim(fault_dir: str, name: str) -> bool:
-    """Take the one-shot token ``fault_dir/name``: True for exactly one caller (``os.remove`` is atomic)."""
+def _trial_key(policy: Any) -> str:
+    """A short key of one trial's policy (its ``seed`` is the study seed plus the trial number, so two
+    trials of a study never share a key, while Ray's retry of the same task does)."""
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(policy.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _claim(fault_dir: str, name: str, key: str) -> bool:
+    """Take the fault token ``fault_dir/name`` for the trial ``key``.
+
+    The first trial renames the token to ``name.taken.<key>`` (``os.rename`` is atomic: exactly one
+    trial wins); that trial keeps the fault on every later call, so when its worker is SIGKILLed after
+    the claim and Ray retries the task, the retry fails the same way instead of running clean. Every
+    other trial gets False.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = tempfile.mkdtemp()
+        >>> _ = (pathlib.Path(d) / "nan").touch()
+        >>> _claim(d, "nan", "a"), _claim(d, "nan", "b"), _claim(d, "nan", "a")
+        (True, False, True)
+    """
     import os
 
+    taken = os.path.join(fault_dir, f"{name}.taken.{key}")
+    if os.path.exists(taken):
+        return True
     try:
-        os.remove(os.path.join(fault_dir, name))
+        os.rename(os.path.join(fault_dir, name), taken)
         return True
     except FileNotFoundError:
         return False
@@ -118,11 +144,12 @@ def _with_faults(fault_dir: str, config: Any, policy: Any, **kw: Any) -> TrialRe
     mark = os.path.join(run, str(os.getpid()))
     with open(mark, "w") as fh:
         fh.write(policy.summary())
+    key = _trial_key(policy)
     try:
         res = fake_trial(config, policy, **kw)
-        if _claim(fault_dir, "raise"):
+        if _claim(fault_dir, "raise", key):
             raise RuntimeError("injected fault (fault_dir/raise)")
-        if _claim(fault_dir, "nan"):
+        if _claim(fault_dir, "nan", key):
             res.accuracy = math.nan
         return res
     finally:

@@ -1,5 +1,5 @@
-"""Live progress of a search (rich, on stderr): trial counts, elapsed time, front size and the
-best accuracy reached at each speedup level.
+"""Progress of a search on stderr: a live rich line on a terminal (trial counts, elapsed time, front
+size, the best accuracy reached at each speedup level), plain log lines and a heartbeat otherwise.
 
 Example:
     >>> best_at_levels([(0.9, 1.1), (0.85, 1.6), (0.8, 2.2)], levels=(1.0, 1.5, 2.0, 3.0))
@@ -8,8 +8,9 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 LEVELS = (1.0, 1.25, 1.5, 2.0, 3.0)
 
@@ -39,43 +40,101 @@ def summarize(study: Any, running: int = 0) -> dict[str, Any]:
             "skipped": skipped, "front": front, "best": best_at_levels(points)}
 
 
-class Progress:
-    """Context manager around a rich ``Live`` table; a no-op when disabled."""
+def front_ends(study: Any) -> tuple[tuple[int, float, float], tuple[int, float, float]] | None:
+    """The two ends of the Pareto front as (trial number, accuracy, speedup): the most accurate and
+    the fastest front trial; None while no trial is complete."""
+    front = [t for t in study.best_trials if t.values]
+    if not front:
+        return None
+    acc = max(front, key=lambda t: (t.values[0], t.values[1]))
+    fast = max(front, key=lambda t: (t.values[1], t.values[0]))
+    return (acc.number, acc.values[0], acc.values[1]), (fast.number, fast.values[0], fast.values[1])
 
-    def __init__(self, study: Any, target: int, enabled: bool = True, refresh_s: float = 2.0) -> None:
-        self.study, self.target, self.enabled, self.refresh_s = study, target, enabled, refresh_s
+
+class Progress:
+    """Progress of a running search, on ``stream`` (default: stderr).
+
+    * ``stream`` is a terminal: a rich ``Live`` line (counts, elapsed time, front size, best accuracy
+      at each speedup level), redrawn every ``refresh_s`` seconds.
+    * Not a terminal (redirected to a file, a cluster job log): plain timestamped lines, flushed at
+      once: one when the search starts, one per finished trial (:meth:`finished`), a heartbeat every
+      ``heartbeat_s`` seconds (trials finished, running, the two ends of the front), one at the end.
+    * ``enabled=False``: nothing.
+    """
+
+    def __init__(self, study: Any, target: int, enabled: bool = True, refresh_s: float = 2.0,
+                 heartbeat_s: float = 60.0, stream: TextIO | None = None) -> None:
+        self.study, self.target, self.refresh_s, self.heartbeat_s = study, target, refresh_s, heartbeat_s
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.mode = "off" if not enabled else ("live" if callable(isatty) and isatty() else "plain")
         self.t0 = time.time()
         self._last = 0.0
         self._live: Any = None
+
+    def _elapsed(self) -> str:
+        el = time.time() - self.t0
+        return f"{int(el // 60)}m{int(el % 60):02d}s"
 
     def _render(self, running: int) -> Any:
         from rich.text import Text
 
         s = summarize(self.study, running)
-        el = time.time() - self.t0
         done = s["complete"] + s["pruned"] + s["failed"]
         best = "  ".join(f">={lv:g}x: {'-' if v is None else f'{v:.4f}'}" for lv, v in s["best"].items())
         return Text(
-            f"search '{self.study.study_name}'  {int(el // 60)}m{int(el % 60):02d}s  "
+            f"search '{self.study.study_name}'  {self._elapsed()}  "
             f"finished {done}/{self.target} (complete {s['complete']}, pruned {s['pruned']}, failed {s['failed']}"
             + (f", {s['skipped']} skipped/re-run" if s["skipped"] else "") + ")  "
             f"running {running}  front {s['front']}\n  best accuracy at speedup {best}")
 
+    def heartbeat_line(self, running: int) -> str:
+        """One line: trials finished and running, front size and its two ends."""
+        s = summarize(self.study, running)
+        done = s["complete"] + s["pruned"] + s["failed"]
+        ends = front_ends(self.study) if s["complete"] else None
+        if ends is None:
+            front = "front: no complete trial yet"
+        else:
+            (na, aa, sa), (nf, af, sf) = ends
+            front = (f"front {s['front']}: most accurate trial {na} ({aa:.4f}, {sa:.2f}x), "
+                     f"fastest trial {nf} ({sf:.2f}x, {af:.4f})")
+        return (f"search '{self.study.study_name}' {self._elapsed()}: {done}/{self.target} finished (complete "
+                f"{s['complete']}, pruned {s['pruned']}, failed {s['failed']}), running {running}; {front}")
+
+    def _write(self, line: str) -> None:
+        self.stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        self.stream.flush()
+
     def update(self, running: int = 0, force: bool = False) -> None:
-        if not self.enabled or self._live is None:
-            return
+        """Redraw the live line, or (plain) write a heartbeat when ``heartbeat_s`` has passed."""
         now = time.time()
-        if force or now - self._last >= self.refresh_s:
+        if self.mode == "live" and self._live is not None:
+            if force or now - self._last >= self.refresh_s:
+                self._last = now
+                self._live.update(self._render(running))
+        elif self.mode == "plain" and (force or now - self._last >= self.heartbeat_s):
             self._last = now
-            self._live.update(self._render(running))
+            self._write(self.heartbeat_line(running))
+
+    def finished(self, line: str, done: int, running: int = 0) -> None:
+        """A trial finished: ``line`` describes it (plain mode writes it with the count so far)."""
+        if self.mode == "plain":
+            self._write(f"[{done}/{self.target}] {line}")
+        self.update(running)
 
     def __enter__(self) -> "Progress":
-        if self.enabled:
+        if self.mode == "live":
             from rich.console import Console
             from rich.live import Live
 
-            self._live = Live(self._render(0), console=Console(stderr=True), refresh_per_second=1, transient=False)
+            self._live = Live(self._render(0), console=Console(file=self.stream), refresh_per_second=1,
+                              transient=False)
             self._live.__enter__()
+        elif self.mode == "plain":
+            self._write(f"search '{self.study.study_name}' started: target {self.target} trials; a line per "
+                        f"finished trial and a heartbeat every {self.heartbeat_s:g} s")
+            self._last = time.time()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -84,3 +143,5 @@ class Progress:
                 self._live.update(self._render(0))
             finally:
                 self._live.__exit__(*exc)
+        elif self.mode == "plain":
+            self._write(self.heartbeat_line(0) + ("" if exc[0] is None else " (stopped)"))

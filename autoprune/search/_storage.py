@@ -47,17 +47,86 @@ def mask_url(url: str | None) -> str:
     return _PW.sub(lambda m: m.group("head") + "***@", str(url))
 
 
+#: a study name becomes a file (``<run_dir>/<name>.db``) and a folder (``<run_dir>/models/<name>/``)
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+
+
+def check_study_name(name: str, where: str = "") -> str:
+    """Return ``name`` if it is a safe study name, else raise StudyError: letters, digits, '.', '_' and
+    '-' only (so no path separator), not empty, not starting with '.', at most 128 characters.
+
+    ``where`` names the origin of the name in the message (e.g. the space file whose stem it is).
+
+    Example:
+        >>> check_study_name("quickstart-v2.1")
+        'quickstart-v2.1'
+        >>> check_study_name("../outside")
+        Traceback (most recent call last):
+        ...
+        autoprune.errors.StudyError: study name '../outside' is not allowed (it becomes a file name): use only letters, digits, '.', '_' and '-', no path separators, not starting with '.', at most 128 characters; e.g. 'outside'
+    """
+    if _NAME.fullmatch(name or ""):
+        return name
+    src = f" ({where})" if where else ""
+    if not name:
+        raise StudyError(f"study name is empty{src}; give a name of letters, digits, '.', '_' and '-', "
+                         f"or leave it out to use the search space file's name")
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("\\", "/").rsplit("/", 1)[-1]).lstrip(".")[:128] or "study"
+    raise StudyError(f"study name {name!r}{src} is not allowed (it becomes a file name): use only letters, "
+                     f"digits, '.', '_' and '-', no path separators, not starting with '.', at most 128 "
+                     f"characters; e.g. {safe!r}")
+
+
 def default_storage(run_dir: str | Path, study_name: str) -> str:
-    """``sqlite:///<run_dir>/<study_name>.db`` (absolute; the folder is created)."""
-    d = Path(run_dir).resolve()
-    d.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{d / (study_name + '.db')}"
+    """``sqlite:///<run_dir>/<study_name>.db`` (absolute); the name is checked (:func:`check_study_name`).
+    Nothing is created: :func:`prepare_sqlite` makes the folder when a search writes there.
+
+    Example:
+        >>> default_storage("/srv/runs", "quickstart")
+        'sqlite:////srv/runs/quickstart.db'
+    """
+    check_study_name(study_name)
+    return f"sqlite:///{Path(run_dir).resolve() / (study_name + '.db')}"
 
 
 def _sqlite_file(url: str) -> Path | None:
     if url.startswith("sqlite:///"):
         return Path(url[len("sqlite:///"):])
     return None
+
+
+def prepare_sqlite(url: str, create_folder: bool = False) -> None:
+    """Before a search writes to a SQLite ``url``: create its folder when ``create_folder`` (the default
+    storage under ``run_dir``; a folder missing from a URL the user gave is an error of
+    :func:`get_storage`), and check that the folder (SQLite writes its journal next to the database)
+    and an existing database file are writable. Anything else is one StudyError (what, why, how to fix)
+    before any study is created; other URLs pass unchecked."""
+    f = _sqlite_file(url)
+    if f is None:
+        return
+    fix = "pass --storage with a writable location or set run_dir in the run config to a writable folder"
+    if create_folder:
+        try:
+            f.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StudyError(f"cannot write the study storage {mask_url(url)}: cannot create the folder "
+                             f"{f.parent} ({exc.strerror or exc}); {fix}") from None
+    if not f.parent.is_dir():
+        return
+    if not os.access(f.parent, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if _read_only_fs(f.parent) else "is not writable"
+        raise StudyError(f"cannot write the study storage {mask_url(url)}: the folder {f.parent} {why} "
+                         f"(SQLite writes the database and its journal there); {fix}")
+    if f.exists() and not os.access(f, os.W_OK):
+        raise StudyError(f"cannot write the study storage {mask_url(url)}: the database file {f} is read-only; "
+                         f"make it writable (chmod u+w) or {fix}")
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _pg_driver(url: str) -> str:
