@@ -39,6 +39,8 @@ def test_locate_follows_the_search_convention_for_a_space_file(tiny_config, tmp_
     assert (other.study_name, other.storage) == ("other", "sqlite:///elsewhere/x.db")
     with pytest.raises(StudyError, match="does not exist"):  # nothing searched yet
         loc.open()
+    assert not run_dir.exists()  # locating and failing to open a study writes nothing
+    run_dir.mkdir()  # (a search makes it; here a study is written directly)
     st = _study([(0.9, 1.5)], storage=loc.storage, name="myspace")
     assert load_study(space).study_name == "myspace" and len(trial_records(st)) == 1
 

@@ -224,10 +224,6 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     space = _resolve(space)
     check_sampler(space)  # a sampler that cannot be built (gp without scipy) fails before any storage exists
     config, name, url, depth = _prepare(space, study_name, storage)
-    if dense_metrics is None:  # the baseline will be trained: check data and model before a study exists
-        from autoprune.train import check_config
-
-        check_config(config)
     target = n_trials if n_trials is not None else space.n_trials
     if target < 1:
         raise ConfigError(f"n_trials must be at least 1, got {target} (--n-trials on the command line)")
@@ -238,6 +234,10 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     if resume_only and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         open_study(url, name)  # "no study storage at ..." without creating an empty database
     prepare_sqlite(url, create_folder=storage is None)  # a read-only location: one clear error, nothing written
+    if dense_metrics is None:  # the baseline will be trained: check data and model before a study exists
+        from autoprune.train import check_config
+
+        check_config(config)
     st = get_storage(url)
     exists = name in study_names(st)
     if resume_only and not exists:
