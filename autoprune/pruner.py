@@ -185,6 +185,14 @@ def _local(kept_now: Sequence[int], target: Sequence[int], what: str, layer: int
     return [pos[u] for u in target]
 
 
+def _check_stands(model: nn.Module, previous: PruneRecord) -> None:
+    heads, ffn = get_adapter(model).shape(model)
+    if (heads, ffn) != (previous.heads_per_layer, previous.ffn_per_layer):
+        raise PolicyError(f"the model has heads {heads} / FFN {ffn} per layer, not the shape of the previous record "
+                          f"({previous.heads_per_layer} / {previous.ffn_per_layer}); pass the record of the model as "
+                          f"it stands")
+
+
 def apply_record(model: nn.Module, record: PruneRecord, *, previous: PruneRecord | None = None) -> nn.Module:
     """Cut ``model`` (in place) to the units ``record`` keeps, without scoring.
 
@@ -192,15 +200,11 @@ def apply_record(model: nn.Module, record: PruneRecord, *, previous: PruneRecord
     original shape is checked against it). Dropped layers go first, then heads and neurons.
     Unstructured records keep every unit and hold no masks: they cut nothing.
     """
-    adapter = get_adapter(model)
-    heads, ffn = adapter.shape(model)
     if previous is None:
-        record.check_model(heads, ffn)
+        record.check_model(*get_adapter(model).shape(model))
         previous = PruneRecord.unpruned(model, record.criterion)
-    elif (heads, ffn) != (previous.heads_per_layer, previous.ffn_per_layer):
-        raise PolicyError(f"the model has heads {heads} / FFN {ffn} per layer, not the shape of the previous record "
-                          f"({previous.heads_per_layer} / {previous.ffn_per_layer}); pass the record of the model as "
-                          f"it stands")
+    else:
+        _check_stands(model, previous)
     if record.granularity != "structured":
         return model
     now = previous.remaining_layers()
@@ -311,6 +315,8 @@ def prune(model: nn.Module, policy: PruningPolicy, calibration_batches: Iterable
             raise PolicyError("reconstruct needs the dense model: pass dense= when pruning a model that an earlier "
                               "step already cut")
         dense = copy.deepcopy(model)
+    if previous is not None:
+        _check_stands(model, previous)
     prev = previous if previous is not None else PruneRecord.unpruned(model, policy.criterion, policy.granularity)
     step = prev.steps + 1
     seed = policy.seed * 1000 + step if seed is None else seed

@@ -138,7 +138,8 @@ def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export
            n_target: int) -> str:
     import torch
 
-    from autoprune.export import export_trial, load_pruned
+    from autoprune.export import export_trial
+    from autoprune.serialization import load_pruned
     from autoprune.measure import evaluate_split, measure_speed
     from autoprune.models import load_model
     from autoprune.train import ensure_baseline, load_baseline_metrics, load_task_data, load_tokenizer

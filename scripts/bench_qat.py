@@ -39,7 +39,7 @@ def _run(space_path: str, policy: dict[str, Any], out_dir: str) -> dict[str, Any
     """One retraining in a fresh process (1 thread): validation accuracy, speedup, then test on the export."""
     import torch
 
-    from autoprune.export import load_pruned
+    from autoprune.serialization import load_pruned
     from autoprune.measure import evaluate_split
     from autoprune.policy import PruningPolicy
     from autoprune.train import load_task_data, load_tokenizer

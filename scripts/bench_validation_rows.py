@@ -76,7 +76,7 @@ def main() -> None:
     import torch
 
     from autoprune.config import load_config
-    from autoprune.export import load_pruned
+    from autoprune.serialization import load_pruned
     from autoprune.measure import evaluate_split, is_dynamic_int8
     from autoprune.models import load_model
     from autoprune.train import baseline_dir, load_task_data, load_tokenizer
