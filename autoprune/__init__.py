@@ -31,6 +31,12 @@ _EXPORTS = {
     "baseline_metrics": "autoprune.train",
     "load_model": "autoprune.models",
     "get_adapter": "autoprune.models",
+    "prune": "autoprune.pruner",
+    "PruneRecord": "autoprune.pruner",
+    "apply_record": "autoprune.pruner",
+    "text_batches": "autoprune.pruner",
+    "save_pruned": "autoprune.serialization",
+    "load_pruned": "autoprune.serialization",
     "prune_structured": "autoprune.surgery",
     "prune_unstructured": "autoprune.surgery",
     "Criterion": "autoprune.criteria",
@@ -55,7 +61,6 @@ _EXPORTS = {
     "reference_point": "autoprune.study",
     "build_dashboard": "autoprune.dashboard",
     "export_trial": "autoprune.export",
-    "load_pruned": "autoprune.export",
     "apply_policy": "autoprune.export",
 }
 

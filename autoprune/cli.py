@@ -138,20 +138,27 @@ def baseline(config: Path = typer.Option(..., "-c", "--config", help="run config
 @handle_errors
 def prune(config: Path = typer.Option(..., "-c", "--config", help="run configuration YAML"),
           policy: Path = typer.Option(..., "--policy", "-p", help="pruning policy YAML or JSON"),
+          split: str = typer.Option("validation", "--split",
+                                    help="split of the reported accuracies: validation or test"),
           json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
           save: Optional[Path] = typer.Option(None, "--save", help="also save the pruned model here")) -> None:
-    """Apply one pruning policy end to end: prune, retrain, evaluate, measure against dense."""
-    from autoprune.config import load_config
-    from autoprune.policy import PruningPolicy
-    from autoprune.trial import run_trial
+    """Apply one pruning policy end to end: prune, retrain, evaluate, measure against dense.
 
+    The accuracy right after pruning (before any retraining) is reported beside the final one.
+    """
+    from autoprune.config import load_config
+    from autoprune.errors import ConfigError
     from autoprune.models import model_depth
+    from autoprune.policy import PruningPolicy
+    from autoprune.trial import SPLITS, run_trial
 
     check_output(save, "--save", folder=True)
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split}: choose one of {', '.join(SPLITS)}")
     cfg = load_config(config)
     pol = PruningPolicy.load(policy)
     pol.check_layers(model_depth(cfg), source=str(policy))  # name the policy file in a layer-count error
-    res = run_trial(cfg, pol, save_dir=str(save) if save else None)
+    res = run_trial(cfg, pol, save_dir=str(save) if save else None, final_split=split)
     if json_out:
         _print_json(res.to_dict())
         return
@@ -163,6 +170,8 @@ def result_table(r: dict[str, Any], title: str = "") -> Table:
     t.add_column("")
     t.add_column("dense", justify="right")
     t.add_column("pruned", justify="right")
+    if r.get("accuracy_pruned") is not None:
+        t.add_row(f"accuracy right after pruning ({r['eval_split']})", "", f"{r['accuracy_pruned']:.4f}")
     t.add_row(f"accuracy ({r['eval_split']}, n={r['eval_n']})", f"{r['dense_accuracy']:.4f}", f"{r['accuracy']:.4f}")
     t.add_row("macro-F1", f"{r['dense_macro_f1']:.4f}", f"{r['macro_f1']:.4f}")
     m = r.get("measure", {})
@@ -374,11 +383,11 @@ def apply(policy: Path = typer.Argument(..., help="policy.yaml written by 'autop
         return
     r, s = rep["result"], rep["stored"]
     t = Table(title=f"apply {policy}: {rep['policy_summary']}"
-                    + (" (kept indices reused)" if rep["kept_indices"] else " (units re-scored)"))
+                    + (" (prune record re-applied)" if rep["kept_indices"] else " (units re-scored)"))
     t.add_column("")
     t.add_column("stored", justify="right")
     t.add_column("now", justify="right")
-    for key, fmt in (("accuracy", ".4f"), ("macro_f1", ".4f"), ("dense_accuracy", ".4f"), ("speedup", ".2f"),
+    for key, fmt in (("accuracy_pruned", ".4f"), ("accuracy", ".4f"), ("macro_f1", ".4f"), ("dense_accuracy", ".4f"), ("speedup", ".2f"),
                      ("flops_reduction", ".2f"), ("params", ",")):
         sv, nv = s.get(key), r.get(key)
         t.add_row(key, "-" if sv is None else format(sv, fmt), "-" if nv is None else format(nv, fmt))

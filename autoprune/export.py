@@ -8,9 +8,11 @@ Selectors (exactly one; all but ``trial`` choose among the study's Pareto front)
 * ``Selector(min_speedup=Y)``: the **most accurate** front trial with measured speedup ``>= Y``.
 
 An export directory holds the pruned, fine-tuned model (``model.safetensors`` + ``config.json`` +
-tokenizer files), ``policy.yaml`` (the policy with the kept head/neuron indices per layer under
-``policy:``, then ``metrics``, ``base_model`` with the sha256 of its weights, ``dataset``,
-``versions``, ``source``), a ``README.md`` and, with ``onnx=True``, ``model.onnx``.
+tokenizer files, ``prune_record.json``), ``policy.yaml`` (the policy under ``policy:``, the
+units its pruning kept under ``record:`` (a :class:`~autoprune.pruner.PruneRecord`), then
+``metrics``, ``base_model`` with the sha256 of its weights, ``dataset``, ``versions``, ``source``),
+a ``README.md`` and, with ``onnx=True``, ``model.onnx``. Exported models load with
+:func:`autoprune.serialization.load_pruned`.
 
 Example (see tests/test_export.py for a full run on a tiny model):
     >>> Selector.parse(max_accuracy_drop=1.0)
@@ -25,13 +27,12 @@ import hashlib
 import json
 import logging
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoprune.errors import AutopruneError, ModelError, PolicyError, StudyError
+from autoprune.errors import AutopruneError, PolicyError, StudyError
 from autoprune.study import TrialRecord, front, study_info, trial_records
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def _dataset_section(cfg: Any) -> dict[str, Any]:
     return out
 
 
-_METRIC_KEYS = ("accuracy", "macro_f1", "dense_accuracy", "dense_macro_f1", "accuracy_drop", "eval_split", "eval_n",
+_METRIC_KEYS = ("accuracy", "accuracy_pruned", "macro_f1", "dense_accuracy", "dense_macro_f1", "accuracy_drop", "eval_split", "eval_n",
                 "speedup", "speed_label", "latency_ms", "dense_latency_ms", "speedup_b1", "flops_reduction", "flops",
                 "dense_flops", "params", "dense_params", "size_bytes", "dense_size_bytes", "heads_per_layer",
                 "ffn_per_layer", "weight_sparsity", "retrain_steps", "measure")
@@ -225,41 +226,6 @@ def _copy_model(src: Path, dst: Path) -> None:
     for f in src.iterdir():
         if f.is_file() and f.suffix not in _SKIP_SUFFIXES and f.name not in ("policy.yaml", "README.md"):
             shutil.copy2(f, dst / f.name)
-
-
-def load_pruned(path: str | Path) -> Any:
-    """Load an exported (or trial-saved) pruned model in eval mode: one call, no pickles.
-
-    The dense architecture is built from ``config.json``, resized per layer to the recorded head
-    counts and FFN sizes (``config.autoprune``), then the weights are read with
-    ``safetensors.torch.load_file``. A model marked ``quantized`` is re-quantized to dynamic int8.
-
-    Example:
-        >>> # model = autoprune.load_pruned("exports/sst2-trial7")
-        >>> # logits = model(**tokenizer("great film", return_tensors="pt")).logits
-    """
-    from transformers import AutoConfig
-
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise ModelError(f"{p}: no config.json; expected a directory written by 'autoprune export'")
-    try:
-        hf = AutoConfig.from_pretrained(str(p))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{p}/config.json: cannot be read: {str(exc).splitlines()[0]}") from None
-    meta = getattr(hf, "autoprune", None)
-    if not meta or "heads_per_layer" not in meta or "ffn_per_layer" not in meta:
-        raise ModelError(f"{p}/config.json has no 'autoprune' shape record (heads_per_layer/ffn_per_layer); "
-                         f"it was not saved by autoprune")
-    from autoprune.surgery import load_reshaped
-
-    model = load_reshaped(str(p), hf)
-    if meta.get("quantized"):
-        from autoprune.quantize import quantize_dynamic_int8
-
-        model = quantize_dynamic_int8(model)
-    model.eval()
-    return model
 
 
 def _onnx_inputs(model: Any, seq_len: int = 16, batch: int = 2) -> tuple[dict[str, Any], list[str]]:
@@ -408,15 +374,15 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
     """Export the trial ``selector`` picks to ``out_dir`` and return the directory.
 
     If the trial saved its model (``result['model_dir']`` exists) the files are copied; otherwise
-    the model is rebuilt by re-applying the policy with its recorded kept indices (``run_trial`` on
-    the study's stored config). ``policy.yaml`` and ``README.md`` say which happened.
+    the model is rebuilt by re-applying the trial's prune record (``run_trial`` on the study's stored
+    config). ``policy.yaml`` and ``README.md`` say which happened.
 
     Example:
         >>> # export_trial(study, Selector(min_speedup=2.0), "exports/fast", onnx=True)
     """
     import yaml
 
-    from autoprune.policy import PruningPolicy
+    from autoprune.policy import PruningPolicy, split_legacy_kept
 
     sel = _as_selector(selector)
     trial = select_trial(study, sel)
@@ -426,14 +392,8 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         raise ExportError(f"trial {trial.number} has no recorded result/policy; it was not written by "
                           f"'autoprune search'")
     cfg = _study_config(study)
-    # the result's policy carries the kept indices the trial ended with
-    merged = dict(pol_raw)
-    rp = res.get("policy") or {}
-    for k in ("kept_heads", "kept_neurons"):
-        v = res.get(k) if res.get(k) is not None else rp.get(k)
-        if v is not None:
-            merged[k] = v
-    policy = PruningPolicy.from_dict(merged, source=f"trial {trial.number} policy")
+    policy = PruningPolicy.from_dict(split_legacy_kept(pol_raw)[0], source=f"trial {trial.number} policy")
+    record = _trial_record(res, policy, f"trial {trial.number} result")
     if onnx and policy.quantize:
         raise ExportError(f"trial {trial.number} uses dynamic int8 quantization (quantize: true), which has no "
                           f"ONNX export in torch; rerun without --onnx (the PyTorch export keeps the int8 model)")
@@ -458,12 +418,13 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
     else:
         from autoprune.trial import run_trial
 
-        how = ("re-applying the policy with its recorded kept indices" if policy.kept_heads or policy.kept_neurons
-               else f"re-scoring with the '{policy.criterion}' criterion and the same seed (no kept indices recorded)")
+        replay = record if record is not None and record.granularity == "structured" else None
+        how = ("re-applying its prune record (the units the trial kept)" if replay is not None
+               else f"re-scoring with the '{policy.criterion}' criterion and the same seed (no kept units recorded)")
         logger.warning("trial %d did not keep its model; rebuilding it by %s and retraining (%d steps)",
                        trial.number, how, policy.retrain.steps)
         with tempfile.TemporaryDirectory(dir=str(out)) as tmp:
-            rebuilt = run_trial(cfg, policy, save_dir=tmp)
+            rebuilt = run_trial(cfg, policy, save_dir=tmp, record=replay)
             _copy_model(Path(tmp), out)
         source = {"kind": "rebuilt",
                   "description": f"rebuilt by {how} on the dense baseline and retraining with the stored budget "
@@ -479,6 +440,7 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         "trial": trial.number,
         "selector": sel.describe(),
         "policy": policy.to_dict(),
+        **({"record": record.to_dict()} if record is not None else {}),
         "policy_summary": policy.summary(),
         "metrics": metrics,
         "base_model": {"name_or_path": cfg.model.name_or_path, "pooling": cfg.model.pooling,
@@ -490,12 +452,15 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
     }
     onnx_inputs: list[str] = []
     if onnx:
+        from autoprune.serialization import load_pruned
+
         model = load_pruned(out)
         export_onnx(model, out / "model.onnx")
         onnx_inputs = _onnx_inputs(model)[1]
         doc["onnx"] = {"file": "model.onnx", "opset": 17, "inputs": onnx_inputs, "output": "logits"}
     (out / "policy.yaml").write_text(
-        "# autoprune export: the policy (with kept indices) under 'policy:', then provenance.\n"
+        "# autoprune export: the policy under 'policy:', the units its pruning kept under 'record:', then "
+        "provenance.\n"
         "# Re-apply with: autoprune apply policy.yaml -c CONFIG.yaml\n"
         + yaml.safe_dump(json.loads(json.dumps(doc, default=str)), sort_keys=False), encoding="utf-8")
     id2label = json.loads((out / "config.json").read_text(encoding="utf-8")).get("id2label", {})
@@ -506,47 +471,83 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
 
 
 # ----------------------------------------------------------------------------- apply
-def read_export(policy_path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """Read an exported ``policy.yaml`` (or a plain policy file): ``(PruningPolicy, whole document)``.
+def _trial_record(res: dict[str, Any], policy: Any, source: str) -> Any:
+    """The prune record a trial's result holds; results written before records existed give their
+    kept indices instead (converted); ``None`` when there is neither (unstructured, old results)."""
+    from autoprune.pruner import PruneRecord
 
+    if res.get("prune_record") is not None:
+        return PruneRecord.from_dict(res["prune_record"], source=source)
+    rp = res.get("policy") or {}
+    kept = {k: res.get(k) if res.get(k) is not None else rp.get(k) for k in ("kept_heads", "kept_neurons")}
+    if all(v is None for v in kept.values()):
+        return None
+    return PruneRecord.from_kept(kept["kept_heads"], kept["kept_neurons"], criterion=policy.criterion, source=source)
+
+
+def read_export(policy_path: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """Read an exported ``policy.yaml`` (or a plain policy file): ``(PruningPolicy, PruneRecord or None,
+    whole document)``.
+
+    The record is the ``record:`` section; a file written before records existed keeps the kept
+    indices under ``policy:`` (``kept_heads`` / ``kept_neurons``), which become a record (logged).
     A corrupt file, a missing/invalid ``policy`` section or malformed sections raise :class:`PolicyError`.
     """
     from autoprune._yaml import read_yaml_mapping
-    from autoprune.policy import PruningPolicy
+    from autoprune.policy import PruningPolicy, split_legacy_kept
+    from autoprune.pruner import PruneRecord
 
     p = Path(policy_path)
     if p.suffix == ".json":
-        return PruningPolicy.load(p), {}
+        return PruningPolicy.load(p), None, {}
     doc = read_yaml_mapping(p, PolicyError)
     if "policy" in doc:
         if not isinstance(doc["policy"], dict):
             raise PolicyError(f"{p}: 'policy' must be a mapping (the policy fields), got "
                               f"{type(doc['policy']).__name__}")
-        pol = PruningPolicy.from_dict(doc["policy"], source=f"{p}: policy")
+        raw, source = doc["policy"], f"{p}: policy"
     elif "criterion" in doc:
-        pol = PruningPolicy.from_dict(doc, source=str(p))
-        doc = {}
+        raw, source, doc = doc, str(p), {}
     else:
         raise PolicyError(f"{p}: no 'policy' section; expected a policy.yaml written by 'autoprune export' "
                           f"or a policy file with 'criterion'")
-    for section in ("metrics", "base_model", "dataset", "versions"):
+    raw, legacy = split_legacy_kept(raw)
+    pol = PruningPolicy.from_dict(raw, source=source)
+    for section in ("metrics", "base_model", "dataset", "versions", "record"):
         if section in doc and not isinstance(doc[section], dict):
             raise PolicyError(f"{p}: section '{section}' must be a mapping")
-    for k in ("kept_heads", "kept_neurons"):
-        v = getattr(pol, k)
-        if v is not None and any(len(set(layer)) != len(layer) or any(i < 0 for i in layer) for layer in v):
-            raise PolicyError(f"{p}: '{k}' has duplicate or negative indices; the file is corrupt")
-    return pol, doc
+    record = None
+    if "record" in doc:
+        record = PruneRecord.from_dict(doc["record"], source=f"{p}: record")
+    elif legacy:
+        record = PruneRecord.from_kept(legacy.get("kept_heads"), legacy.get("kept_neurons"), criterion=pol.criterion,
+                                       source=source)
+        logger.info("%s: kept indices stored under 'policy:' (an export written before prune records) read as the "
+                    "prune record", p)
+    return pol, record, doc
+
+
+def _base_shape(cfg: Any) -> tuple[list[int], list[int]]:
+    """Heads and FFN neurons per layer of the configured base model, from its config alone."""
+    import torch
+    from transformers import AutoConfig
+
+    from autoprune.models import get_adapter
+    from autoprune.models._pooling import build_from_config
+
+    with torch.device("meta"):  # the architecture without allocating its weights
+        model = build_from_config(AutoConfig.from_pretrained(cfg.model.resolve()))
+    return get_adapter(model).shape(model)
 
 
 def apply_policy(policy_path: str | Path, config: Any, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Re-apply an exported policy to a fresh base model, retrain with its stored budget, measure.
 
-    ``config`` is a :class:`~autoprune.config.RunConfig` or a path to one. The recorded kept indices
-    are reused when the base model's weights hash matches the one in ``policy.yaml``; otherwise a
-    warning is logged and the units are re-scored with the policy's criterion. Returns a dict with
-    ``result`` (the new TrialResult as dict), ``stored`` (metrics from the file), ``kept_indices``
-    (bool: whether they were reused) and ``model_dir``.
+    ``config`` is a :class:`~autoprune.config.RunConfig` or a path to one. The exported prune record
+    is re-applied exactly (the same units cut, no scoring) when the base model's weights hash matches
+    the one in ``policy.yaml``; otherwise a warning is logged and the units are re-scored with the
+    policy's criterion. Returns a dict with ``result`` (the new TrialResult as dict), ``stored``
+    (metrics from the file), ``kept_indices`` (bool: whether the record was re-applied) and ``model_dir``.
 
     Example:
         >>> # out = apply_policy("exports/fast/policy.yaml", "run.yaml", out_dir="reapplied")
@@ -557,33 +558,22 @@ def apply_policy(policy_path: str | Path, config: Any, out_dir: str | Path | Non
     from autoprune.trial import run_trial
 
     cfg = config if isinstance(config, RunConfig) else load_config(config)
-    pol, doc = read_export(policy_path)
-    depth = model_depth(cfg)
-    pol.check_layers(depth, source=str(policy_path))
+    pol, record, doc = read_export(policy_path)
+    pol.check_layers(model_depth(cfg), source=str(policy_path))
+    if record is not None and record.granularity != "structured":
+        record = None  # unstructured records keep no masks: the policy is re-scored as the trial was
     sha, _ = weights_sha256(cfg.model.resolve())
     stored_sha = (doc.get("base_model") or {}).get("sha256")
-    reuse = pol.kept_heads is not None or pol.kept_neurons is not None
-    if reuse and (stored_sha is None or sha is None or sha != stored_sha):
+    if record is not None and (stored_sha is None or sha is None or sha != stored_sha):
         why = ("the policy file records no base-model hash" if stored_sha is None else
                "the base model is not a local directory, so its weights cannot be hashed" if sha is None else
                f"the base model's weights differ (sha256 {sha[:12]}... vs {stored_sha[:12]}... in the policy)")
         logger.warning("%s: re-scoring units with the '%s' criterion instead of reusing the kept indices",
                        why, pol.criterion)
-        pol = pol.model_copy(update={"kept_heads": None, "kept_neurons": None})
-        reuse = False
-    elif reuse:
-        logger.info("base model matches the policy (sha256 %s...): reusing the kept indices", sha[:12])
-    if pol.kept_heads is not None:
-        from transformers import AutoConfig
-
-        hf = AutoConfig.from_pretrained(cfg.model.resolve())
-        n_heads = int(getattr(hf, "num_attention_heads", getattr(hf, "n_heads", 0)))
-        n_ffn = int(getattr(hf, "intermediate_size", getattr(hf, "hidden_dim", 0)))
-        for name, kept, total in (("kept_heads", pol.kept_heads, n_heads), ("kept_neurons", pol.kept_neurons, n_ffn)):
-            for i, layer in enumerate(kept or []):
-                if total and any(j >= total for j in layer):
-                    raise PolicyError(f"{policy_path}: '{name}[{i}]' indexes unit {max(layer)} but the model has "
-                                      f"{total} per layer; the policy does not match this model")
-    res = run_trial(cfg, pol, save_dir=str(out_dir) if out_dir else None)
-    return {"result": res.to_dict(), "stored": dict(doc.get("metrics") or {}), "kept_indices": reuse,
+        record = None
+    elif record is not None:
+        logger.info("base model matches the policy (sha256 %s...): re-applying its prune record", sha[:12])
+        record.check_model(*_base_shape(cfg), source=str(policy_path))
+    res = run_trial(cfg, pol, save_dir=str(out_dir) if out_dir else None, record=record)
+    return {"result": res.to_dict(), "stored": dict(doc.get("metrics") or {}), "kept_indices": record is not None,
             "model_dir": str(out_dir) if out_dir else None, "policy_summary": pol.summary()}

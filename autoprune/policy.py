@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from autoprune._yaml import read_yaml_mapping
 from autoprune.errors import PolicyError, format_validation_error
 
+logger = logging.getLogger(__name__)
+
 GRANULARITIES = ("structured", "unstructured")
+RECONSTRUCTIONS = ("none", "least_squares")
+# fields read from exported policy files written before kept indices moved to the prune record
+LEGACY_KEPT_KEYS = ("kept_heads", "kept_neurons")
+# fields left out of to_dict() while at their default, so policies written before they existed keep
+# the same dict (and the same search-space key)
+_OMIT_AT_DEFAULT = {"drop_layer_count": 0, "reconstruct": "none"}
 
 
 class RetrainBudget(BaseModel):
@@ -48,13 +57,30 @@ class Distillation(BaseModel):
     temperature: float = Field(2.0, gt=0)
 
 
-def _check_sparsities(name: str, values: list[float] | None) -> list[float] | None:
+class Calibration(BaseModel):
+    """The calibration set of scoring (gradient criteria) and reconstruction.
+
+    ``batches``: how many training batches (of ``retrain.batch_size`` sentences) to use; ``None``
+    takes the run config's ``calibration_batches``. ``ridge``: the ridge term of the least-squares
+    refit; ``None`` takes :func:`autoprune.reconstruct.reconstruct_layers`' own default.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    batches: int | None = Field(None, ge=1)
+    ridge: float | None = Field(None, ge=0)
+
+
+def _check_sparsities(name: str, values: list[float] | None, *, whole: bool) -> list[float] | None:
     if values is None:
         return None
     if len(values) == 0:
         raise ValueError(f"'{name}' is an empty list; give one sparsity per layer")
     for i, v in enumerate(values):
-        if not (0.0 <= v < 1.0):
+        if whole and not (0.0 <= v <= 1.0):
+            raise ValueError(f"'{name}[{i}]' = {v} is outside [0, 1]; a sparsity is the fraction removed "
+                             f"(0 keeps everything, 1 removes the whole layer)")
+        if not whole and not (0.0 <= v < 1.0):
             raise ValueError(
                 f"'{name}[{i}]' = {v} is outside [0, 1); a sparsity is the fraction removed "
                 f"(0 keeps everything, 0.99 keeps almost nothing, 1 is not allowed)"
@@ -69,14 +95,22 @@ class PruningPolicy(BaseModel):
     * ``granularity``: ``structured`` removes attention heads and FFN neurons physically;
       ``unstructured`` zeroes individual weights of the encoder's Linear layers.
     * ``head_sparsity`` / ``ffn_sparsity`` (structured) or ``weight_sparsity`` (unstructured):
-      the fraction removed, one value per encoder layer, each in [0, 1).
-    * ``iterative_steps``: reach the target in k equal steps, retraining between them.
-    * ``retrain``: the fine-tuning budget after pruning; ``distillation`` and ``quantize`` are
-      optional levers; ``qat`` (with ``quantize``) retrains with int8 rounding simulated in every
-      Linear, so the fine-tune learns the rounding it will be evaluated with
-      (:func:`autoprune.quantize.fake_quantized`).
-    * ``kept_heads`` / ``kept_neurons``: filled in by export; when present, re-application keeps
-      exactly these units instead of re-scoring.
+      the fraction removed, one value per encoder layer. Heads and FFN neurons take [0, 1]: a layer
+      at 1.0 in either list is dropped whole; weights take [0, 1).
+    * ``drop_layers`` (a fixed list of encoder layer indices) or ``drop_layer_count`` (that many
+      layers of lowest summed unit importance under ``criterion``): structured only; whole encoder
+      layers removed, the sparsities of dropped layers ignored.
+    * ``iterative_steps``: reach the target in k equal steps, retraining between them (whole
+      layers go in the first step).
+    * ``reconstruct``: ``least_squares`` re-fits what each pruned layer keeps to the dense layer's
+      output on calibration batches after every cut; ``calibration`` sizes that set.
+    * ``retrain``: the fine-tuning budget after pruning (``steps: 0`` skips fine-tuning);
+      ``distillation`` and ``quantize`` are optional levers; ``qat`` (with ``quantize``) retrains
+      with int8 rounding simulated in every Linear, so the fine-tune learns the rounding it will be
+      evaluated with (:func:`autoprune.quantize.fake_quantized`).
+
+    Which units a pruning kept is not part of the policy: :func:`autoprune.pruner.prune` returns it
+    as a :class:`~autoprune.pruner.PruneRecord`, which export writes beside the policy.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -86,14 +120,16 @@ class PruningPolicy(BaseModel):
     head_sparsity: list[float] | None = None
     ffn_sparsity: list[float] | None = None
     weight_sparsity: list[float] | None = None
+    drop_layers: list[int] | None = None
+    drop_layer_count: int = Field(0, ge=0)
     iterative_steps: int = Field(1, ge=1, le=20)
+    reconstruct: Literal["none", "least_squares"] = "none"
+    calibration: Calibration | None = None
     retrain: RetrainBudget = RetrainBudget()
     distillation: Distillation | None = None
     quantize: bool = False
     qat: bool = False
     seed: int = 0
-    kept_heads: list[list[int]] | None = None
-    kept_neurons: list[list[int]] | None = None
 
     @field_validator("criterion")
     @classmethod
@@ -107,7 +143,16 @@ class PruningPolicy(BaseModel):
     @field_validator("head_sparsity", "ffn_sparsity", "weight_sparsity")
     @classmethod
     def _valid_sparsity(cls, v: list[float] | None, info: Any) -> list[float] | None:
-        return _check_sparsities(info.field_name, v)
+        return _check_sparsities(info.field_name, v, whole=info.field_name != "weight_sparsity")
+
+    @field_validator("drop_layers")
+    @classmethod
+    def _valid_drop(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return None
+        if any(i < 0 for i in v) or len(set(v)) != len(v):
+            raise ValueError(f"'drop_layers' = {v} must list distinct encoder layer indices (0 is the first layer)")
+        return sorted(int(i) for i in v)
 
     @model_validator(mode="after")
     def _consistent(self) -> "PruningPolicy":
@@ -127,6 +172,12 @@ class PruningPolicy(BaseModel):
                 raise ValueError("an unstructured policy needs 'weight_sparsity' (one value per layer)")
             if self.head_sparsity is not None or self.ffn_sparsity is not None:
                 raise ValueError("'head_sparsity'/'ffn_sparsity' belong to structured policies; set granularity: structured")
+            if self.drop_layers or self.drop_layer_count:
+                raise ValueError("'drop_layers'/'drop_layer_count' belong to structured policies; set granularity: "
+                                 "structured")
+        if self.drop_layers and self.drop_layer_count:
+            raise ValueError("give either 'drop_layers' (which layers) or 'drop_layer_count' (how many, chosen by "
+                             "the criterion), not both")
         if self.qat and not self.quantize:
             raise ValueError("'qat: true' (quantization-aware retraining) needs 'quantize: true'; "
                              "set quantize: true or drop qat")
@@ -152,13 +203,19 @@ class PruningPolicy(BaseModel):
 
     def check_layers(self, num_layers: int, *, source: str = "policy") -> None:
         """Raise :class:`PolicyError` if the per-layer lists do not match a model of ``num_layers`` layers."""
-        for name in ("head_sparsity", "ffn_sparsity", "weight_sparsity", "kept_heads", "kept_neurons"):
+        for name in ("head_sparsity", "ffn_sparsity", "weight_sparsity"):
             v = getattr(self, name)
             if v is not None and len(v) != num_layers:
                 raise PolicyError(
                     f"{source}: '{name}' has {len(v)} entries but the model has {num_layers} encoder layers; "
                     f"give exactly one value per layer"
                 )
+        if self.drop_layers and self.drop_layers[-1] >= num_layers:
+            raise PolicyError(f"{source}: 'drop_layers' = {self.drop_layers} names a layer beyond the model's "
+                              f"{num_layers} encoder layers (indices 0..{num_layers - 1})")
+        if self.drop_layer_count >= num_layers:
+            raise PolicyError(f"{source}: 'drop_layer_count' = {self.drop_layer_count} would remove every one of the "
+                              f"model's {num_layers} encoder layers; keep at least one")
 
     def summary(self) -> str:
         """A short human-readable description, e.g. for tables and hover text."""
@@ -168,7 +225,13 @@ class PruningPolicy(BaseModel):
             s = f"{self.criterion} heads[{fmt(self.head_sparsity)}] ffn[{fmt(self.ffn_sparsity)}]"
         else:
             s = f"{self.criterion} weights[{fmt(self.weight_sparsity)}]"
+        if self.drop_layers:
+            s += f" drop{self.drop_layers}"
+        elif self.drop_layer_count:
+            s += f" drop{self.drop_layer_count}"
         s += f" x{self.iterative_steps} {self.retrain.steps}st"
+        if self.reconstruct != "none":
+            s += " lsq"
         if self.distillation:
             s += f" kd{self.distillation.weight:.2f}"
         if self.quantize:
@@ -177,7 +240,11 @@ class PruningPolicy(BaseModel):
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        d = self.model_dump(mode="json", exclude_none=True)
+        for k, default in _OMIT_AT_DEFAULT.items():
+            if d.get(k) == default:
+                del d[k]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -187,6 +254,12 @@ class PruningPolicy(BaseModel):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "policy") -> "PruningPolicy":
+        """Validate a mapping; kept indices of older exported files are left out with a logged note
+        (:func:`autoprune.export.read_export` turns them into a prune record)."""
+        data, legacy = split_legacy_kept(data)
+        if legacy:
+            logger.warning("%s: ignoring %s: the units a pruning kept live in its prune record now; re-apply an "
+                           "exported cut with 'autoprune apply'", source, "/".join(legacy))
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -232,3 +305,16 @@ class PruningPolicy(BaseModel):
     def save(self, path: str | Path) -> None:
         p = Path(path)
         p.write_text(self.to_json() if p.suffix == ".json" else self.to_yaml(), encoding="utf-8")
+
+
+def split_legacy_kept(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a policy mapping into its fields and the kept indices older exports stored in it.
+
+    Example:
+        >>> split_legacy_kept({"criterion": "l1", "kept_heads": [[0]]})
+        ({'criterion': 'l1'}, {'kept_heads': [[0]]})
+    """
+    if not isinstance(data, dict) or not any(k in data for k in LEGACY_KEPT_KEYS):
+        return data, {}
+    rest = {k: v for k, v in data.items() if k not in LEGACY_KEPT_KEYS}
+    return rest, {k: data[k] for k in LEGACY_KEPT_KEYS if k in data}

@@ -74,6 +74,10 @@ class TrialResult:
     history: list[list[float]] = field(default_factory=list)  # [step, validation accuracy]
     measure: dict[str, Any] = field(default_factory=dict)
     model_dir: str | None = None
+    # accuracy on the reported split right after the (first) cut, before any retraining
+    accuracy_pruned: float | None = None
+    # what the pruning kept (autoprune.pruner.PruneRecord.to_dict()); kept_heads/kept_neurons above repeat it
+    prune_record: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -16,13 +16,14 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
 from autoprune.errors import PolicyError
+from autoprune.models import get_adapter
 from autoprune.models._base import Slice
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,9 @@ def prune_structured(model: nn.Module, kept_heads: Sequence[Sequence[int]] | Non
                      kept_neurons: Sequence[Sequence[int]] | None = None) -> nn.Module:
     """Physically remove every head / FFN neuron not listed as kept, layer by layer (in place).
 
-    Indices refer to the model as it stands. The per-layer shape is recorded in
-    ``model.config.autoprune`` so a saved model can be rebuilt with the same shapes.
+    Indices refer to the model as it stands. :func:`autoprune.serialization.save_pruned` records
+    the resulting per-layer shape, so a saved model is rebuilt with it.
     """
-    from autoprune.models import get_adapter
-
     adapter = get_adapter(model)
     layers = adapter.layers(model)
     for name, kept in (("kept_heads", kept_heads), ("kept_neurons", kept_neurons)):
@@ -99,14 +98,11 @@ def prune_structured(model: nn.Module, kept_heads: Sequence[Sequence[int]] | Non
             keep = _check_keep("FFN neurons", i, kept_neurons[i], parts.num_neurons)
             if len(keep) < parts.num_neurons:
                 _cut(parents, parts.neuron_slices, keep, width=1, total=parts.num_neurons)
-    record_shape(model)
     return model
 
 
 def drop_layers(model: nn.Module, drop: Sequence[int]) -> nn.Module:
     """Remove whole encoder layers (indices of the model as it stands), keeping the rest in order."""
-    from autoprune.models import get_adapter
-
     adapter = get_adapter(model)
     n = len(adapter.layer_modules(model))
     drop_set = {int(i) for i in drop}
@@ -117,61 +113,6 @@ def drop_layers(model: nn.Module, drop: Sequence[int]) -> nn.Module:
         raise PolicyError(f"drop_layers removes all {n} encoder layers; keep at least one")
     if drop_set:
         adapter.set_layers(model, [i for i in range(n) if i not in drop_set])
-    record_shape(model)
-    return model
-
-
-def record_shape(model: nn.Module) -> dict[str, Any]:
-    """Write the per-layer head counts and FFN sizes into ``model.config.autoprune``."""
-    from autoprune.models import get_adapter
-
-    heads, ffn = get_adapter(model).shape(model)
-    meta = dict(getattr(model.config, "autoprune", None) or {})
-    meta.update({"heads_per_layer": heads, "ffn_per_layer": ffn})
-    model.config.autoprune = meta
-    return meta
-
-
-def reshape_to(model: nn.Module, heads_per_layer: Sequence[int], ffn_per_layer: Sequence[int]) -> nn.Module:
-    """Resize a freshly built model's layers to the given shape (weights to be loaded afterwards)."""
-    from autoprune.models import get_adapter
-
-    adapter = get_adapter(model)
-    adapter.prepare_rebuilt(model)
-    heads, ffn = adapter.shape(model)
-    if len(heads_per_layer) != len(heads) or len(ffn_per_layer) != len(ffn):
-        raise PolicyError(f"saved shape has {len(heads_per_layer)} layers, the architecture has {len(heads)}")
-    return prune_structured(model, [list(range(h)) for h in heads_per_layer], [list(range(f)) for f in ffn_per_layer])
-
-
-def load_reshaped(path: str, hf_config: Any) -> nn.Module:
-    """Rebuild a pruned model saved by autoprune: dense architecture -> :func:`reshape_to` -> weights."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-    from autoprune.models._pooling import build_from_config
-
-    meta = dict(hf_config.autoprune)
-    model = build_from_config(hf_config)
-    reshape_to(model, meta["heads_per_layer"], meta["ffn_per_layer"])
-    files = sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        from autoprune.errors import ModelError
-
-        raise ModelError(f"{path}: no .safetensors weights found next to config.json")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # tied / buffer entries (e.g. position_ids) may legitimately be absent
-    real_missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
-    if real_missing or unexpected:
-        from autoprune.errors import ModelError
-
-        raise ModelError(f"{path}: weights do not match the recorded shape (missing {real_missing[:5]}, "
-                         f"unexpected {unexpected[:5]})")
-    model.config.autoprune = meta
-    model.eval()
     return model
 
 
@@ -201,8 +142,6 @@ def make_unstructured_permanent(model: nn.Module) -> nn.Module:
 
 def encoder_weight_sparsity(model: nn.Module) -> float:
     """Fraction of zero weights in the encoder's prunable Linear layers."""
-    from autoprune.models import get_adapter
-
     zeros = total = 0
     for parts in get_adapter(model).layers(model):
         for lin in parts.linears():

@@ -1,11 +1,17 @@
-"""One trial: load the dense baseline, prune by one policy, retrain, evaluate, measure.
+"""One trial: prune the dense baseline by one policy, retrain, quantize, evaluate, measure.
 
 ``run_trial(config, policy) -> TrialResult`` is the one function a Ray worker runs. It takes and
 returns plain data; nothing here knows about Optuna.
 
-Flow: dense baseline (cached) -> [score -> cut -> retrain] x iterative_steps -> optional int8
-dynamic quantization -> evaluate on the validation split -> interleaved latency against the dense
-model, FLOPs, parameters, size.
+A trial is a short composition of named steps, each timed in ``phase_seconds``:
+
+* ``load``: the dense baseline (cached per process) and its tokenised data;
+* ``prune`` (and ``reconstruct``): :func:`autoprune.pruner.prune`, once per step of the
+  iterative schedule, each step followed by ``retrain`` (skipped when ``retrain.steps`` is 0);
+* ``quantize``: dynamic int8 for ``quantize: true`` policies;
+* ``evaluate``: the accuracy right after the first cut (``accuracy_pruned``) and the final one,
+  on ``final_split``, plus the mid-retraining checks of the early-stop rule;
+* ``measure``: interleaved latency against the dense model, FLOPs, parameters, size.
 """
 
 from __future__ import annotations
@@ -14,21 +20,23 @@ import contextlib
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 
 from autoprune.config import RunConfig
 from autoprune.policy import PruningPolicy
+from autoprune.pruner import PruneRecord
 from autoprune.quantize import fake_quantized, quantize_dynamic_int8
 from autoprune.results import EvalMetrics, TrialResult
 
 logger = logging.getLogger(__name__)
 
 OnEval = Callable[[int, float], bool]
+SPLITS = ("validation", "test")
 
 
 class TrialStopped(Exception):
@@ -88,47 +96,107 @@ def _context(config: RunConfig, *, progress: bool) -> _Context:
     return ctx
 
 
-def _structured_step(model: nn.Module, policy: PruningPolicy, frac: float, orig_heads: list[int],
-                     orig_ffn: list[int], kept_heads: list[list[int]], kept_neurons: list[list[int]],
-                     seed: int, calib: Any) -> None:
-    """Score the model as it stands and cut it to ``frac`` of the policy's target sparsity."""
-    from autoprune.criteria import get_criterion, keep_top, n_removed
-    from autoprune.surgery import prune_structured
+@dataclass
+class _Run:
+    """One trial's state as it goes through its steps."""
 
-    hs, ns = get_criterion(policy.criterion).unit_scores(model, calib, seed=seed)
-    local_h, local_n = [], []
-    for i in range(len(orig_heads)):
-        sh = (policy.head_sparsity or [0.0] * len(orig_heads))[i] * frac
-        sn = (policy.ffn_sparsity or [0.0] * len(orig_ffn))[i] * frac
-        kh = keep_top(hs[i], orig_heads[i] - n_removed(orig_heads[i], sh))
-        kn = keep_top(ns[i], orig_ffn[i] - n_removed(orig_ffn[i], sn))
-        local_h.append(kh)
-        local_n.append(kn)
-        kept_heads[i] = [kept_heads[i][j] for j in kh]
-        kept_neurons[i] = [kept_neurons[i][j] for j in kn]
-    prune_structured(model, local_h, local_n)
+    config: RunConfig
+    policy: PruningPolicy
+    ctx: _Context
+    model: nn.Module
+    on_eval: OnEval | None
+    progress: bool
+    phases: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("load", "prune", "reconstruct", "retrain", "quantize", "evaluate", "measure"), 0.0))
+    history: list[list[float]] = field(default_factory=list)
+    record: PruneRecord | None = None
+    done_steps: int = 0
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] += time.perf_counter() - t
+
+    def evaluate(self, split: str, model: nn.Module | None = None) -> EvalMetrics:
+        from autoprune.measure import evaluate_split
+
+        task = self.ctx.task
+        with self.timed("evaluate"):
+            return evaluate_split(self.model if model is None else model,
+                                  task.test if split == "test" else task.validation,
+                                  batch_size=self.config.eval_batch_size, pad_id=task.pad_token_id,
+                                  num_labels=task.num_labels)
 
 
-def unstructured_masks(model: nn.Module, policy: PruningPolicy, frac: float, seed: int,
-                       calib: Any = None) -> dict[str, torch.Tensor]:
-    """Masks removing ``round(s * numel)`` lowest-scored weights of every prunable Linear of each layer."""
+def _calibration(run: _Run) -> list[dict[str, torch.Tensor]]:
+    """The calibration batches: training batches of ``retrain.batch_size`` from a fixed seed."""
+    from autoprune.data import train_batches
+
+    pol, task = run.policy, run.ctx.task
+    n = (pol.calibration.batches if pol.calibration else None) or run.config.calibration_batches
+    it = train_batches(task.train, pol.retrain.batch_size, seed=pol.seed + 7, pad_id=task.pad_token_id)
+    return [next(it) for _ in range(n)]
+
+
+def _prune_step(run: _Run, k: int, k_steps: int, replay: PruneRecord | None) -> None:
+    """Score, plan and cut to ``k / k_steps`` of the policy's target (or replay a record); reconstruct."""
     from autoprune.criteria import get_criterion
-    from autoprune.models import get_adapter
+    from autoprune.pruner import prune
 
-    scores = get_criterion(policy.criterion).model_weight_scores(model, calib, seed=seed)
-    names = {id(m): n for n, m in model.named_modules()}
-    masks = {}
-    for i, parts in enumerate(get_adapter(model).layers(model)):
-        s = (policy.weight_sparsity or [])[i] * frac
-        for lin in parts.linears():
-            name = names[id(lin)]
-            sc = scores[name].flatten()
-            k = min(int(round(s * sc.numel())), sc.numel() - 1)
-            mask = torch.ones_like(sc)
-            if k > 0:
-                mask[torch.topk(sc, k, largest=False, sorted=False).indices] = 0.0
-            masks[name] = mask.view_as(scores[name])
-    return masks
+    pol = run.policy
+    scores_need = replay is None and get_criterion(pol.criterion).needs_gradients
+    t = time.perf_counter()
+    calib = _calibration(run) if scores_need or pol.reconstruct != "none" else None
+    before = run.record.timings["reconstruction"] if run.record is not None else 0.0
+    run.record = prune(run.model, pol, calib, dense=run.ctx.dense, fraction=k / k_steps, previous=run.record,
+                       replay=replay)
+    reconstruct = run.record.timings["reconstruction"] - before
+    run.phases["reconstruct"] += reconstruct
+    run.phases["prune"] += time.perf_counter() - t - reconstruct
+
+
+def _retrain_step(run: _Run, k: int, k_steps: int, steps: int, batches: Iterator[dict[str, torch.Tensor]],
+                  teacher: nn.Module | None) -> None:
+    """Fine-tune for ``steps`` (none when 0); the early-stop check runs at the middle of the phase."""
+    from autoprune.train import finetune
+
+    if steps <= 0:
+        return
+    pol, budget = run.policy, run.policy.retrain
+    offset = run.done_steps
+    eval_before = run.phases["evaluate"]
+
+    def hook(step: int) -> bool:
+        acc = run.evaluate("validation").accuracy
+        run.history.append([offset + step, acc])
+        if run.on_eval is not None and run.on_eval(offset + step, acc):
+            raise TrialStopped(f"validation accuracy {acc:.4f} at step {offset + step} cannot reach the floor",
+                               run.history)
+        return False
+
+    hooks = {max(1, steps // 2): hook} if (run.on_eval is not None and steps >= 2) else None
+    with run.timed("retrain"):
+        # qat (valid only with quantize): the retraining sees int8 rounding in every Linear (the
+        # mid-phase check scores it so too)
+        with fake_quantized(run.model) if pol.qat else contextlib.nullcontext():
+            finetune(run.model, batches, steps=steps, learning_rate=budget.learning_rate,
+                     warmup_ratio=budget.warmup_ratio, seed=pol.seed + k, teacher=teacher,
+                     distill_weight=pol.distillation.weight if pol.distillation else 0.0,
+                     temperature=pol.distillation.temperature if pol.distillation else 2.0,
+                     hooks=hooks, desc=f"retrain {k}/{k_steps}", progress=run.progress)
+    run.phases["retrain"] -= run.phases["evaluate"] - eval_before
+    run.done_steps += steps
+
+
+def _quantize(run: _Run) -> nn.Module:
+    """The model the policy evaluates and times: dynamic int8 for ``quantize: true``, else the float one."""
+    if not run.policy.quantize:
+        return run.model
+    with run.timed("quantize"):
+        return quantize_dynamic_int8(run.model)
 
 
 def _speed_label(unstructured: bool, quantized: bool) -> str:
@@ -139,177 +207,110 @@ def _speed_label(unstructured: bool, quantized: bool) -> str:
 
 
 def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | None = None,
-              save_dir: str | None = None, progress: bool = False, final_split: str = "validation") -> TrialResult:
-    """Prune the dense baseline by ``policy``, retrain, evaluate on the validation split, measure.
+              save_dir: str | None = None, progress: bool = False, final_split: str = "validation",
+              record: PruneRecord | None = None) -> TrialResult:
+    """Prune the dense baseline by ``policy``, retrain, evaluate, measure.
 
     ``on_eval(step, accuracy)`` is called at the middle of every retraining phase; returning True
     stops the trial with :class:`TrialStopped`. ``final_split`` (``validation`` or ``test``) is the
-    split of the reported accuracy, for the pruned and the dense model alike; the search always
-    selects on ``validation``, benchmarks re-measure the chosen policies on ``test``.
-    ``save_dir`` saves the pruned, fine-tuned model
-    (``save_pretrained`` + tokenizer; its config records the per-layer shape in ``autoprune``).
+    split of the reported accuracies (right after pruning and final), for the pruned and the dense
+    model alike; the search always selects on ``validation``, benchmarks re-measure the chosen
+    policies on ``test``. ``record`` re-applies that :class:`~autoprune.pruner.PruneRecord`'s exact
+    cut (one step) instead of scoring. ``save_dir`` saves the pruned, fine-tuned model with its
+    tokenizer and record (:func:`autoprune.serialization.save_pruned`).
 
     Example (tiny model from tests/conftest.py; see tests/test_trial.py):
         >>> # res = run_trial(config, PruningPolicy.uniform("l1", 2, heads=0.5, ffn=0.5, retrain_steps=10))
-        >>> # res.speedup, res.accuracy_drop
+        >>> # res.accuracy_pruned, res.accuracy, res.speedup
     """
     from autoprune.data import train_batches
-    from autoprune.criteria import get_criterion
-    from autoprune.measure import count_flops, count_params, evaluate_split, measure_speed, nonzero_params, \
-        size_on_disk
-    from autoprune.models import get_adapter
-    from autoprune.surgery import encoder_weight_sparsity, make_unstructured_permanent, prune_structured, \
-        prune_unstructured, record_shape
-    from autoprune.train import finetune, set_seed
+    from autoprune.errors import DataError, PolicyError
+    from autoprune.train import set_seed
 
-    phases = {"load": 0.0, "prune": 0.0, "retrain": 0.0, "evaluate": 0.0, "measure": 0.0}
+    if final_split not in SPLITS:
+        raise ValueError(f"final_split must be 'validation' or 'test', got {final_split!r}")
+    if record is not None and record.granularity != "structured":
+        raise PolicyError("an unstructured prune record holds no masks to re-apply; run the policy without a record")
     t0 = time.perf_counter()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     ctx = _context(config, progress=progress)
+    if final_split == "test" and ctx.task.test is None:
+        raise DataError("final_split='test' but the data config has no test split")
     policy.check_layers(ctx.num_layers)
-    task = ctx.task
     set_seed(policy.seed)
-    model = copy.deepcopy(ctx.dense)
-    adapter = get_adapter(model)
-    orig_heads, orig_ffn = adapter.shape(model)
-    kept_heads = [list(range(h)) for h in orig_heads]
-    kept_neurons = [list(range(f)) for f in orig_ffn]
-    teacher = ctx.dense if policy.distillation is not None and policy.distillation.weight > 0 else None
-    phases["load"] = time.perf_counter() - t0
+    run = _Run(config, policy, ctx, copy.deepcopy(ctx.dense), on_eval, progress)
+    run.phases["load"] = time.perf_counter() - t0
 
-    history: list[list[float]] = []
-    done_steps = 0
     budget = policy.retrain
-    k_steps = 1 if (policy.kept_heads or policy.kept_neurons) else policy.iterative_steps
+    k_steps = 1 if record is not None else policy.iterative_steps
     per_step = [budget.steps // k_steps + (1 if i < budget.steps % k_steps else 0) for i in range(k_steps)]
-    batches = train_batches(task.train, budget.batch_size, seed=policy.seed, pad_id=task.pad_token_id)
-
-    def calib() -> Any:
-        it = train_batches(task.train, budget.batch_size, seed=policy.seed + 7, pad_id=task.pad_token_id)
-        return (next(it) for _ in range(config.calibration_batches))
-
-    def val_metrics() -> EvalMetrics:
-        return evaluate_split(model, task.validation, batch_size=config.eval_batch_size, pad_id=task.pad_token_id,
-                              num_labels=task.num_labels)
-
-    needs_grad = get_criterion(policy.criterion).needs_gradients
+    batches = train_batches(ctx.task.train, budget.batch_size, seed=policy.seed, pad_id=ctx.task.pad_token_id)
+    teacher = ctx.dense if policy.distillation is not None and policy.distillation.weight > 0 else None
+    pruned: EvalMetrics | None = None
     for k in range(1, k_steps + 1):
-        tp = time.perf_counter()
-        frac = k / k_steps
-        if policy.granularity == "structured":
-            if policy.kept_heads or policy.kept_neurons:
-                kept_heads = [list(x) for x in (policy.kept_heads or kept_heads)]
-                kept_neurons = [list(x) for x in (policy.kept_neurons or kept_neurons)]
-                prune_structured(model, kept_heads, kept_neurons)
-            else:
-                _structured_step(model, policy, frac, orig_heads, orig_ffn, kept_heads, kept_neurons,
-                                 seed=policy.seed * 1000 + k, calib=calib() if needs_grad else None)
-        else:
-            prune_unstructured(model, unstructured_masks(model, policy, frac, seed=policy.seed * 1000 + k,
-                                                         calib=calib() if needs_grad else None))
-        model.zero_grad(set_to_none=True)
-        phases["prune"] += time.perf_counter() - tp
-
-        tr = time.perf_counter()
-        eval_before = phases["evaluate"]
-        steps = per_step[k - 1]
-        offset = done_steps
-
-        def hook(step: int, offset: int = offset) -> bool:
-            te = time.perf_counter()
-            acc = val_metrics().accuracy
-            history.append([offset + step, acc])
-            phases["evaluate"] += time.perf_counter() - te
-            if on_eval is not None and on_eval(offset + step, acc):
-                raise TrialStopped(f"validation accuracy {acc:.4f} at step {offset + step} cannot reach the floor",
-                                   history)
-            return False
-
-        hooks = {max(1, steps // 2): hook} if (on_eval is not None and steps >= 2) else None
-        # qat (valid only with quantize): the retraining sees int8 rounding in every Linear (the
-        # mid-phase check scores it so too)
-        with fake_quantized(model) if policy.qat else contextlib.nullcontext():
-            finetune(model, batches, steps=steps, learning_rate=budget.learning_rate, warmup_ratio=budget.warmup_ratio,
-                     seed=policy.seed + k, teacher=teacher,
-                     distill_weight=policy.distillation.weight if policy.distillation else 0.0,
-                     temperature=policy.distillation.temperature if policy.distillation else 2.0,
-                     hooks=hooks, desc=f"retrain {k}/{k_steps}", progress=progress)
-        done_steps += steps
-        phases["retrain"] += time.perf_counter() - tr - (phases["evaluate"] - eval_before)
+        _prune_step(run, k, k_steps, record)
+        if k == 1:
+            pruned = run.evaluate(final_split)  # before any retraining
+        _retrain_step(run, k, k_steps, per_step[k - 1], batches, teacher)
+    assert run.record is not None and pruned is not None
 
     if policy.granularity == "unstructured":
-        make_unstructured_permanent(model)
-    record_shape(model)
+        from autoprune.surgery import make_unstructured_permanent
 
+        make_unstructured_permanent(run.model)
     # quantize before the final evaluation: an int8 policy's accuracy is the int8 model's accuracy
-    tq = time.perf_counter()
-    float_model = model
-    if policy.quantize:
-        model = quantize_dynamic_int8(float_model)
-    phases["prune"] += time.perf_counter() - tq
+    model = _quantize(run)
+    nothing_since = run.done_steps == 0 and k_steps == 1 and model is run.model
+    final = pruned if nothing_since else run.evaluate(final_split, model)
+    run.history.append([run.done_steps, final.accuracy])
+    with run.timed("evaluate"):
+        dense_final = ctx.dense_on(final_split, config.eval_batch_size)
+    with run.timed("measure"):
+        result = _measure(run, model, final, dense_final, pruned, final_split)
+    if save_dir:
+        from autoprune.serialization import save_pruned
 
-    te = time.perf_counter()
-    if final_split == "test":
-        if task.test is None:
-            from autoprune.errors import DataError
+        save_pruned(run.model, save_dir, ctx.tokenizer, run.record, quantized=policy.quantize)
+        result.model_dir = str(save_dir)
+    run.phases["total"] = time.perf_counter() - t0
+    logger.info("trial %s: accuracy %.4f (%.4f after pruning, dense %.4f), speedup %.2fx", policy.summary(),
+                result.accuracy, result.accuracy_pruned, result.dense_accuracy, result.speedup)
+    return result
 
-            raise DataError("final_split='test' but the data config has no test split")
-        final = evaluate_split(model, task.test, batch_size=config.eval_batch_size, pad_id=task.pad_token_id,
-                               num_labels=task.num_labels)
-    elif final_split == "validation":
-        final = val_metrics()
-    else:
-        raise ValueError(f"final_split must be 'validation' or 'test', got {final_split!r}")
-    dense_final = ctx.dense_on(final_split, config.eval_batch_size)
-    history.append([done_steps, final.accuracy])
-    phases["evaluate"] += time.perf_counter() - te
 
-    tm = time.perf_counter()
-    m = config.measure
+def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalMetrics, pruned: EvalMetrics,
+             final_split: str) -> TrialResult:
+    """Latency against the dense model, FLOPs, parameters and size; the whole result."""
+    from autoprune.measure import count_flops, count_params, measure_speed, nonzero_params, size_on_disk
+    from autoprune.models import get_adapter
+    from autoprune.surgery import encoder_weight_sparsity
+
+    ctx, policy, float_model, rec = run.ctx, run.policy, run.model, run.record
+    assert rec is not None
+    m = run.config.measure
     speed = measure_speed(ctx.dense, model, batch_size=m.batch_size, seq_len=m.seq_len, threads=m.threads,
                           warmup=m.warmup, repeats=m.repeats, batch1=m.batch1)
     flops = count_flops(float_model, m.seq_len, m.batch_size)
     dense_flops = count_flops(ctx.dense, m.seq_len, m.batch_size)
-    heads, ffn = adapter.shape(float_model)
+    heads, ffn = get_adapter(float_model).shape(float_model)
     unstructured = policy.granularity == "unstructured"
-    params = nonzero_params(float_model) if unstructured else count_params(float_model)
-    result = TrialResult(
-        policy=policy.model_copy(update={"kept_heads": kept_heads if not unstructured else None,
-                                         "kept_neurons": kept_neurons if not unstructured else None}).to_dict(),
+    data = run.config.data
+    return TrialResult(
+        policy=policy.to_dict(),
         accuracy=final.accuracy, macro_f1=final.macro_f1, per_class_recall=final.per_class_recall,
         dense_accuracy=dense_final.accuracy, dense_macro_f1=dense_final.macro_f1,
         accuracy_drop=dense_final.accuracy - final.accuracy,
-        eval_split=config.data.validation_split if final_split == "validation" else str(config.data.test_split),
+        eval_split=data.validation_split if final_split == "validation" else str(data.test_split),
         eval_n=final.n, speedup=speed.speedup, latency_ms=speed.pruned_ms, dense_latency_ms=speed.dense_ms,
         speedup_b1=speed.speedup_b1, latency_b1_ms=speed.pruned_ms_b1, dense_latency_b1_ms=speed.dense_ms_b1,
         speed_label=_speed_label(unstructured, policy.quantize),
         flops=flops, dense_flops=dense_flops, flops_reduction=dense_flops / max(flops, 1),
-        params=params, dense_params=count_params(ctx.dense), size_bytes=size_on_disk(model),
+        params=nonzero_params(float_model) if unstructured else count_params(float_model),
+        dense_params=count_params(ctx.dense), size_bytes=size_on_disk(model),
         dense_size_bytes=size_on_disk(ctx.dense), heads_per_layer=heads, ffn_per_layer=ffn,
-        kept_heads=None if unstructured else kept_heads, kept_neurons=None if unstructured else kept_neurons,
-        weight_sparsity=encoder_weight_sparsity(float_model), retrain_steps=done_steps, phase_seconds=phases,
-        history=history, measure=config.measure.model_dump(),
+        kept_heads=rec.kept_heads, kept_neurons=rec.kept_neurons,
+        weight_sparsity=encoder_weight_sparsity(float_model), retrain_steps=run.done_steps,
+        phase_seconds=run.phases, history=run.history, measure=run.config.measure.model_dump(),
+        accuracy_pruned=pruned.accuracy, prune_record=rec.to_dict(),
     )
-    phases["measure"] = time.perf_counter() - tm
-    if save_dir:
-        save_trial_model(float_model, ctx.tokenizer, save_dir, quantized=policy.quantize)
-        result.model_dir = str(save_dir)
-    phases["total"] = time.perf_counter() - t0
-    logger.info("trial %s: accuracy %.4f (dense %.4f), speedup %.2fx", policy.summary(), result.accuracy,
-                result.dense_accuracy, result.speedup)
-    return result
-
-
-def save_trial_model(model: nn.Module, tokenizer: Any, out_dir: str | Path, *, quantized: bool = False) -> Path:
-    """Save a pruned float model with its tokenizer; ``quantized`` marks it for int8 re-quantization on load."""
-    from autoprune.surgery import record_shape
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = record_shape(model)
-    meta["quantized"] = bool(quantized)
-    model.config.autoprune = meta
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out

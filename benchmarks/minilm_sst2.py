@@ -88,7 +88,8 @@ def _table(header: list[str], align: str, rows: list[list[Any]]) -> list[str]:
 def report(space: Any, storage: str, names: dict[str, str], out_md: Path, export_dir: Path, wall: dict,
            n_target: int) -> tuple[str, dict[str, Any]]:
     """The report's markdown (also written into ``out_md``) and the same numbers as a JSON-able dict."""
-    from autoprune.export import export_trial, load_pruned
+    from autoprune.export import export_trial
+    from autoprune.serialization import load_pruned
     from autoprune.measure import evaluate_split, measure_speed
     from autoprune.models import load_model
     from autoprune.train import ensure_baseline, load_baseline_metrics, load_task_data, load_tokenizer

@@ -46,8 +46,10 @@ KEPT_NEURONS = [list(range(0, FFN, 2)), list(range(10, 50)), [1, 5, 7, 33, 63]]
 
 def round_trip(model: nn.Module, path: Path) -> nn.Module:
     """Save a pruned model and load it back through the package's one loader."""
-    model.save_pretrained(path)
-    return load_model(str(path))
+    from autoprune.serialization import load_pruned, save_pruned
+
+    save_pruned(model, path)
+    return load_pruned(path)
 
 
 def _batch(seed: int = 0, labels: bool = False) -> dict[str, torch.Tensor]:

@@ -150,7 +150,7 @@ def test_space_per_layer_ranges_wrong_length(ws):
 @pytest.mark.parametrize("over,needle", [
     ({"criterion": "magnitude"}, "criterion"),
     ({"granularity": "blocks"}, "granularity"),
-    ({"head_sparsity": [0.5, 1.0]}, "head_sparsity"),
+    ({"head_sparsity": [0.5, 1.5]}, "head_sparsity"),
     ({"ffn_sparsity": [-0.1, 0.5]}, "ffn_sparsity"),
 ])
 def test_bad_policy_field(ws, over, needle):

@@ -39,13 +39,34 @@ def test_baseline_then_prune_json(cfg_file, tmp_path):
         assert key in res, key
     assert res["heads_per_layer"] == [2, 3] and res["params"] < res["dense_params"]
     assert res["accuracy_drop"] == pytest.approx(res["dense_accuracy"] - res["accuracy"])
+    assert 0 <= res["accuracy_pruned"] <= 1 and res["eval_split"] == "validation"
     r = runner.invoke(app, ["prune", "-c", str(cfg_file), "--policy", str(pol)])
     assert r.exit_code == 0 and "speedup" in r.stdout and "FLOPs reduction" in r.stdout
+    assert "accuracy right after pruning (validation)" in r.stdout
+
+
+def test_prune_reports_the_split_asked_for_and_saves(cfg_file, tmp_path):
+    from autoprune.models import get_adapter
+    from autoprune.serialization import load_pruned
+
+    pol = tmp_path / "p.yaml"
+    pol.write_text("criterion: l1\nhead_sparsity: [0.5, 1.0]\nffn_sparsity: [0.5, 0.5]\nretrain: {steps: 0}\n")
+    r = runner.invoke(app, ["prune", "-c", str(cfg_file), "--policy", str(pol), "--split", "test", "--json",
+                            "--save", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    # no retraining: the final accuracy is the accuracy right after pruning, on the test split
+    assert res["eval_split"] == "test" and res["accuracy_pruned"] == res["accuracy"] and res["retrain_steps"] == 0
+    assert res["prune_record"]["dropped_layers"] == [1] and res["heads_per_layer"] == [2]
+    model = load_pruned(tmp_path / "m")
+    assert get_adapter(model).shape(model) == ([2], [32])
+    r = runner.invoke(app, ["prune", "-c", str(cfg_file), "--policy", str(pol), "--split", "train"])
+    assert r.exit_code == 2 and "--split train: choose one of validation, test" in r.output
 
 
 @pytest.mark.parametrize("policy_text, fragment", [
     ("criterion: magnitude\nhead_sparsity: [0.5, 0.5]\n", "criterion"),
-    ("criterion: l1\nhead_sparsity: [0.5, 1.5]\n", "outside [0, 1)"),
+    ("criterion: l1\nhead_sparsity: [0.5, 1.5]\n", "outside [0, 1]"),
     ("criterion: l1\nhead_sparsity: [0.5, 0.5, 0.5]\n", "has 3 entries but the model has 2"),
     ("criterion: l1\nhead_sparsity: [0.5\n", "malformed YAML"),
 ])

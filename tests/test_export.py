@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 from autoprune import _study as S
 from autoprune.config import config_from_dict
 from autoprune.errors import AutopruneError, ModelError, PolicyError, StudyError
-from autoprune.export import ExportError, Selector, apply_policy, export_trial, load_pruned, read_export, select_trial
+from autoprune.export import ExportError, Selector, apply_policy, export_trial, read_export, select_trial
 from autoprune.policy import PruningPolicy
+from autoprune.serialization import load_pruned
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -164,7 +165,7 @@ def test_export_copies_the_trial_model_and_load_pruned_matches(real, tmp_path):
     n = real["numbers"]["l1"]
     out = export_trial(real["study"], Selector(trial=n), tmp_path / "exp")
     names = {p.name for p in out.iterdir()}
-    assert {"policy.yaml", "README.md", "config.json", "model.safetensors"} <= names
+    assert {"policy.yaml", "README.md", "config.json", "model.safetensors", "prune_record.json"} <= names
     from transformers import AutoTokenizer
 
     assert AutoTokenizer.from_pretrained(str(out))("a great film")["input_ids"]
@@ -172,22 +173,24 @@ def test_export_copies_the_trial_model_and_load_pruned_matches(real, tmp_path):
     doc = yaml.safe_load((out / "policy.yaml").read_text())
     res = real["results"]["l1"]
     assert doc["trial"] == n and doc["source"]["kind"] == "copied"
-    assert doc["policy"]["kept_heads"] == res.kept_heads and doc["policy"]["kept_neurons"] == res.kept_neurons
+    # the policy as a user writes it, and beside it the record of the units its pruning kept
+    assert "kept_heads" not in doc["policy"] and doc["record"] == res.prune_record
+    assert doc["record"]["kept_heads"] == res.kept_heads and doc["record"]["kept_neurons"] == res.kept_neurons
     assert doc["metrics"]["accuracy"] == pytest.approx(res.accuracy)
     assert doc["metrics"]["speedup"] == pytest.approx(res.speedup)
     assert re.fullmatch(r"[0-9a-f]{64}", doc["base_model"]["sha256"])
     assert doc["base_model"]["weights_files"] == ["model.safetensors"]
     assert doc["dataset"]["splits"]["validation"] == "validation"
     assert {"torch", "transformers", "autoprune"} <= set(doc["versions"])
-    assert PruningPolicy.load(out / "policy.yaml").kept_heads == res.kept_heads  # policy.yaml reads as a policy
+    assert PruningPolicy.load(out / "policy.yaml") == PruningPolicy.from_dict(res.policy)  # reads as a policy
     assert "load_pruned" in (out / "README.md").read_text()
 
     model = load_pruned(out)
     assert not model.training
-    from autoprune.models import get_adapter, load_model
+    from autoprune.models import get_adapter
 
     assert get_adapter(model).shape(model) == (res.heads_per_layer, res.ffn_per_layer)
-    ref = load_model(res.model_dir).eval()  # the trial's own saved model
+    ref = load_pruned(res.model_dir)  # the trial's own saved model
     b = _batch()
     with torch.no_grad():
         assert torch.allclose(model(**b).logits, ref(**b).logits, atol=1e-6)
@@ -237,10 +240,7 @@ def test_quantized_trial_exports_int8_and_refuses_onnx(real, tmp_path):
     out = export_trial(real["study"], Selector(trial=n), tmp_path / "q")
     model = load_pruned(out)
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
-    from autoprune.quantize import quantize_dynamic_int8
-    from autoprune.models import load_model
-
-    ref = quantize_dynamic_int8(load_model(real["results"]["l1q"].model_dir).eval())
+    ref = load_pruned(real["results"]["l1q"].model_dir)  # the trial's saved model, re-quantized on load
     b = _batch()
     with torch.no_grad():
         assert torch.allclose(model(**b).logits, ref(**b).logits, atol=1e-6)
@@ -258,6 +258,7 @@ def test_unstructured_trial_exports_with_its_zeros(real, tmp_path):
     assert not any("weight_orig" in k for k in model.state_dict())
     doc = yaml.safe_load((out / "policy.yaml").read_text())
     assert doc["policy"]["granularity"] == "unstructured" and "kept_heads" not in doc["policy"]
+    assert doc["record"]["kept_heads"] is None and len(doc["record"]["weight_sparsity"]) == 2
 
 
 def test_export_refuses_a_foreign_non_empty_directory(real, tmp_path):
@@ -323,8 +324,26 @@ def test_apply_rejects_corrupt_or_mismatched_policies(real, tmp_path, text, matc
 def test_read_export_accepts_a_plain_policy_file(tmp_path):
     p = tmp_path / "plain.yaml"
     PruningPolicy.uniform("l2", 2, heads=0.5).save(p)
-    pol, doc = read_export(p)
-    assert pol.criterion == "l2" and doc == {}
+    pol, record, doc = read_export(p)
+    assert pol.criterion == "l2" and record is None and doc == {}
+
+
+def test_an_export_written_before_prune_records_still_applies(real, tmp_path, caplog):
+    """policy.yaml files of older exports keep the kept indices under 'policy:'; they become the record."""
+    out = export_trial(real["study"], Selector(trial=real["numbers"]["l1"]), tmp_path / "exp")
+    doc = yaml.safe_load((out / "policy.yaml").read_text())
+    record = doc.pop("record")
+    doc["policy"].update(kept_heads=record["kept_heads"], kept_neurons=record["kept_neurons"])
+    old = tmp_path / "old" / "policy.yaml"
+    old.parent.mkdir()
+    old.write_text(yaml.safe_dump(doc))
+    with caplog.at_level(logging.INFO, logger="autoprune.export"):
+        pol, rec, _ = read_export(old)
+    assert "read as the prune record" in caplog.text
+    assert rec.kept_heads == record["kept_heads"] and "kept_heads" not in pol.to_dict()
+    rep = apply_policy(old, real["cfg"])
+    assert rep["kept_indices"] is True and rep["result"]["kept_heads"] == record["kept_heads"]
+    assert abs(rep["result"]["accuracy"] - rep["stored"]["accuracy"]) <= 0.005
 
 
 # ----------------------------------------------------------------------------- CLI

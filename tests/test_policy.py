@@ -29,8 +29,10 @@ def test_exported_policy_file_reads_policy_key(tmp_path):
 
 @pytest.mark.parametrize("data, fragment", [
     ({"criterion": "magnitude", "head_sparsity": [0.5]}, "criterion"),
-    ({"criterion": "l1", "head_sparsity": [0.5, 1.0]}, "head_sparsity[1]' = 1.0 is outside [0, 1)"),
-    ({"criterion": "l1", "ffn_sparsity": [-0.1]}, "outside [0, 1)"),
+    ({"criterion": "l1", "head_sparsity": [0.5, 1.5]}, "head_sparsity[1]' = 1.5 is outside [0, 1]"),
+    ({"criterion": "l1", "granularity": "unstructured", "weight_sparsity": [0.5, 1.0]},
+     "weight_sparsity[1]' = 1.0 is outside [0, 1)"),
+    ({"criterion": "l1", "ffn_sparsity": [-0.1]}, "outside [0, 1]"),
     ({"criterion": "l1", "granularity": "blocks", "head_sparsity": [0.5]}, "granularity"),
     ({"criterion": "l1"}, "needs 'head_sparsity' and/or 'ffn_sparsity'"),
     ({"criterion": "l1", "granularity": "unstructured"}, "needs 'weight_sparsity'"),

@@ -151,7 +151,7 @@ def test_qat_needs_quantize_and_is_named_in_the_summary():
 def test_qat_trial_retrains_through_the_rounding_and_saves_a_plain_model(cfg, tmp_path, monkeypatch):
     import autoprune.train as train_mod
     import autoprune.trial as trial_mod
-    from autoprune.export import load_pruned
+    from autoprune.serialization import load_pruned
     from autoprune.measure import is_dynamic_int8
 
     seen: list[bool] = []

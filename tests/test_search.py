@@ -414,7 +414,7 @@ def test_real_trial_end_to_end_through_ray(tiny, tmp_path, ray_local):
     assert Path(study.user_attrs[S.ATTR_BASELINE_DIR]).is_dir()
     assert S.pareto_numbers(study)
     # save_models: each completed trial kept its pruned model, which loads with the recorded shape
-    from autoprune.export import load_pruned
+    from autoprune.serialization import load_pruned
 
     saved = load_pruned(res["model_dir"])
     assert Path(res["model_dir"]).name == "trial_0" and saved.config.autoprune["heads_per_layer"] == res["heads_per_layer"]

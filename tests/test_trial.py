@@ -10,7 +10,8 @@ import torch
 
 from autoprune.config import RunConfig
 from autoprune.errors import PolicyError, TrialFailed
-from autoprune.policy import PruningPolicy
+from autoprune.policy import PruningPolicy, RetrainBudget
+from autoprune.pruner import PruneRecord
 from autoprune.train import baseline_dir, baseline_metrics, distillation_loss, ensure_baseline
 from autoprune.trial import TrialStopped, run_trial
 from conftest import tiny_config_dict
@@ -56,16 +57,76 @@ def test_structured_sparsities_are_exact_per_layer(cfg, criterion):
     assert [len(k) for k in res.kept_heads] == res.heads_per_layer
     assert res.flops < res.dense_flops and res.flops_reduction > 1
     assert res.speed_label == "measured" and res.speedup > 0 and res.retrain_steps == 4
-    assert set(res.phase_seconds) >= {"prune", "retrain", "evaluate", "measure"}
-    assert PruningPolicy.from_dict(res.policy).kept_heads == res.kept_heads
+    assert set(res.phase_seconds) >= {"load", "prune", "reconstruct", "retrain", "quantize", "evaluate", "measure",
+                                      "total"}
+    # kept units live in the record, not in the policy
+    record = PruneRecord.from_dict(res.prune_record)
+    assert "kept_heads" not in res.policy and record.kept_heads == res.kept_heads and record.steps == 2
 
 
-def test_kept_indices_are_reapplied_exactly(cfg):
-    first = run_trial(cfg, PruningPolicy(criterion="l2", head_sparsity=[0.5] * 3, ffn_sparsity=[0.5] * 3,
-                                         retrain={"steps": 0}))
-    again = run_trial(cfg, PruningPolicy.from_dict(first.policy))
+def test_a_record_is_reapplied_exactly(cfg, tmp_path):
+    from autoprune.serialization import load_pruned
+
+    pol = PruningPolicy(criterion="random", head_sparsity=[0.5] * 3, ffn_sparsity=[0.5] * 3, retrain={"steps": 0})
+    first = run_trial(cfg, pol, save_dir=str(tmp_path / "first"))
+    other_seed = pol.model_copy(update={"seed": 1})  # random scores of another seed would keep other units
+    assert run_trial(cfg, other_seed).kept_heads != first.kept_heads
+    again = run_trial(cfg, other_seed, record=PruneRecord.from_dict(first.prune_record), save_dir=str(tmp_path / "again"))
     assert again.kept_heads == first.kept_heads and again.kept_neurons == first.kept_neurons
     assert again.accuracy == first.accuracy
+    a, b = load_pruned(tmp_path / "first").state_dict(), load_pruned(tmp_path / "again").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_zero_retraining_reports_the_pruned_accuracy(cfg):
+    pol = PruningPolicy.uniform("l1", 3, heads=0.5, ffn=0.5, retrain_steps=0)
+    res = run_trial(cfg, pol)
+    assert res.retrain_steps == 0 and res.phase_seconds["retrain"] == 0.0
+    assert res.accuracy_pruned == res.accuracy and res.history == [[0, res.accuracy]]
+    # with retraining, the accuracy right after pruning is that of the same cut without retraining
+    trained = run_trial(cfg, pol.model_copy(update={"retrain": RetrainBudget(steps=6)}))
+    assert trained.accuracy_pruned == res.accuracy and trained.kept_heads == res.kept_heads
+    assert trained.retrain_steps == 6 and trained.phase_seconds["retrain"] > 0
+
+
+def test_layers_dropped_by_count_and_by_full_sparsity(cfg, tmp_path):
+    from autoprune.models import get_adapter
+    from autoprune.serialization import load_pruned
+
+    pol = PruningPolicy(criterion="l1", head_sparsity=[0.5, 0.5, 0.5], ffn_sparsity=[0.5, 0.5, 0.5],
+                        drop_layer_count=1, retrain={"steps": 2})
+    res = run_trial(cfg, pol, save_dir=str(tmp_path / "d"))
+    dropped = res.prune_record["dropped_layers"]
+    assert len(dropped) == 1 and res.heads_per_layer == [2, 2] and res.kept_heads[dropped[0]] == []
+    model = load_pruned(tmp_path / "d")
+    assert get_adapter(model).shape(model) == ([2, 2], [32, 32])
+    full = run_trial(cfg, PruningPolicy(criterion="l1", head_sparsity=[0.0, 1.0, 0.0], ffn_sparsity=[0.0, 0.0, 0.0],
+                                        iterative_steps=2, retrain={"steps": 2}))
+    assert full.prune_record["dropped_layers"] == [1] and full.heads_per_layer == [4, 4]
+    assert full.flops < full.dense_flops
+
+
+def test_reconstruction_runs_after_the_cut(cfg, monkeypatch):
+    import sys
+    import types
+
+    seen = []
+
+    def fake(pruned, dense, batches, *, layer_map):
+        seen.append((len(batches), layer_map))
+        return [{"layer": i} for i in layer_map]
+
+    monkeypatch.setitem(sys.modules, "autoprune.reconstruct", types.SimpleNamespace(reconstruct_layers=fake))
+    res = run_trial(cfg, PruningPolicy.uniform("l1", 3, heads=0.5, ffn=0.5, retrain_steps=0,
+                                               reconstruct="least_squares", calibration={"batches": 3}))
+    assert seen == [(3, [0, 1, 2])] and res.prune_record["reconstruction"] == [{"layer": 0}, {"layer": 1}, {"layer": 2}]
+
+
+def test_an_unstructured_record_is_not_replayed(cfg):
+    rec = PruneRecord(criterion="l1", granularity="unstructured", kept_heads=None, kept_neurons=None,
+                      dropped_layers=[], heads_per_layer=[4] * 3, ffn_per_layer=[64] * 3)
+    with pytest.raises(PolicyError, match="holds no masks"):
+        run_trial(cfg, PruningPolicy.uniform("l1", 3, weights=0.5), record=rec)
 
 
 def test_unstructured_is_labelled_size_only(cfg):
@@ -133,7 +194,8 @@ def test_distillation_loss_moves_student_towards_teacher():
 
 
 def test_distilled_and_quantized_trial(cfg, tmp_path):
-    from autoprune.models import load_model
+    from autoprune.measure import is_dynamic_int8
+    from autoprune.serialization import load_pruned
 
     pol = PruningPolicy.uniform("l1", 3, heads=0.5, ffn=0.5, retrain_steps=4, distillation={"weight": 0.5},
                                 quantize=True)
@@ -143,8 +205,9 @@ def test_distilled_and_quantized_trial(cfg, tmp_path):
     # (on MiniLM-L6 int8 takes the state dict from 90.9 MB to 59.0 MB)
     assert max(res.size_bytes, fp32.size_bytes) < res.dense_size_bytes
     assert res.heads_per_layer == fp32.heads_per_layer
-    saved = load_model(str(tmp_path / "q"))
-    assert saved.config.autoprune["quantized"] is True and saved.config.autoprune["heads_per_layer"] == [2, 2, 2]
+    saved = load_pruned(tmp_path / "q")  # an int8 policy's model comes back int8
+    assert is_dynamic_int8(saved) and saved.config.autoprune["quantization"] == "dynamic_int8"
+    assert saved.config.autoprune["heads_per_layer"] == [2, 2, 2]
 
 
 def test_int8_policy_is_evaluated_after_quantization(cfg, monkeypatch):
@@ -213,6 +276,7 @@ def test_final_split_test_reports_test_accuracy_for_both_models(cfg):
     metrics = _json.loads((ensure_baseline(cfg) / "metrics.json").read_text())
     assert res.eval_split == "test" and res.eval_n == metrics["test_n"]
     assert res.dense_accuracy == pytest.approx(metrics["test_accuracy"]) and res.accuracy == res.dense_accuracy
+    assert res.accuracy_pruned == res.accuracy  # the accuracy after pruning is on the reported split too
 
 
 def test_int8_scores_depend_on_batch_companions_so_int8_is_scored_one_row_at_a_time(cfg, monkeypatch):

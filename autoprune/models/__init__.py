@@ -98,12 +98,12 @@ def model_depth(config: "RunConfig") -> int:
 
 
 def load_model(name_or_path: str, num_labels: int | None = None, pooling: str | None = None) -> "nn.Module":
-    """Load a sequence classifier with ``AutoModelForSequenceClassification``.
+    """Load a base or dense sequence classifier with ``AutoModelForSequenceClassification``.
 
-    A pruned model saved by autoprune (its config carries ``autoprune.heads_per_layer`` /
-    ``ffn_per_layer``) is rebuilt with those per-layer shapes before its weights are loaded.
-    ``pooling`` (``cls`` or ``mean``) sets the classification head of a base checkpoint; a model
-    saved by autoprune keeps the head recorded in its ``config.json``.
+    ``pooling`` (``cls`` or ``mean``) sets the classification head of a base checkpoint; a dense
+    baseline saved by autoprune keeps the head recorded in its ``config.json``. A pruned model
+    (its config has an ``autoprune`` shape record) is refused with a pointer to
+    :func:`autoprune.serialization.load_pruned`, the loader that rebuilds its per-layer shape.
     """
     from transformers.utils import logging as hf_logging
 
@@ -120,12 +120,10 @@ def load_model(name_or_path: str, num_labels: int | None = None, pooling: str | 
         kw["ignore_mismatched_sizes"] = True  # a new classifier of num_labels replaces the checkpoint's
     if pooling is not None:
         setattr(hf, POOLING_ATTR, pooling)
+    if getattr(hf, "autoprune", None):
+        raise ModelError(f"'{name_or_path}' is a pruned model saved by autoprune (its layers have their own shapes); "
+                         f"load it with autoprune.load_pruned('{name_or_path}')")
     cls = classifier_class(hf)
-    shape = getattr(hf, "autoprune", None)
-    if shape:
-        from autoprune.surgery import load_reshaped
-
-        return load_reshaped(name_or_path, hf)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the classifier head is new on a base checkpoint: expected
     try:

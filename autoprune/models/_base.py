@@ -122,7 +122,7 @@ class Adapter:
 
     def prepare_rebuilt(self, model: nn.Module) -> None:
         """On a model freshly built from a saved config, re-create the structure the config alone does
-        not describe (default: nothing). :func:`autoprune.surgery.reshape_to` calls it before resizing."""
+        not describe (default: nothing). :func:`autoprune.serialization.load_pruned` calls it before resizing."""
 
     def layer_macs(self, parts: LayerParts, seq_len: int, batch_size: int = 1) -> int:
         """Multiply-accumulates of one encoder layer for ``batch_size`` x ``seq_len`` tokens: every Linear a

@@ -109,9 +109,29 @@ def _suggest(trial: Any, name: str, lo: float, hi: float, step: float) -> float:
     return float(trial.suggest_float(name, lo, round(hi, 10), step=step))
 
 
+class DropLayersSpace(_Strict):
+    """How many whole encoder layers a structured policy drops: an integer in ``[min, max]`` (the
+    layers are the ones of lowest summed unit importance under the trial's criterion)."""
+
+    min: int = Field(0, ge=0)
+    max: int = Field(..., ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> "DropLayersSpace":
+        if self.min > self.max:
+            raise ValueError(f"'drop_layers' min {self.min} is above max {self.max}")
+        return self
+
+    def sample(self, trial: Any) -> int:
+        if self.min == self.max:
+            return self.min
+        return int(trial.suggest_int("drop_layers", self.min, self.max))
+
+
 class StructuredSpace(_Strict):
     heads: SparsitySpace = SparsitySpace()
     ffn: SparsitySpace = SparsitySpace()
+    drop_layers: DropLayersSpace | None = Field(None, description="whole layers to drop (off by default)")
 
 
 class UnstructuredSpace(_Strict):
@@ -164,6 +184,8 @@ class SearchSpace(_Strict):
     distillation: DistillationSpace = DistillationSpace()
     quantize: bool | list[bool] = False
     qat: bool | list[bool] = Field(False, description="quantization-aware retraining of int8 policies")
+    reconstruct: Literal["none", "least_squares"] | list[Literal["none", "least_squares"]] = Field(
+        "none", description="layer reconstruction after each cut; a list lets the search choose")
     objectives: list[Literal["accuracy", "speedup"]] = Field(default_factory=lambda: ["accuracy", "speedup"])
     accuracy_drop_floor: float | None = Field(0.05, ge=0, le=1, description="max drop vs dense; null disables early stop")
     early_stop: EarlyStop = EarlyStop()
@@ -250,6 +272,10 @@ class SearchSpace(_Strict):
             self.unstructured.weights.check_depth(num_layers, "unstructured.weights")
         except ValueError as exc:
             raise ConfigError(f"{self.source}: {exc}") from None
+        drop = self.structured.drop_layers
+        if drop is not None and drop.max >= num_layers:
+            raise ConfigError(f"{self.source}: 'structured.drop_layers.max' = {drop.max} would remove every one of the "
+                              f"model's {num_layers} encoder layers; use at most {num_layers - 1}")
 
     # ------------------------------------------------------------------ sampling
     def sample_policy(self, trial: Any, num_layers: int) -> "Any":
@@ -267,6 +293,8 @@ class SearchSpace(_Strict):
         if granularity == "structured":
             kw["head_sparsity"] = self.structured.heads.sample(trial, "heads", num_layers)
             kw["ffn_sparsity"] = self.structured.ffn.sample(trial, "ffn", num_layers)
+            if self.structured.drop_layers is not None:
+                kw["drop_layer_count"] = self.structured.drop_layers.sample(trial)
         else:
             kw["weight_sparsity"] = self.unstructured.weights.sample(trial, "weights", num_layers)
         r = self.retrain
@@ -278,9 +306,10 @@ class SearchSpace(_Strict):
                                    temperature=pick("distill_temperature", self.distillation.temperature))
         quantize = bool(pick("quantize", self.quantize))
         qat = bool(pick("qat", self.qat)) if quantize else False
+        reconstruct = pick("reconstruct", self.reconstruct)
         return PruningPolicy(criterion=criterion, granularity=granularity, iterative_steps=pick("iterative_steps", r.iterative_steps),
                              retrain=retrain, distillation=distill, quantize=quantize, qat=qat,
-                             seed=self.seed + trial.number, **kw)
+                             reconstruct=reconstruct, seed=self.seed + trial.number, **kw)
 
     def raw(self) -> dict[str, Any]:
         """JSON-able form stored in the study (``user_attrs['space']``)."""
