@@ -150,7 +150,8 @@ def test_string_label_names_reach_baseline_trial_model_and_export(tmp_path):
     import optuna
 
     from autoprune import _study as S
-    from autoprune.export import Selector, export_trial, load_pruned
+    from autoprune.export import Selector, export_trial
+    from autoprune.serialization import load_pruned
     from autoprune.policy import PruningPolicy
     from autoprune.trial import run_trial
 
