@@ -281,22 +281,59 @@ def _onnx_inputs(model: Any, seq_len: int = 16, batch: int = 2) -> tuple[dict[st
     return inputs, names
 
 
-def export_onnx(model: Any, out_path: str | Path, *, check: bool = True, atol: float = 1e-4) -> Path:
+def export_onnx(model: Any, out_path: str | Path, *, int8: bool = False, check: bool = True,
+                atol: float = 1e-4) -> Path:
     """Export a float pruned model to ONNX (legacy TorchScript exporter, opset 17, dynamic batch/sequence).
 
     With ``check`` the ONNX model is run in onnxruntime on a fresh batch of another shape and its
-    logits are compared with PyTorch's (``atol``). Dynamic-int8 models are refused.
+    logits are compared with PyTorch's (``atol``). With ``int8`` the checked float ONNX model is then
+    quantized by ONNX Runtime's dynamic int8 (:func:`autoprune.quantize.quantize_onnx_int8`) and the
+    int8 file is written to ``out_path`` (checked to load and give finite logits of the right shape;
+    its distance from the float logits is logged). Give the float model: a ``torch.ao`` dynamic int8
+    model has no ONNX mapping and is refused.
     """
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        raise ExportError("ONNX export of a torch.ao dynamically int8-quantized model is not supported (torch's "
+                          "dynamic quantized Linear has no ONNX mapping); export the float model with int8=True "
+                          "(autoprune export-onnx MODEL_DIR --int8), which quantizes the ONNX model in ONNX Runtime")
+    out = Path(out_path)
+    if not int8:
+        return _export_float_onnx(model, out, check=check, atol=atol)
+    import numpy as np
+
+    from autoprune.quantize import quantize_onnx_int8
+
+    with tempfile.TemporaryDirectory(dir=str(out.parent) if out.parent.is_dir() else None) as tmp:
+        fp32 = _export_float_onnx(model, Path(tmp) / "float.onnx", check=check, atol=atol)
+        quantize_onnx_int8(fp32, out)
+    if check:
+        got, ref = _onnx_vs_torch(model, out)
+        if got.shape != ref.shape or not np.isfinite(got).all():
+            raise ExportError(f"int8 ONNX check failed: logits of shape {got.shape} (expected {ref.shape}) "
+                              f"or not finite")
+        logger.info("int8 ONNX model %s: max |logit - float PyTorch| %.3g", out, float(np.abs(got - ref).max()))
+    return out
+
+
+def _onnx_vs_torch(model: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """Logits of the ONNX model and of ``model`` on a fresh batch of another shape than the export's."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    test, names = _onnx_inputs(model, seq_len=11, batch=3)
+    got = sess.run(["logits"], {n: test[n].numpy() for n in names})[0]
+    with torch.no_grad():
+        ref = model(**test).logits.numpy()
+    return got, ref
+
+
+def _export_float_onnx(model: Any, out: Path, *, check: bool, atol: float) -> Path:
     import warnings
 
     import numpy as np
     import torch
 
-    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
-        raise ExportError("ONNX export of a dynamically int8-quantized model is not supported (torch's dynamic "
-                          "quantized Linear has no ONNX mapping); export without --onnx, or quantize the float "
-                          "ONNX model with onnxruntime.quantization.quantize_dynamic yourself")
-    out = Path(out_path)
     inputs, names = _onnx_inputs(model)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
@@ -317,13 +354,7 @@ def export_onnx(model: Any, out_path: str | Path, *, check: bool = True, atol: f
                           do_constant_folding=True)
     model.eval()  # the exporter restores the wrapper's mode; keep the model in eval mode whatever happens
     if check:
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        test, _ = _onnx_inputs(model, seq_len=11, batch=3)
-        got = sess.run(["logits"], {n: test[n].numpy() for n in names})[0]
-        with torch.no_grad():
-            ref = model(**test).logits.numpy()
+        got, ref = _onnx_vs_torch(model, out)
         diff = float(np.abs(got - ref).max())
         if not diff <= atol:
             raise ExportError(f"ONNX check failed: logits differ from PyTorch by {diff:.2e} (> {atol:g})")
@@ -388,6 +419,9 @@ def _readme(info: dict[str, Any]) -> str:
         "",
     ]
     if info.get("onnx"):
+        if info["quantized"]:
+            lines += ["`model.onnx` is ONNX Runtime dynamic int8 (`MatMulInteger`); score it one sentence at a time "
+                      "(`autoprune.runtimes.onnx_accuracy`), as its activation scales span the batch.", ""]
         lines += ["`model.onnx` (opset 17, dynamic batch and sequence; inputs "
                   f"{', '.join(info['onnx_inputs'])}; output `logits`) runs in onnxruntime:", "",
                   "```python", "import onnxruntime as ort",
@@ -431,9 +465,6 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         if v is not None:
             merged[k] = v
     policy = PruningPolicy.from_dict(merged, source=f"trial {trial.number} policy")
-    if onnx and policy.quantize:
-        raise ExportError(f"trial {trial.number} uses dynamic int8 quantization (quantize: true), which has no "
-                          f"ONNX export in torch; rerun without --onnx (the PyTorch export keeps the int8 model)")
     logger.info("selected trial %d (%s): accuracy %.4f, speedup %.2fx", trial.number, sel.describe(),
                 trial.values[0], trial.values[1])
 
@@ -486,11 +517,14 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         "source": source,
     }
     onnx_inputs: list[str] = []
-    if onnx:
-        model = load_pruned(out)
-        export_onnx(model, out / "model.onnx")
+    if onnx:  # an int8 policy's ONNX file is ONNX Runtime dynamic int8 of its float model
+        from autoprune.runtimes import load_float_model
+
+        model = load_float_model(out)
+        export_onnx(model, out / "model.onnx", int8=policy.quantize)
         onnx_inputs = _onnx_inputs(model)[1]
-        doc["onnx"] = {"file": "model.onnx", "opset": 17, "inputs": onnx_inputs, "output": "logits"}
+        doc["onnx"] = {"file": "model.onnx", "opset": 17, "inputs": onnx_inputs, "output": "logits",
+                       "int8": "onnxruntime dynamic" if policy.quantize else None}
     (out / "policy.yaml").write_text(
         "# autoprune export: the policy (with kept indices) under 'policy:', then provenance.\n"
         "# Re-apply with: autoprune apply policy.yaml -c CONFIG.yaml\n"

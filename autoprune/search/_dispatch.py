@@ -112,14 +112,17 @@ _remote_cache: dict[str, Any] = {}
 
 
 def submit(trial_fn: Callable[..., Any] | None, config: dict[str, Any], policy: dict[str, Any], floor: float | None,
-           early_stop: dict[str, float], number: int, num_cpus: float, save_dir: str | None = None) -> Any:
-    """Submit one trial as a Ray task; returns its ObjectRef."""
+           early_stop: dict[str, float], number: int, num_cpus: float, save_dir: str | None = None,
+           num_gpus: float = 0) -> Any:
+    """Submit one trial as a Ray task (``num_cpus`` CPUs, ``num_gpus`` GPUs); returns its ObjectRef."""
     import ray
+
+    from autoprune.runtimes import ray_trial_options
 
     fn = _remote_cache.get("execute")
     if fn is None:
         fn = _remote_cache["execute"] = ray.remote(execute_trial)
-    return fn.options(num_cpus=num_cpus, max_retries=1, name=f"autoprune-trial-{number}").remote(
+    return fn.options(**ray_trial_options(num_cpus, num_gpus), max_retries=1, name=f"autoprune-trial-{number}").remote(
         trial_fn, config, policy, floor, early_stop, number, save_dir)
 
 

@@ -151,6 +151,11 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     space = _resolve(space)
     check_sampler(space)  # a sampler that cannot be built (gp without scipy) fails before any storage exists
     config, name, url, depth = _prepare(space, study_name, storage)
+    import os
+
+    from autoprune.runtimes import check_before_study  # runtimes installed, GPUs present: before any study exists
+
+    check_before_study(config.measure, space.gpus_per_trial, joining_cluster=bool(address or os.environ.get("RAY_ADDRESS")))
     if dense_metrics is None:  # the baseline will be trained: check the data files before a study exists
         from autoprune.data import check_files
 
@@ -232,6 +237,9 @@ def _loop(study: Any, space: SearchSpace, cfg: Any, depth: int, target: int, flo
     n_cpus = space.trials_in_flight * space.cpus_per_trial
     with ray_session(address=address, num_cpus=n_cpus, run_dir=cfg.run_dir), \
             Progress(study, target, enabled=progress) as prog:
+        from autoprune.runtimes import check_cluster  # the cluster's GPUs and measurement nodes, before dispatch
+
+        check_cluster(cfg.measure, space.gpus_per_trial)
         inflight: dict[Any, Any] = {}  # ObjectRef -> optuna Trial
         try:
             done = _dispatch_all(study, space, cfg_dict, depth, target, floor, trial_fn, early, prog, inflight, done)
@@ -295,7 +303,7 @@ def _dispatch_all(study: Any, space: SearchSpace, cfg_dict: dict[str, Any], dept
             save_dir = (str(Path(cfg_dict["run_dir"]).resolve() / "models" / study.study_name / f"trial_{trial.number}")
                         if space.save_models else None)
             ref = submit(trial_fn, cfg_dict, policy.to_dict(), floor, early, trial.number, space.cpus_per_trial,
-                         save_dir=save_dir)
+                         save_dir=save_dir, num_gpus=space.gpus_per_trial)
             inflight[ref] = trial
             log.info("trial %d dispatched: %s", trial.number, policy.summary())
             prog.update(running=len(inflight))
