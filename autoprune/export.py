@@ -206,7 +206,7 @@ def _dataset_section(cfg: Any) -> dict[str, Any]:
 _METRIC_KEYS = ("accuracy", "macro_f1", "dense_accuracy", "dense_macro_f1", "accuracy_drop", "eval_split", "eval_n",
                 "speedup", "speed_label", "latency_ms", "dense_latency_ms", "speedup_b1", "flops_reduction", "flops",
                 "dense_flops", "params", "dense_params", "size_bytes", "dense_size_bytes", "heads_per_layer",
-                "ffn_per_layer", "weight_sparsity", "retrain_steps", "measure")
+                "ffn_per_layer", "weight_sparsity", "retrain_steps", "measure", "targets")
 
 
 # ----------------------------------------------------------------------------- model files
@@ -392,6 +392,9 @@ def _readme(info: dict[str, Any]) -> str:
         "",
         f"Heads per layer: {m.get('heads_per_layer')}; FFN neurons per layer: {m.get('ffn_per_layer')}.",
         "",
+    ]
+    lines += _targets_table(m.get("targets"))
+    lines += [
         f"Model files: {src['description']}.",
     ]
     if src.get("rebuilt_metrics"):
@@ -433,6 +436,19 @@ def _readme(info: dict[str, Any]) -> str:
               "`policy.yaml` also records the metrics, the base model and the sha256 of its weights, the dataset "
               "and splits, and the versions used.", ""]
     return "\n".join(lines)
+
+
+def _targets_table(targets: dict[str, Any] | None) -> list[str]:
+    """README lines: the speedup in every measurement target the trial recorded (none: no lines)."""
+    if not targets or not targets.get("targets"):
+        return []
+    lines = ["| measurement target | dense ms | pruned ms | speedup (per-round quartiles) |", "|---|---:|---:|---:|"]
+    for name, t in targets["targets"].items():
+        star = " (search objective)" if name == targets.get("objective") else ""
+        what = f"{t['runtime']} {t['device']}, {t['threads']} thr, {t['batch_size']}x{t['seq_len']}"
+        lines.append(f"| {name}{star}: {what}{', int8' if t.get('int8') else ''} | {t['dense_ms']:.2f} | "
+                     f"{t['pruned_ms']:.2f} | {t['speedup']:.2f}x ({t['speedup_q1']:.2f}-{t['speedup_q3']:.2f}) |")
+    return lines + [""]
 
 
 def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = False) -> Path:

@@ -158,9 +158,15 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime int8
-def quantize_onnx_int8(src: str | Path, dst: str | Path, *, per_channel: bool = False) -> Path:
-    """ONNX Runtime dynamic int8 of a float ONNX model: every MatMul/Gemm weight int8 (one scale per
-    tensor, or per output channel with ``per_channel``), activations quantized to uint8 on the fly.
+def quantize_onnx_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True) -> Path:
+    """ONNX Runtime dynamic int8 of a float ONNX model: every MatMul/Gemm weight int8 with one scale
+    per output channel (``per_channel``; else one per tensor), activations quantized to uint8 on the fly.
+
+    Measured on the dense MiniLM-L6 / SST-2 checkpoint (2026-12-01, 1 thread, 872 test sentences one at
+    a time; float 0.8945): per-channel 0.8956 at 2.27x / 2.21x over float ONNX Runtime (batch 32 x 64 /
+    1 x 64), per-tensor 0.8807 at 2.14x / 2.21x; static int8 (QDQ, calibrated on 128 training sentences)
+    0.8842 at 1.63x / 2.02x, so static calibration is not offered. Pre-processing the float model
+    (``quant_pre_process``) before per-tensor int8 did not help (0.8807, 1.98x / 2.24x).
 
     This is the int8 that survives export: the file runs in any ONNX Runtime (``MatMulInteger`` /
     ``DynamicQuantizeLinear`` ops), unlike ``torch.ao`` dynamic int8, which has no ONNX mapping.

@@ -74,6 +74,8 @@ class TrialResult:
     history: list[list[float]] = field(default_factory=list)  # [step, validation accuracy]
     measure: dict[str, Any] = field(default_factory=dict)
     model_dir: str | None = None
+    # every measurement target's numbers (autoprune.runtimes.measure_targets) when measure.targets is set
+    targets: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
     from autoprune.config import MeasureConfig
     from autoprune.data import Split
-    from autoprune.results import EvalMetrics
+    from autoprune.results import EvalMetrics, SpeedReport
 
 logger = logging.getLogger(__name__)
 
@@ -435,6 +435,16 @@ def measure_targets(dense: "nn.Module", pruned: "nn.Module", measure: "MeasureCo
     return out
 
 
+def speed_report(rep: dict[str, Any]) -> "SpeedReport":
+    """The :class:`~autoprune.results.SpeedReport` of one target's numbers (the trial's headline speed)."""
+    from autoprune.results import SpeedReport
+
+    return SpeedReport(batch_size=rep["batch_size"], seq_len=rep["seq_len"], threads=rep["threads"],
+                       repeats=rep["repeats"], dense_ms=rep["dense_ms"], pruned_ms=rep["pruned_ms"],
+                       speedup=rep["speedup"], dense_ms_b1=rep.get("dense_ms_b1"),
+                       pruned_ms_b1=rep.get("pruned_ms_b1"), speedup_b1=rep.get("speedup_b1"))
+
+
 # ----------------------------------------------------------------------------- exported models
 def load_float_model(model_dir: str | Path) -> "nn.Module":
     """The float model of a saved pruned model directory (``prune --save``, ``apply -o``, an export),
@@ -476,4 +486,4 @@ def onnx_accuracy(onnx_path: str | Path, split: "Split", *, pad_id: int, num_lab
 
 __all__ = ["RESOURCE_SHARE", "RUNTIMES", "Target", "TargetError", "autocast", "check_before_study", "check_cluster",
            "check_gpus", "check_targets", "load_float_model", "measure_target", "measure_targets",
-           "onnx_accuracy", "onnx_evaluate", "onnx_session", "ray_trial_options", "trial_device"]
+           "onnx_accuracy", "onnx_evaluate", "onnx_session", "ray_trial_options", "speed_report", "trial_device"]

@@ -170,12 +170,17 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     policy.check_layers(ctx.num_layers)
     task = ctx.task
     set_seed(policy.seed)
-    model = copy.deepcopy(ctx.dense)
+    from autoprune.runtimes import trial_device
+
+    device = trial_device()  # cuda when Ray gave this trial a GPU (gpus_per_trial > 0), else cpu
+    model = copy.deepcopy(ctx.dense).to(device)
     adapter = get_adapter(model)
     orig_heads, orig_ffn = adapter.shape(model)
     kept_heads = [list(range(h)) for h in orig_heads]
     kept_neurons = [list(range(f)) for f in orig_ffn]
     teacher = ctx.dense if policy.distillation is not None and policy.distillation.weight > 0 else None
+    if teacher is not None and device.type != "cpu":
+        teacher = copy.deepcopy(teacher).to(device)
     phases["load"] = time.perf_counter() - t0
 
     history: list[list[float]] = []
@@ -238,6 +243,7 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         done_steps += steps
         phases["retrain"] += time.perf_counter() - tr - (phases["evaluate"] - eval_before)
 
+    model = model.cpu()  # int8, timing and saving run on CPU copies (a cuda target moves its own)
     if policy.granularity == "unstructured":
         make_unstructured_permanent(model)
     record_shape(model)
@@ -267,8 +273,15 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
 
     tm = time.perf_counter()
     m = config.measure
-    speed = measure_speed(ctx.dense, model, batch_size=m.batch_size, seq_len=m.seq_len, threads=m.threads,
-                          warmup=m.warmup, repeats=m.repeats, batch1=m.batch1)
+    targets = None
+    if m.targets is not None or m.resource:  # measurement targets: the objective's speedup is the trial's
+        from autoprune.runtimes import measure_targets, speed_report
+
+        targets = measure_targets(ctx.dense, float_model, m, int8=policy.quantize)
+        speed = speed_report(targets["targets"][targets["objective"]])
+    else:
+        speed = measure_speed(ctx.dense, model, batch_size=m.batch_size, seq_len=m.seq_len, threads=m.threads,
+                              warmup=m.warmup, repeats=m.repeats, batch1=m.batch1)
     flops = count_flops(float_model, m.seq_len, m.batch_size)
     dense_flops = count_flops(ctx.dense, m.seq_len, m.batch_size)
     heads, ffn = adapter.shape(float_model)
@@ -289,7 +302,7 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         dense_size_bytes=size_on_disk(ctx.dense), heads_per_layer=heads, ffn_per_layer=ffn,
         kept_heads=None if unstructured else kept_heads, kept_neurons=None if unstructured else kept_neurons,
         weight_sparsity=encoder_weight_sparsity(float_model), retrain_steps=done_steps, phase_seconds=phases,
-        history=history, measure=config.measure.model_dump(),
+        history=history, measure=config.measure.model_dump(), targets=targets,
     )
     phases["measure"] = time.perf_counter() - tm
     if save_dir:

@@ -227,3 +227,23 @@ def test_search_space_takes_fractional_gpus(tmp_path):
     assert ray_trial_options(space.cpus_per_trial, space.gpus_per_trial) == {"num_cpus": 1, "num_gpus": 0.25}
     with pytest.raises(ConfigError, match="gpus_per_trial"):
         space_from_dict({**raw, "gpus_per_trial": -1})
+
+
+def test_trial_records_every_target_and_optimises_the_objective(tmp_path):
+    from autoprune.policy import PruningPolicy
+    from autoprune.trial import run_trial
+
+    raw = tiny_config_dict(tmp_path)
+    raw["measure"].update(targets=[{"runtime": "torch"}, {"runtime": "onnxruntime", "batch1": True}],
+                          objective="onnxruntime-cpu")
+    cfg = RunConfig.model_validate(raw)
+    res = run_trial(cfg, PruningPolicy.uniform("l1", 2, heads=0.5, ffn=0.5, retrain_steps=4, quantize=True))
+    assert res.targets["objective"] == "onnxruntime-cpu" and set(res.targets["targets"]) == {"torch-cpu",
+                                                                                          "onnxruntime-cpu"}
+    ort = res.targets["targets"]["onnxruntime-cpu"]
+    assert ort["int8"] is True and ort["batch_size"] == 4 and "speedup_b1" in ort
+    assert (res.speedup, res.speedup_b1, res.latency_ms) == (ort["speedup"], ort["speedup_b1"], ort["pruned_ms"])
+    from autoprune.export import _targets_table
+
+    table = "\n".join(_targets_table(res.targets))  # the export README's table of targets
+    assert "onnxruntime-cpu (search objective): onnxruntime cpu, 1 thr, 4x16, int8" in table and "torch-cpu:" in table
