@@ -396,6 +396,32 @@ def apply(policy: Path = typer.Argument(..., help="policy.yaml written by 'autop
         out.print(f"pruned model saved to {output}", highlight=False)
 
 
+@app.command("export-onnx")
+@handle_errors
+def export_onnx_cmd(model_dir: Path = typer.Argument(..., help="a saved pruned model directory (prune --save, "
+                                                               "apply -o, export)"),
+                    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write"),
+                    int8: Optional[bool] = typer.Option(
+                        None, "--int8/--float", help="ONNX Runtime dynamic int8 (default: int8 when the model was "
+                                                    "saved by an int8 policy, else float)")) -> None:
+    """Export any saved pruned model to ONNX (checked in onnxruntime), optionally as ONNX Runtime int8."""
+    from autoprune.errors import ModelError
+    from autoprune.export import export_onnx
+    from autoprune.runtimes import Target, check_targets, load_float_model
+
+    check_targets([Target(runtime="onnxruntime")], devices=False)
+    if not (model_dir / "config.json").is_file():
+        raise ModelError(f"{model_dir}: no config.json; give a model directory saved by autoprune "
+                         f"(prune --save DIR, apply -o DIR, or export -o DIR)")
+    model = load_float_model(model_dir)
+    if int8 is None:
+        int8 = bool((getattr(model.config, "autoprune", None) or {}).get("quantized"))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(model, output, int8=int8)
+    out.print(f"wrote {'int8' if int8 else 'float'} ONNX model {path} ({path.stat().st_size / 1e6:.1f} MB)",
+              highlight=False)
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

@@ -21,10 +21,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from autoprune._yaml import read_yaml_mapping
 from autoprune.errors import ConfigError, format_validation_error
+from autoprune.runtimes import Target
 
 #: Model aliases that resolve to weights shipped inside a Python package (no Hub download).
 EMBEDDED_MODELS = {
@@ -183,8 +184,26 @@ class TrainConfig(_Strict):
     seed: int = 0
 
 
+#: measure fields a target in ``measure.targets`` takes from the top level when it leaves them out
+_TARGET_SHARED = ("batch_size", "seq_len", "threads", "warmup", "repeats", "batch1")
+
+
 class MeasureConfig(_Strict):
-    """How speed is measured: interleaved dense/pruned runs at a fixed thread count."""
+    """How speed is measured: interleaved dense/pruned runs at a fixed thread count.
+
+    ``targets`` lists where speed is measured (:class:`autoprune.runtimes.Target`: runtime ``torch``
+    or ``onnxruntime``, device ``cpu`` or ``cuda``, threads, input shape); a field a target leaves
+    out takes the top-level value here. Without ``targets`` there is one target, eager PyTorch on
+    CPU with the top-level fields: what autoprune always measured. ``objective`` names the target
+    whose speedup the search maximises (default: the first). ``resource`` pins measurement to Ray
+    nodes that carry that custom resource.
+
+    Example:
+        >>> m = MeasureConfig.model_validate({"threads": 2, "targets": [{"runtime": "torch"},
+        ...     {"runtime": "onnxruntime", "batch_size": 1}], "objective": "onnxruntime-cpu"})
+        >>> [(t.name, t.threads, t.batch_size) for t in m.resolved_targets()], m.objective_target().name
+        ([('torch-cpu', 2, 32), ('onnxruntime-cpu', 2, 1)], 'onnxruntime-cpu')
+    """
 
     batch_size: int = Field(32, ge=1)
     seq_len: int = Field(64, ge=1)
@@ -192,6 +211,48 @@ class MeasureConfig(_Strict):
     threads: int = Field(1, ge=1, description="torch intra-op threads during measurement")
     warmup: int = Field(3, ge=0)
     repeats: int = Field(15, ge=3)
+    targets: list[Target] | None = Field(
+        None, description="where speed is measured (runtime, device, threads, shape); default: one torch cpu "
+        "target with the fields above")
+    objective: str | None = Field(None, description="name of the target whose speedup the search maximises "
+                                  "(default: the first target)")
+    resource: str | None = Field(None, description="Ray custom resource of the measurement nodes: timing runs "
+                                 "as a Ray task asking for a share of it (e.g. a CPU box that matches production)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("targets"), list):
+            shared = {k: raw.get(k, cls.model_fields[k].default) for k in _TARGET_SHARED}
+            raw = {**raw, "targets": [{**shared, **t} if isinstance(t, dict) else t for t in raw["targets"]]}
+        return raw
+
+    @model_validator(mode="after")
+    def _names(self) -> "MeasureConfig":
+        if self.targets is not None:
+            if not self.targets:
+                raise ValueError("'targets' is empty; list at least one target or leave it out")
+            names = [t.name for t in self.targets]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"'targets' has two targets named {', '.join(map(repr, dup))}; give each a "
+                                 f"distinct 'name'")
+        known = [t.name for t in self.resolved_targets()]
+        if self.objective is not None and self.objective not in known:
+            raise ValueError(f"'objective' is {self.objective!r}, which is not a target; choose from "
+                             f"{', '.join(map(repr, known))}")
+        return self
+
+    def resolved_targets(self) -> list[Target]:
+        """The targets, or the one default target (eager PyTorch on CPU, the top-level fields)."""
+        if self.targets is not None:
+            return list(self.targets)
+        return [Target(name="torch-cpu", **{k: getattr(self, k) for k in _TARGET_SHARED})]
+
+    def objective_target(self) -> Target:
+        """The target whose speedup is the search's speed objective."""
+        targets = self.resolved_targets()
+        return next((t for t in targets if t.name == self.objective), targets[0])
 
 
 class RunConfig(_Strict):

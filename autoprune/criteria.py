@@ -192,9 +192,10 @@ def accumulate_gradients(model: nn.Module, batches: Batches) -> int:
     model.eval()
     model.zero_grad(set_to_none=True)
     n = 0
+    device = next(model.parameters()).device  # the batches follow the model (cpu or a GPU)
     with torch.enable_grad():
         for batch in batches:
-            model(**batch).loss.backward()
+            model(**{k: v.to(device) for k, v in batch.items()}).loss.backward()
             n += 1
     model.train(was_training)
     return n

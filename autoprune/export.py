@@ -207,7 +207,7 @@ def _dataset_section(cfg: Any) -> dict[str, Any]:
 _METRIC_KEYS = ("accuracy", "accuracy_pruned", "macro_f1", "dense_accuracy", "dense_macro_f1", "accuracy_drop", "eval_split", "eval_n",
                 "speedup", "speed_label", "latency_ms", "dense_latency_ms", "speedup_b1", "flops_reduction", "flops",
                 "dense_flops", "params", "dense_params", "size_bytes", "dense_size_bytes", "heads_per_layer",
-                "ffn_per_layer", "weight_sparsity", "retrain_steps", "measure")
+                "ffn_per_layer", "weight_sparsity", "retrain_steps", "measure", "targets")
 
 
 # ----------------------------------------------------------------------------- model files
@@ -247,22 +247,59 @@ def _onnx_inputs(model: Any, seq_len: int = 16, batch: int = 2) -> tuple[dict[st
     return inputs, names
 
 
-def export_onnx(model: Any, out_path: str | Path, *, check: bool = True, atol: float = 1e-4) -> Path:
+def export_onnx(model: Any, out_path: str | Path, *, int8: bool = False, check: bool = True,
+                atol: float = 1e-4) -> Path:
     """Export a float pruned model to ONNX (legacy TorchScript exporter, opset 17, dynamic batch/sequence).
 
     With ``check`` the ONNX model is run in onnxruntime on a fresh batch of another shape and its
-    logits are compared with PyTorch's (``atol``). Dynamic-int8 models are refused.
+    logits are compared with PyTorch's (``atol``). With ``int8`` the checked float ONNX model is then
+    quantized by ONNX Runtime's dynamic int8 (:func:`autoprune.quantize.quantize_onnx_int8`) and the
+    int8 file is written to ``out_path`` (checked to load and give finite logits of the right shape;
+    its distance from the float logits is logged). Give the float model: a ``torch.ao`` dynamic int8
+    model has no ONNX mapping and is refused.
     """
+    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
+        raise ExportError("ONNX export of a torch.ao dynamically int8-quantized model is not supported (torch's "
+                          "dynamic quantized Linear has no ONNX mapping); export the float model with int8=True "
+                          "(autoprune export-onnx MODEL_DIR --int8), which quantizes the ONNX model in ONNX Runtime")
+    out = Path(out_path)
+    if not int8:
+        return _export_float_onnx(model, out, check=check, atol=atol)
+    import numpy as np
+
+    from autoprune.quantize import quantize_onnx_int8
+
+    with tempfile.TemporaryDirectory(dir=str(out.parent) if out.parent.is_dir() else None) as tmp:
+        fp32 = _export_float_onnx(model, Path(tmp) / "float.onnx", check=check, atol=atol)
+        quantize_onnx_int8(fp32, out)
+    if check:
+        got, ref = _onnx_vs_torch(model, out)
+        if got.shape != ref.shape or not np.isfinite(got).all():
+            raise ExportError(f"int8 ONNX check failed: logits of shape {got.shape} (expected {ref.shape}) "
+                              f"or not finite")
+        logger.info("int8 ONNX model %s: max |logit - float PyTorch| %.3g", out, float(np.abs(got - ref).max()))
+    return out
+
+
+def _onnx_vs_torch(model: Any, onnx_path: Path) -> tuple[Any, Any]:
+    """Logits of the ONNX model and of ``model`` on a fresh batch of another shape than the export's."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    test, names = _onnx_inputs(model, seq_len=11, batch=3)
+    got = sess.run(["logits"], {n: test[n].numpy() for n in names})[0]
+    with torch.no_grad():
+        ref = model(**test).logits.numpy()
+    return got, ref
+
+
+def _export_float_onnx(model: Any, out: Path, *, check: bool, atol: float) -> Path:
     import warnings
 
     import numpy as np
     import torch
 
-    if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules()):
-        raise ExportError("ONNX export of a dynamically int8-quantized model is not supported (torch's dynamic "
-                          "quantized Linear has no ONNX mapping); export without --onnx, or quantize the float "
-                          "ONNX model with onnxruntime.quantization.quantize_dynamic yourself")
-    out = Path(out_path)
     inputs, names = _onnx_inputs(model)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
@@ -283,13 +320,7 @@ def export_onnx(model: Any, out_path: str | Path, *, check: bool = True, atol: f
                           do_constant_folding=True)
     model.eval()  # the exporter restores the wrapper's mode; keep the model in eval mode whatever happens
     if check:
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        test, _ = _onnx_inputs(model, seq_len=11, batch=3)
-        got = sess.run(["logits"], {n: test[n].numpy() for n in names})[0]
-        with torch.no_grad():
-            ref = model(**test).logits.numpy()
+        got, ref = _onnx_vs_torch(model, out)
         diff = float(np.abs(got - ref).max())
         if not diff <= atol:
             raise ExportError(f"ONNX check failed: logits differ from PyTorch by {diff:.2e} (> {atol:g})")
@@ -330,6 +361,9 @@ def _readme(info: dict[str, Any]) -> str:
         "Labels (`id2label` in `config.json`): "
         + ", ".join(f"{i} = `{n}`" for i, n in sorted((int(k), v) for k, v in info["id2label"].items())) + ".",
         "",
+    ]
+    lines += _targets_table(m.get("targets"))
+    lines += [
         f"Model files: {src['description']}.",
     ]
     if src.get("rebuilt_metrics"):
@@ -357,6 +391,9 @@ def _readme(info: dict[str, Any]) -> str:
         "",
     ]
     if info.get("onnx"):
+        if info["quantized"]:
+            lines += ["`model.onnx` is ONNX Runtime dynamic int8 (`MatMulInteger`); score it one sentence at a time "
+                      "(`autoprune.runtimes.onnx_accuracy`), as its activation scales span the batch.", ""]
         lines += ["`model.onnx` (opset 17, dynamic batch and sequence; inputs "
                   f"{', '.join(info['onnx_inputs'])}; output `logits`) runs in onnxruntime:", "",
                   "```python", "import onnxruntime as ort",
@@ -368,6 +405,19 @@ def _readme(info: dict[str, Any]) -> str:
               "`policy.yaml` also records the metrics, the base model and the sha256 of its weights, the dataset "
               "and splits, and the versions used.", ""]
     return "\n".join(lines)
+
+
+def _targets_table(targets: dict[str, Any] | None) -> list[str]:
+    """README lines: the speedup in every measurement target the trial recorded (none: no lines)."""
+    if not targets or not targets.get("targets"):
+        return []
+    lines = ["| measurement target | dense ms | pruned ms | speedup (per-round quartiles) |", "|---|---:|---:|---:|"]
+    for name, t in targets["targets"].items():
+        star = " (search objective)" if name == targets.get("objective") else ""
+        what = f"{t['runtime']} {t['device']}, {t['threads']} thr, {t['batch_size']}x{t['seq_len']}"
+        lines.append(f"| {name}{star}: {what}{', int8' if t.get('int8') else ''} | {t['dense_ms']:.2f} | "
+                     f"{t['pruned_ms']:.2f} | {t['speedup']:.2f}x ({t['speedup_q1']:.2f}-{t['speedup_q3']:.2f}) |")
+    return lines + [""]
 
 
 def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = False) -> Path:
@@ -394,9 +444,6 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
     cfg = _study_config(study)
     policy = PruningPolicy.from_dict(split_legacy_kept(pol_raw)[0], source=f"trial {trial.number} policy")
     record = _trial_record(res, policy, f"trial {trial.number} result")
-    if onnx and policy.quantize:
-        raise ExportError(f"trial {trial.number} uses dynamic int8 quantization (quantize: true), which has no "
-                          f"ONNX export in torch; rerun without --onnx (the PyTorch export keeps the int8 model)")
     logger.info("selected trial %d (%s): accuracy %.4f, speedup %.2fx", trial.number, sel.describe(),
                 trial.accuracy, trial.speedup)
 
@@ -451,13 +498,14 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         "source": source,
     }
     onnx_inputs: list[str] = []
-    if onnx:
+    if onnx:  # an int8 policy's ONNX file is ONNX Runtime dynamic int8 of its float model
         from autoprune.serialization import load_pruned
 
-        model = load_pruned(out)
-        export_onnx(model, out / "model.onnx")
+        model = load_pruned(out, as_float=True)
+        export_onnx(model, out / "model.onnx", int8=policy.quantize)
         onnx_inputs = _onnx_inputs(model)[1]
-        doc["onnx"] = {"file": "model.onnx", "opset": 17, "inputs": onnx_inputs, "output": "logits"}
+        doc["onnx"] = {"file": "model.onnx", "opset": 17, "inputs": onnx_inputs, "output": "logits",
+                       "int8": "onnxruntime dynamic" if policy.quantize else None}
     (out / "policy.yaml").write_text(
         "# autoprune export: the policy under 'policy:', the units its pruning kept under 'record:', then "
         "provenance.\n"

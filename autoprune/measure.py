@@ -15,7 +15,7 @@ import io
 import logging
 import statistics
 import time
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -35,13 +35,17 @@ def _median(xs: list[float]) -> float:
 @torch.inference_mode()
 def predict(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[list[int], list[int]]:
     """(predictions, labels) over ``batches``; the model is put in eval mode."""
+    from autoprune.runtimes import autocast
+
     was = model.training
     model.eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device  # batches follow the model (cpu or a GPU)
     preds: list[int] = []
     labels: list[int] = []
     for b in batches:
         lab = b.pop("labels")
-        logits = model(**b).logits
+        with autocast(device):
+            logits = model(**{k: v.to(device) for k, v in b.items()}).logits
         preds += logits.argmax(-1).tolist()
         labels += lab.tolist()
     model.train(was)
@@ -149,26 +153,61 @@ def count_flops(model: nn.Module, seq_len: int, batch_size: int = 1) -> int:
 
 
 # ----------------------------------------------------------------------------- latency
-def _random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, max(vocab_size, 6), (batch_size, seq_len), generator=g)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
+def interleaved_times(fns: Sequence[Callable[[], object]], *, warmup: int, repeats: int,
+                      sync: Callable[[], None] | None = None) -> list[list[float]]:
+    """Milliseconds of every call of each of ``fns``, run interleaved in one process.
+
+    ``warmup`` rounds call each function once in order (untimed); then ``repeats`` timed rounds call
+    each once, the first to run rotating from round to round so no function always runs on a warmer
+    cache (with two: a, b, then b, a, ...). ``sync`` (e.g. ``torch.cuda.synchronize``) is called before
+    and after each timed call, so asynchronous device work is inside the time it belongs to.
+
+    Example:
+        >>> ts = interleaved_times([lambda: None, lambda: sum(range(1000))], warmup=1, repeats=3)
+        >>> [len(t) for t in ts]
+        [3, 3]
+    """
+    n = len(fns)
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    if sync is not None:
+        sync()
+    out: list[list[float]] = [[] for _ in fns]
+    for i in range(repeats):
+        for j in range(n):
+            k = (i + j) % n
+            if sync is not None:
+                sync()
+            t0 = time.perf_counter()
+            fns[k]()
+            if sync is not None:
+                sync()
+            out[k].append((time.perf_counter() - t0) * 1000.0)
+    return out
+
+
+def spread(ms: list[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile) of a list of timings.
+
+    Example:
+        >>> spread([1.0, 2.0, 3.0, 4.0, 5.0])
+        (2.0, 3.0, 4.0)
+    """
+    q1, q2, q3 = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else (ms[0],) * 3
+    return float(q1), float(q2), float(q3)
+
+
 @torch.inference_mode()
 def _interleaved(dense: nn.Module, pruned: nn.Module, batch: dict[str, torch.Tensor], warmup: int,
                  repeats: int) -> tuple[float, float]:
-    for _ in range(warmup):
-        dense(**batch)
-        pruned(**batch)
-    td, tp = [], []
-    for i in range(repeats):
-        # alternate which model goes first so neither always runs on a warmer cache
-        order = ((dense, td), (pruned, tp)) if i % 2 == 0 else ((pruned, tp), (dense, td))
-        for model, sink in order:
-            t0 = time.perf_counter()
-            model(**batch)
-            sink.append((time.perf_counter() - t0) * 1000.0)
+    td, tp = interleaved_times([lambda: dense(**batch), lambda: pruned(**batch)], warmup=warmup, repeats=repeats)
     return _median(td), _median(tp)
 
 
@@ -181,11 +220,11 @@ def measure_speed(dense: nn.Module, pruned: nn.Module, *, batch_size: int = 32, 
     pruned.eval()
     try:
         vocab = int(getattr(dense.config, "vocab_size", 1000))
-        d_ms, p_ms = _interleaved(dense, pruned, _random_batch(vocab, batch_size, seq_len), warmup, repeats)
+        d_ms, p_ms = _interleaved(dense, pruned, random_batch(vocab, batch_size, seq_len), warmup, repeats)
         rep = SpeedReport(batch_size=batch_size, seq_len=seq_len, threads=threads, repeats=repeats,
                           dense_ms=d_ms, pruned_ms=p_ms, speedup=d_ms / p_ms)
         if batch1:
-            d1, p1 = _interleaved(dense, pruned, _random_batch(vocab, 1, seq_len, seed=1), warmup, repeats)
+            d1, p1 = _interleaved(dense, pruned, random_batch(vocab, 1, seq_len, seed=1), warmup, repeats)
             rep.dense_ms_b1, rep.pruned_ms_b1, rep.speedup_b1 = d1, p1, d1 / p1
     finally:
         torch.set_num_threads(prev)

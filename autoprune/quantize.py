@@ -28,12 +28,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FakeQuantLinear", "fake_quantized", "has_fake_quant", "quantize_dynamic_int8"]
+__all__ = ["FakeQuantLinear", "fake_quantized", "has_fake_quant", "is_onnx_int8", "quantize_dynamic_int8",
+           "quantize_onnx_int8"]
 
 _ACT_QMAX = 127  # fbgemm dynamic Linear quantizes inputs with reduce_range=True: uint8 0..127
 
@@ -153,3 +155,49 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime int8
+def quantize_onnx_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True) -> Path:
+    """ONNX Runtime dynamic int8 of a float ONNX model: every MatMul/Gemm weight int8 with one scale
+    per output channel (``per_channel``; else one per tensor), activations quantized to uint8 on the fly.
+
+    Measured on the dense MiniLM-L6 / SST-2 checkpoint (2026-12-01, 1 thread, 872 test sentences one at
+    a time; float 0.8945): per-channel 0.8956 at 2.27x / 2.21x over float ONNX Runtime (batch 32 x 64 /
+    1 x 64), per-tensor 0.8807 at 2.14x / 2.21x; static int8 (QDQ, calibrated on 128 training sentences)
+    0.8842 at 1.63x / 2.02x, so static calibration is not offered. Pre-processing the float model
+    (``quant_pre_process``) before per-tensor int8 did not help (0.8807, 1.98x / 2.24x).
+
+    This is the int8 that survives export: the file runs in any ONNX Runtime (``MatMulInteger`` /
+    ``DynamicQuantizeLinear`` ops), unlike ``torch.ao`` dynamic int8, which has no ONNX mapping.
+    As with every dynamic int8, an activation's scale covers the whole batch, so a sentence's logits
+    depend on the other rows of its batch; autoprune scores int8 models one sentence at a time.
+
+    Example:
+        >>> import tempfile, torch
+        >>> d = tempfile.mkdtemp()
+        >>> torch.onnx.export(nn.Linear(8, 4), (torch.randn(2, 8),), f"{d}/f.onnx", dynamo=False)
+        >>> quantize_onnx_int8(f"{d}/f.onnx", f"{d}/q.onnx").name
+        'q.onnx'
+    """
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = Path(src), Path(dst)
+    quiet = logging.getLogger()  # the quantizer logs on the root logger: its advice to pre-process, skipped nodes
+    level = quiet.level
+    quiet.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8)
+    finally:
+        quiet.setLevel(level)
+    return dst
+
+
+def is_onnx_int8(path: str | Path) -> bool:
+    """Whether an ONNX file holds dynamically quantized MatMuls (written by :func:`quantize_onnx_int8`)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul") for n in graph.node)

@@ -78,6 +78,8 @@ class TrialResult:
     accuracy_pruned: float | None = None
     # what the pruning kept (autoprune.pruner.PruneRecord.to_dict()); kept_heads/kept_neurons above repeat it
     prune_record: dict[str, Any] | None = None
+    # every measurement target's numbers (autoprune.runtimes.measure_targets) when measure.targets is set
+    targets: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

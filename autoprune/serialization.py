@@ -126,12 +126,13 @@ def _quantization(meta: dict[str, Any], where: str) -> str | None:
     return q
 
 
-def load_pruned(path: str | Path) -> nn.Module:
+def load_pruned(path: str | Path, *, as_float: bool = False) -> nn.Module:
     """Load a pruned model saved by autoprune, in eval mode: one call, no pickles.
 
     The architecture is built from ``config.json`` (its depth already counts the remaining layers),
     each layer is cut to the recorded head count and FFN size, then the weights are read with
-    ``safetensors``. A model recorded as ``dynamic_int8`` comes back quantized to dynamic int8.
+    ``safetensors``. A model recorded as ``dynamic_int8`` comes back quantized to dynamic int8, unless
+    ``as_float=True`` asks for the float weights it is quantized from (what ONNX export quantizes itself).
 
     Example:
         >>> # model = autoprune.load_pruned("exports/sst2-trial7")
@@ -175,7 +176,7 @@ def load_pruned(path: str | Path) -> nn.Module:
                          f"unexpected {unexpected[:5]})")
     setattr(model.config, CONFIG_KEY, meta)
     model.eval()
-    if quantization == "dynamic_int8":
+    if quantization == "dynamic_int8" and not as_float:
         model = quantize_dynamic_int8(model)
     return model
 

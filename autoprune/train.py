@@ -104,18 +104,23 @@ def finetune(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], *, st
             next(batches)
         torch.set_rng_state(state["rng"])
         logger.info("%s: resumed from %s at step %d", desc, checkpoint, start - 1)
+    from autoprune.runtimes import autocast
+
+    device = next(model.parameters()).device  # the batches follow the model (a trial on a GPU moves it there)
     model.train()
     bar = tqdm(total=steps, initial=start - 1, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     try:
         for step in range(start, steps + 1):
-            batch = next(batches)
-            out = model(**{k: v for k, v in batch.items() if k != "labels"})
-            if teacher is not None and distill_weight > 0:
-                with torch.no_grad():
-                    t_logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
-                loss = distillation_loss(out.logits, t_logits, batch["labels"], distill_weight, temperature)
-            else:
-                loss = F.cross_entropy(out.logits, batch["labels"])
+            batch = {k: v.to(device) for k, v in next(batches).items()}
+            with autocast(device):  # bf16 mixed precision on CUDA only
+                out = model(**{k: v for k, v in batch.items() if k != "labels"})
+                if teacher is not None and distill_weight > 0:
+                    with torch.no_grad():
+                        t_logits = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                    loss = distillation_loss(out.logits.float(), t_logits.float(), batch["labels"], distill_weight,
+                                             temperature)
+                else:
+                    loss = F.cross_entropy(out.logits.float(), batch["labels"])
             if not torch.isfinite(loss):
                 raise TrialFailed(f"training loss became {loss.item()} at step {step} of {steps} "
                                   f"({desc}); lower the learning rate")

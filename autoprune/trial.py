@@ -239,7 +239,10 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         raise DataError("final_split='test' but the data config has no test split")
     policy.check_layers(ctx.num_layers)
     set_seed(policy.seed)
-    run = _Run(config, policy, ctx, copy.deepcopy(ctx.dense), on_eval, progress)
+    from autoprune.runtimes import trial_device
+
+    device = trial_device()  # cuda when Ray gave this trial a GPU (gpus_per_trial > 0), else cpu
+    run = _Run(config, policy, ctx, copy.deepcopy(ctx.dense).to(device), on_eval, progress)
     run.phases["load"] = time.perf_counter() - t0
 
     budget = policy.retrain
@@ -247,6 +250,8 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     per_step = [budget.steps // k_steps + (1 if i < budget.steps % k_steps else 0) for i in range(k_steps)]
     batches = train_batches(ctx.task.train, budget.batch_size, seed=policy.seed, pad_id=ctx.task.pad_token_id)
     teacher = ctx.dense if policy.distillation is not None and policy.distillation.weight > 0 else None
+    if teacher is not None and device.type != "cpu":
+        teacher = copy.deepcopy(teacher).to(device)
     pruned: EvalMetrics | None = None
     for k in range(1, k_steps + 1):
         _prune_step(run, k, k_steps, record)
@@ -255,6 +260,7 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         _retrain_step(run, k, k_steps, per_step[k - 1], batches, teacher)
     assert run.record is not None and pruned is not None
 
+    run.model = run.model.cpu()  # int8, timing and saving run on CPU copies (a cuda target moves its own)
     if policy.granularity == "unstructured":
         from autoprune.surgery import make_unstructured_permanent
 
@@ -281,7 +287,7 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
 
 def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalMetrics, pruned: EvalMetrics,
              final_split: str) -> TrialResult:
-    """Latency against the dense model, FLOPs, parameters and size; the whole result."""
+    """Latency against the dense model (in every measurement target), FLOPs, parameters and size; the whole result."""
     from autoprune.measure import count_flops, count_params, measure_speed, nonzero_params, size_on_disk
     from autoprune.models import get_adapter
     from autoprune.surgery import encoder_weight_sparsity
@@ -289,8 +295,15 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
     ctx, policy, float_model, rec = run.ctx, run.policy, run.model, run.record
     assert rec is not None
     m = run.config.measure
-    speed = measure_speed(ctx.dense, model, batch_size=m.batch_size, seq_len=m.seq_len, threads=m.threads,
-                          warmup=m.warmup, repeats=m.repeats, batch1=m.batch1)
+    targets = None
+    if m.targets is not None or m.resource:  # measurement targets: the objective's speedup is the trial's
+        from autoprune.runtimes import measure_targets, speed_report
+
+        targets = measure_targets(ctx.dense, float_model, m, int8=policy.quantize)
+        speed = speed_report(targets["targets"][targets["objective"]])
+    else:
+        speed = measure_speed(ctx.dense, model, batch_size=m.batch_size, seq_len=m.seq_len, threads=m.threads,
+                              warmup=m.warmup, repeats=m.repeats, batch1=m.batch1)
     flops = count_flops(float_model, m.seq_len, m.batch_size)
     dense_flops = count_flops(ctx.dense, m.seq_len, m.batch_size)
     heads, ffn = get_adapter(float_model).shape(float_model)
@@ -312,5 +325,5 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
         kept_heads=rec.kept_heads, kept_neurons=rec.kept_neurons,
         weight_sparsity=encoder_weight_sparsity(float_model), retrain_steps=run.done_steps,
         phase_seconds=run.phases, history=run.history, measure=run.config.measure.model_dump(),
-        accuracy_pruned=pruned.accuracy, prune_record=rec.to_dict(),
+        accuracy_pruned=pruned.accuracy, prune_record=rec.to_dict(), targets=targets,
     )

@@ -235,7 +235,7 @@ def test_export_onnx_matches_pytorch(real, tmp_path):
         assert np.abs(got - ref).max() <= 1e-4
 
 
-def test_quantized_trial_exports_int8_and_refuses_onnx(real, tmp_path):
+def test_quantized_trial_exports_int8_and_int8_onnx(real, tmp_path):
     n = real["numbers"]["l1q"]
     out = export_trial(real["study"], Selector(trial=n), tmp_path / "q")
     model = load_pruned(out)
@@ -244,8 +244,11 @@ def test_quantized_trial_exports_int8_and_refuses_onnx(real, tmp_path):
     b = _batch()
     with torch.no_grad():
         assert torch.allclose(model(**b).logits, ref(**b).logits, atol=1e-6)
-    with pytest.raises(ExportError, match="int8.*ONNX"):
-        export_trial(real["study"], Selector(trial=n), tmp_path / "q2", onnx=True)
+    from autoprune.quantize import is_onnx_int8
+
+    q2 = export_trial(real["study"], Selector(trial=n), tmp_path / "q2", onnx=True)
+    assert is_onnx_int8(q2 / "model.onnx")
+    assert yaml.safe_load((q2 / "policy.yaml").read_text())["onnx"]["int8"] == "onnxruntime dynamic"
 
 
 def test_unstructured_trial_exports_with_its_zeros(real, tmp_path):

@@ -23,6 +23,7 @@ Example (fake trials in this process, as in the tests):
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable
@@ -234,6 +235,10 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     if resume_only and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         open_study(url, name)  # "no study storage at ..." without creating an empty database
     prepare_sqlite(url, create_folder=storage is None)  # a read-only location: one clear error, nothing written
+    from autoprune.runtimes import check_before_study  # runtimes installed, GPUs present: before any study exists
+
+    check_before_study(config.measure, space.gpus_per_trial,
+                       joining_cluster=bool(address or os.environ.get("RAY_ADDRESS")))
     if dense_metrics is None:  # the baseline will be trained: check data and model before a study exists
         from autoprune.train import check_config
 
@@ -283,6 +288,10 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
         ex = executor if executor is not None else RayExecutor(address)
         with running(ex, num_cpus=space.trials_in_flight * space.cpus_per_trial, run_dir=run_dir), \
                 Progress(study, target, enabled=progress, heartbeat_s=heartbeat_s) as prog:
+            if isinstance(ex, RayExecutor):  # the cluster's GPUs and measurement nodes, before dispatch
+                from autoprune.runtimes import check_cluster
+
+                check_cluster(cfg.measure, space.gpus_per_trial)
             drive(state, ex, prog)
     finally:
         lease.release()
@@ -359,8 +368,8 @@ def _next_job(state: DriverState) -> tuple[Any, TrialJob] | None:
     save_dir = (str(Path(state.config["run_dir"]) / "models" / study.study_name / f"trial_{trial.number}")
                 if space.save_models else None)
     job = TrialJob(number=trial.number, config=state.config, policy=policy.to_dict(), floor=state.floor,
-                   early_stop=state.early_stop, num_cpus=space.cpus_per_trial, save_dir=save_dir,
-                   trial_fn=state.trial_fn)
+                   early_stop=state.early_stop, num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial,
+                   save_dir=save_dir, trial_fn=state.trial_fn)
     return trial, job
 
 

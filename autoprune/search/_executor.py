@@ -38,7 +38,7 @@ class TrialJob:
 
     ``config``: the run config dict; ``policy``: the policy dict; ``floor``: the accuracy floor of the
     worker-side early stop (None: no early stop); ``early_stop``: its ``margin`` and ``min_fraction``;
-    ``num_cpus``: CPUs reserved for the trial; ``save_dir``: where to save the pruned model (or None);
+    ``num_cpus`` / ``num_gpus``: CPUs and GPUs (fractions allowed) reserved for the trial; ``save_dir``: where to save the pruned model (or None);
     ``trial_fn``: the trial function (None: :func:`autoprune.trial.run_trial`).
     """
 
@@ -48,6 +48,7 @@ class TrialJob:
     floor: float | None = None
     early_stop: dict[str, float] = field(default_factory=dict)
     num_cpus: float = 1.0
+    num_gpus: float = 0.0
     save_dir: str | None = None
     trial_fn: Callable[..., Any] | None = None
 
@@ -125,7 +126,10 @@ class RayExecutor:
 
         if self._remote is None:
             self._remote = ray.remote(execute_trial)
-        return self._remote.options(num_cpus=job.num_cpus, max_retries=1, name=f"autoprune-trial-{job.number}").remote(
+        from autoprune.runtimes import ray_trial_options
+
+        return self._remote.options(**ray_trial_options(job.num_cpus, job.num_gpus), max_retries=1,
+                                    name=f"autoprune-trial-{job.number}").remote(
             job.trial_fn, job.config, job.policy, job.floor, job.early_stop, job.number, job.save_dir)
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:

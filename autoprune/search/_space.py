@@ -197,6 +197,8 @@ class SearchSpace(_Strict):
     n_trials: int = Field(20, ge=1)
     trials_in_flight: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0, description="GPUs each trial trains and evaluates on (Ray num_gpus; "
+                                  "fractions let several trials share one GPU); 0: trials run on CPU")
     seed: int = 0
     save_models: bool = Field(False, description="save every completed trial's pruned model under "
                               "<run_dir>/models/<study>/trial_<n>, so export copies it instead of rebuilding")
