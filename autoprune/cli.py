@@ -407,15 +407,16 @@ def export_onnx_cmd(model_dir: Path = typer.Argument(..., help="a saved pruned m
     """Export any saved pruned model to ONNX (checked in onnxruntime), optionally as ONNX Runtime int8."""
     from autoprune.errors import ModelError
     from autoprune.export import export_onnx
-    from autoprune.runtimes import Target, check_targets, load_float_model
+    from autoprune.runtimes import Target, check_targets
+    from autoprune.serialization import load_pruned, saved_quantization
 
     check_targets([Target(runtime="onnxruntime")], devices=False)
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"{model_dir}: no config.json; give a model directory saved by autoprune "
                          f"(prune --save DIR, apply -o DIR, or export -o DIR)")
-    model = load_float_model(model_dir)
+    model = load_pruned(model_dir, as_float=True)
     if int8 is None:
-        int8 = bool((getattr(model.config, "autoprune", None) or {}).get("quantized"))
+        int8 = saved_quantization(model_dir) is not None
     output.parent.mkdir(parents=True, exist_ok=True)
     path = export_onnx(model, output, int8=int8)
     out.print(f"wrote {'int8' if int8 else 'float'} ONNX model {path} ({path.stat().st_size / 1e6:.1f} MB)",

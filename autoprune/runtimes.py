@@ -446,14 +446,6 @@ def speed_report(rep: dict[str, Any]) -> "SpeedReport":
 
 
 # ----------------------------------------------------------------------------- exported models
-def load_float_model(model_dir: str | Path) -> "nn.Module":
-    """The float model of a saved pruned model directory (``prune --save``, ``apply -o``, an export),
-    in eval mode; an int8 policy's model is its float weights (ONNX Runtime quantizes the export)."""
-    from autoprune.serialization import load_pruned
-
-    return load_pruned(model_dir, as_float=True)
-
-
 def onnx_evaluate(onnx_path: str | Path, batches: Iterable[dict[str, "torch.Tensor"]], num_labels: int, *,
                   threads: int = 1) -> "EvalMetrics":
     """Accuracy, macro-F1 and per-class recall of an ONNX classifier over labelled ``batches``
@@ -485,5 +477,5 @@ def onnx_accuracy(onnx_path: str | Path, split: "Split", *, pad_id: int, num_lab
 
 
 __all__ = ["RESOURCE_SHARE", "RUNTIMES", "Target", "TargetError", "autocast", "check_before_study", "check_cluster",
-           "check_gpus", "check_targets", "load_float_model", "measure_target", "measure_targets",
+           "check_gpus", "check_targets", "measure_target", "measure_targets",
            "onnx_accuracy", "onnx_evaluate", "onnx_session", "ray_trial_options", "speed_report", "trial_device"]

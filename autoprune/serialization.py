@@ -126,6 +126,11 @@ def _quantization(meta: dict[str, Any], where: str) -> str | None:
     return q
 
 
+def saved_quantization(path: str | Path) -> str | None:
+    """The quantization a saved pruned model is recorded with (``dynamic_int8``), or None for a float model."""
+    return _quantization(read_section(Path(path))[1], f"{path}/config.json")
+
+
 def load_pruned(path: str | Path, *, as_float: bool = False) -> nn.Module:
     """Load a pruned model saved by autoprune, in eval mode: one call, no pickles.
 

@@ -110,14 +110,14 @@ def test_onnx_accuracy_matches_pytorch(tmp_path):
 
 def test_cli_export_onnx_of_a_saved_model(tiny, tmp_path):
     from autoprune.cli import app
-    from autoprune.trial import save_trial_model
+    from autoprune.serialization import save_pruned
     from transformers import BertTokenizerFast
 
     from conftest import VOCAB
 
     (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     tok = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
-    saved = save_trial_model(_cut(tiny, 2, 32), tok, tmp_path / "saved", quantized=True)
+    saved = save_pruned(_cut(tiny, 2, 32), tmp_path / "saved", tok, quantized=True)
     runner = CliRunner()
     r = runner.invoke(app, ["export-onnx", str(saved), "-o", str(tmp_path / "out" / "m.onnx")])
     assert r.exit_code == 0, r.output

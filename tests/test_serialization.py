@@ -122,9 +122,15 @@ def test_load_errors_say_what_to_do(tmp_path):
 
 
 def _imports(path: Path) -> set[str]:
-    """Every autoprune module ``path`` imports, at module level or inside functions."""
+    """Every autoprune module ``path`` imports, at module level or inside functions (``if TYPE_CHECKING:``
+    blocks left out: they never run)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {id(c) for n in ast.walk(tree) if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING"
+                   for b in n.body for c in ast.walk(b)}
     out = set()
-    for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for n in ast.walk(tree):
+        if id(n) in typing_only:
+            continue
         if isinstance(n, ast.ImportFrom) and n.level == 0 and (n.module or "").startswith("autoprune"):
             out.add(n.module)
             out.update(f"{n.module}.{a.name}" for a in n.names)
