@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from autoprune._yaml import read_yaml_mapping
 from autoprune.errors import ConfigError, format_validation_error
-from autoprune.runtimes import Target
 
 #: Model aliases that resolve to weights shipped inside a Python package (no Hub download).
 EMBEDDED_MODELS = {
@@ -188,10 +187,45 @@ class TrainConfig(_Strict):
 _TARGET_SHARED = ("batch_size", "seq_len", "threads", "warmup", "repeats", "batch1")
 
 
+class Target(_Strict):
+    """One place speed is measured: runtime, device, threads and input shape.
+
+    Fields left out of a target in ``measure.targets`` take the top-level ``measure`` values
+    (``batch_size``, ``seq_len``, ``threads``, ``warmup``, ``repeats``, ``batch1``).
+    """
+
+    name: str = Field("", description="how results and measure.objective name it; default '<runtime>-<device>'")
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int = Field(1, ge=1, description="intra-op threads (torch.set_num_threads / intra_op_num_threads)")
+    batch_size: int = Field(32, ge=1)
+    seq_len: int = Field(64, ge=1)
+    batch1: bool = Field(False, description="also time one sentence (batch 1) at seq_len, for online serving")
+    warmup: int = Field(3, ge=0)
+    repeats: int = Field(15, ge=3)
+
+    @model_validator(mode="after")
+    def _default_name(self) -> "Target":
+        if not self.name:
+            self.name = f"{self.runtime}-{self.device}"
+        return self
+
+    def describe(self) -> str:
+        """One line: what this target times.
+
+        Example:
+            >>> Target(runtime="onnxruntime", threads=2, batch_size=8, seq_len=128).describe()
+            'onnxruntime-cpu: onnxruntime on cpu, 2 threads, batch 8 x 128 tokens'
+        """
+        b1 = " (and batch 1)" if self.batch1 else ""
+        return (f"{self.name}: {self.runtime} on {self.device}, {self.threads} thread{'s' * (self.threads > 1)}, "
+                f"batch {self.batch_size} x {self.seq_len} tokens{b1}")
+
+
 class MeasureConfig(_Strict):
     """How speed is measured: interleaved dense/pruned runs at a fixed thread count.
 
-    ``targets`` lists where speed is measured (:class:`autoprune.runtimes.Target`: runtime ``torch``
+    ``targets`` lists where speed is measured (:class:`Target`: runtime ``torch``
     or ``onnxruntime``, device ``cpu`` or ``cuda``, threads, input shape); a field a target leaves
     out takes the top-level value here. Without ``targets`` there is one target, eager PyTorch on
     CPU with the top-level fields: what autoprune always measured. ``objective`` names the target

@@ -34,10 +34,10 @@ import importlib.util
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from autoprune.config import Target
 from autoprune.errors import AutopruneError
 
 if TYPE_CHECKING:
@@ -58,43 +58,6 @@ RESOURCE_SHARE = 0.01
 
 class TargetError(AutopruneError):
     """A measurement target cannot run here: its runtime is not installed, or it asks for a missing device."""
-
-
-class Target(BaseModel):
-    """One place speed is measured: runtime, device, threads and input shape.
-
-    Fields left out of a target in ``measure.targets`` take the top-level ``measure`` values
-    (``batch_size``, ``seq_len``, ``threads``, ``warmup``, ``repeats``, ``batch1``).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field("", description="how results and measure.objective name it; default '<runtime>-<device>'")
-    runtime: Literal["torch", "onnxruntime"] = "torch"
-    device: Literal["cpu", "cuda"] = "cpu"
-    threads: int = Field(1, ge=1, description="intra-op threads (torch.set_num_threads / intra_op_num_threads)")
-    batch_size: int = Field(32, ge=1)
-    seq_len: int = Field(64, ge=1)
-    batch1: bool = Field(False, description="also time one sentence (batch 1) at seq_len, for online serving")
-    warmup: int = Field(3, ge=0)
-    repeats: int = Field(15, ge=3)
-
-    @model_validator(mode="after")
-    def _default_name(self) -> "Target":
-        if not self.name:
-            self.name = f"{self.runtime}-{self.device}"
-        return self
-
-    def describe(self) -> str:
-        """One line: what this target times.
-
-        Example:
-            >>> Target(runtime="onnxruntime", threads=2, batch_size=8, seq_len=128).describe()
-            'onnxruntime-cpu: onnxruntime on cpu, 2 threads, batch 8 x 128 tokens'
-        """
-        b1 = " (and batch 1)" if self.batch1 else ""
-        return (f"{self.name}: {self.runtime} on {self.device}, {self.threads} thread{'s' * (self.threads > 1)}, "
-                f"batch {self.batch_size} x {self.seq_len} tokens{b1}")
 
 
 # ----------------------------------------------------------------------------- checks
