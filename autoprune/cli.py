@@ -406,7 +406,7 @@ def export_onnx_cmd(model_dir: Path = typer.Argument(..., help="a saved pruned m
                                                     "saved by an int8 policy, else float)")) -> None:
     """Export any saved pruned model to ONNX (checked in onnxruntime), optionally as ONNX Runtime int8."""
     from autoprune.errors import ModelError
-    from autoprune.export import export_onnx
+    from autoprune.onnx_export import export_onnx
     from autoprune.runtimes import Target, check_targets
     from autoprune.serialization import load_pruned, saved_quantization
 

@@ -35,7 +35,7 @@ def _median(xs: list[float]) -> float:
 @torch.inference_mode()
 def predict(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> tuple[list[int], list[int]]:
     """(predictions, labels) over ``batches``; the model is put in eval mode."""
-    from autoprune.runtimes import autocast
+    from autoprune.devices import autocast
 
     was = model.training
     model.eval()

@@ -14,9 +14,8 @@ config lists its targets under ``measure.targets`` and names the search's speed 
 Ray custom resource, as a Ray task pinned to a node that carries it (the deployment hardware).
 
 GPUs: :func:`ray_trial_options` maps ``cpus_per_trial`` / ``gpus_per_trial`` (fractions allowed) to
-Ray task options, :func:`check_gpus` is one clear error when GPUs are asked for and there are none,
-:func:`trial_device` picks the torch device a trial trains on, :func:`autocast` is bf16 mixed
-precision on CUDA and nothing on CPU.
+Ray task options, :func:`check_gpus` is one clear error when GPUs are asked for and there are none
+(:mod:`autoprune.devices` picks the torch device a trial trains on and its mixed precision).
 
 Example:
     >>> t = Target(runtime="onnxruntime", batch_size=1)
@@ -28,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
 import logging
@@ -200,43 +198,6 @@ def ray_trial_options(cpus_per_trial: float, gpus_per_trial: float = 0.0) -> dic
     return opts
 
 
-def trial_device() -> "torch.device":
-    """The torch device a trial trains and evaluates on: ``cuda`` when Ray gave this worker a GPU
-    (``gpus_per_trial > 0``), else ``cpu`` (a CPU trial on a GPU machine stays on CPU).
-
-    Example:
-        >>> str(trial_device())
-        'cpu'
-    """
-    import torch
-
-    try:
-        import ray
-
-        ids = ray.get_gpu_ids() if ray.is_initialized() else []
-    except Exception:  # noqa: BLE001 - not in a Ray worker: no GPU was assigned
-        ids = []
-    if ids and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def autocast(device: "torch.device | str") -> contextlib.AbstractContextManager[Any]:
-    """bf16 mixed precision on CUDA (where the GPU supports bf16); nothing on CPU, whose float32
-    numbers stay exactly as they were.
-
-    Example:
-        >>> with autocast("cpu"):
-        ...     pass
-    """
-    import torch
-
-    dev = torch.device(device)
-    if dev.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 # ----------------------------------------------------------------------------- measurement
 def _summary(prefix: str, dense: list[float], pruned: list[float]) -> dict[str, float]:
     from autoprune.measure import spread
@@ -304,7 +265,7 @@ def _cpu(model: "nn.Module") -> "nn.Module":
 
 
 def _ort_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool) -> Iterator[tuple[str, list]]:
-    from autoprune.export import _onnx_inputs, export_onnx
+    from autoprune.onnx_export import export_onnx, onnx_inputs
     from autoprune.measure import interleaved_times, random_batch
 
     vocab = int(getattr(dense.config, "vocab_size", 1000))
@@ -313,7 +274,7 @@ def _ort_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool) -
         p_path = export_onnx(_cpu(pruned), Path(tmp) / "pruned.onnx", int8=int8)
         sd = onnx_session(d_path, threads=t.threads, device=t.device)
         sp = onnx_session(p_path, threads=t.threads, device=t.device)
-        names = _onnx_inputs(dense)[1]
+        names = onnx_inputs(dense)[1]
         for suffix, bs, seed in (("", t.batch_size, 0), ("_b1", 1, 1)):
             if suffix and not t.batch1:
                 continue
@@ -439,6 +400,6 @@ def onnx_accuracy(onnx_path: str | Path, split: "Split", *, pad_id: int, num_lab
     return onnx_evaluate(onnx_path, eval_batches(split, bs, pad_id), num_labels, threads=threads)
 
 
-__all__ = ["RESOURCE_SHARE", "RUNTIMES", "Target", "TargetError", "autocast", "check_before_study", "check_cluster",
+__all__ = ["RESOURCE_SHARE", "RUNTIMES", "Target", "TargetError", "check_before_study", "check_cluster",
            "check_gpus", "check_targets", "measure_target", "measure_targets",
-           "onnx_accuracy", "onnx_evaluate", "onnx_session", "ray_trial_options", "speed_report", "trial_device"]
+           "onnx_accuracy", "onnx_evaluate", "onnx_session", "ray_trial_options", "speed_report"]

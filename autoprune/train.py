@@ -104,7 +104,7 @@ def finetune(model: nn.Module, batches: Iterator[dict[str, torch.Tensor]], *, st
             next(batches)
         torch.set_rng_state(state["rng"])
         logger.info("%s: resumed from %s at step %d", desc, checkpoint, start - 1)
-    from autoprune.runtimes import autocast
+    from autoprune.devices import autocast
 
     device = next(model.parameters()).device  # the batches follow the model (a trial on a GPU moves it there)
     model.train()

@@ -239,7 +239,7 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         raise DataError("final_split='test' but the data config has no test split")
     policy.check_layers(ctx.num_layers)
     set_seed(policy.seed)
-    from autoprune.runtimes import trial_device
+    from autoprune.devices import trial_device
 
     device = trial_device()  # cuda when Ray gave this trial a GPU (gpus_per_trial > 0), else cpu
     run = _Run(config, policy, ctx, copy.deepcopy(ctx.dense).to(device), on_eval, progress)

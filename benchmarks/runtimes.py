@@ -3,7 +3,7 @@
 Method. The fine-tuned MiniLM-L6 / SST-2 checkpoint is cut uniformly (heads and FFN neurons at 25 / 50 /
 75%, L1 unit scores, ``autoprune.surgery.prune_structured``, no retraining: speed depends on the shape
 only) and to the per-layer shapes of the reference run's structured front (docs/BENCHMARKS.md). Each
-point runs as: eager PyTorch fp32; ONNX Runtime fp32 (the model exported by ``autoprune.export.export_onnx``,
+point runs as: eager PyTorch fp32; ONNX Runtime fp32 (the model exported by ``autoprune.onnx_export.export_onnx``,
 an ``InferenceSession`` with 1 intra-op thread); ONNX Runtime dynamic int8 of that export
 (``autoprune.quantize.quantize_onnx_int8``, per-channel); PyTorch ``torch.ao`` dynamic int8 (the path
 autoprune's trials use today). For each input shape (32 x 64 and 1 x 64 random tokens) the dense fp32 model
@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from autoprune.config import RunConfig  # noqa: E402
 from autoprune.criteria import get_criterion, keep_top, n_removed  # noqa: E402
-from autoprune.export import _onnx_inputs, export_onnx  # noqa: E402
+from autoprune.onnx_export import export_onnx, onnx_inputs  # noqa: E402
 from autoprune.measure import count_flops, evaluate_split, interleaved_times, random_batch, spread  # noqa: E402
 from autoprune.models import get_adapter, load_model  # noqa: E402
 from autoprune.quantize import quantize_dynamic_int8  # noqa: E402
@@ -115,7 +115,7 @@ def main() -> None:
                   "test": str(SST2 / "test.tsv")}, "max_length": 64, "max_train_samples": 64}})
     task = load_task_data(cfg, load_tokenizer(cfg))
     dense = load_model(str(CHECKPOINT)).eval()
-    names = _onnx_inputs(dense)[1]
+    names = onnx_inputs(dense)[1]
     vocab = int(dense.config.vocab_size)
     tmp = Path(tempfile.mkdtemp(prefix="bench_runtimes_"))
     dense_onnx = export_onnx(dense, tmp / "dense.onnx")

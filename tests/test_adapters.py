@@ -179,7 +179,7 @@ def test_every_criterion_scores_a_pruned_model(tiny):
 def test_onnx_export_matches_pytorch(tiny, tmp_path):
     """Every supported family exports (legacy exporter, opset 17); export_onnx itself compares the
     onnxruntime logits with PyTorch's on a batch of another shape."""
-    from autoprune.export import export_onnx
+    from autoprune.onnx_export import export_onnx
 
     prune_structured(tiny, KEPT_HEADS, KEPT_NEURONS)
     drop_layers(tiny, [1])

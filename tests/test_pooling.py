@@ -38,7 +38,7 @@ def test_mean_pooling_ignores_padding_and_is_not_the_cls_head(tmp_path):
 
 
 def test_mean_pooled_baseline_trial_and_export_keep_the_head(tmp_path):
-    from autoprune.export import export_onnx
+    from autoprune.onnx_export import export_onnx
     from autoprune.serialization import load_pruned
     from autoprune.policy import PruningPolicy
     from autoprune.train import baseline_dir, ensure_baseline

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from autoprune.config import MeasureConfig, RunConfig, config_from_dict
 from autoprune.errors import ConfigError
-from autoprune.export import _onnx_inputs, export_onnx
+from autoprune.onnx_export import export_onnx, onnx_inputs
 from autoprune.measure import interleaved_times
 from autoprune.models import get_adapter, load_model
 from autoprune.quantize import is_onnx_int8
@@ -85,7 +85,7 @@ def test_int8_onnx_export_loads_and_stays_close_to_float(tiny, tmp_path):
     fp = export_onnx(tiny, tmp_path / "f.onnx")
     assert is_onnx_int8(path) and not is_onnx_int8(fp)
     assert path.stat().st_size < fp.stat().st_size  # int8 weights
-    feed, names = _onnx_inputs(tiny, seq_len=12, batch=1)
+    feed, names = onnx_inputs(tiny, seq_len=12, batch=1)
     q = onnx_session(path).run(["logits"], {n: feed[n].numpy() for n in names})[0]
     with torch.no_grad():
         ref = tiny(**feed).logits.numpy()
