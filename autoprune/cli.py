@@ -187,6 +187,8 @@ def result_table(r: dict[str, Any], title: str = "") -> Table:
     label = "" if r["speed_label"] == "measured" else f" ({r['speed_label']})"
     t.add_row("accuracy drop (points)", "", f"{100 * r['accuracy_drop']:.2f}")
     t.add_row("speedup" + label, "", f"{r['speedup']:.2f}x")
+    if r.get("speed_flags"):
+        t.add_row("speedup flagged", "", "; ".join(r["speed_flags"]))
     t.add_row("FLOPs reduction", "", f"{r['flops_reduction']:.2f}x")
     return t
 
@@ -224,7 +226,7 @@ def _status_table(rows: list[dict[str, Any]], title: str = "") -> Table:
                   "" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
                   "" if r["speedup"] is None else f"{r['speedup']:.2f}x",
                   r["state"] + ("" if r.get("counted", True) or r["state"] in ("RUNNING", "WAITING") else " (not counted)"),
-                  "*" if r["on_front"] else "", (r.get("reason") or "")[:80])
+                  "*" if r["on_front"] else "", (r.get("reason") or "; ".join(r.get("speed_flags") or []))[:80])
     return t
 
 
@@ -274,6 +276,7 @@ def _status_rows(st: Any) -> list[dict[str, Any]]:
     return [{"number": r.number, "state": r.state, "counted": r.counted, "policy_summary": r.summary,
              "accuracy": r.accuracy, "speedup": r.speedup, "macro_f1": (r.result or {}).get("macro_f1"),
              "latency_ms": (r.result or {}).get("latency_ms"), "on_front": r.number in on_front,
+             "speed_flags": (r.result or {}).get("speed_flags") or [],
              "reason": r.reason, "node_id": r.node_id, "duration_s": r.duration_s} for r in records]
 
 

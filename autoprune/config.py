@@ -245,6 +245,10 @@ class MeasureConfig(_Strict):
     threads: int = Field(1, ge=1, description="torch intra-op threads during measurement")
     warmup: int = Field(3, ge=0)
     repeats: int = Field(15, ge=3)
+    max_spread: float = Field(0.10, gt=0, description="largest interquartile range of the per-round speedup, as a "
+                              "fraction of the median, that counts as a clean measurement; a wider one is "
+                              "measured again, up to max_repeats rounds, and flagged noisy if it stays wider")
+    max_repeats: int = Field(45, ge=3, description="bound on timed rounds per shape when a measurement is noisy")
     targets: list[Target] | None = Field(
         None, description="where speed is measured (runtime, device, threads, shape); default: one torch cpu "
         "target with the fields above")

@@ -205,7 +205,7 @@ def _dataset_section(cfg: Any) -> dict[str, Any]:
 
 
 _METRIC_KEYS = ("accuracy", "accuracy_pruned", "macro_f1", "dense_accuracy", "dense_macro_f1", "accuracy_drop", "eval_split", "eval_n",
-                "speedup", "speed_label", "latency_ms", "dense_latency_ms", "speedup_b1", "flops_reduction", "flops",
+                "speedup", "speed_label", "speed_flags", "speedup_quartiles", "latency_ms", "dense_latency_ms", "speedup_b1", "flops_reduction", "flops",
                 "dense_flops", "params", "dense_params", "size_bytes", "dense_size_bytes", "heads_per_layer",
                 "ffn_per_layer", "weight_sparsity", "retrain_steps", "measure", "targets")
 
@@ -258,6 +258,10 @@ def _readme(info: dict[str, Any]) -> str:
         "",
         f"Heads per layer: {m.get('heads_per_layer')}; FFN neurons per layer: {m.get('ffn_per_layer')}.",
         "",
+    ]
+    if m.get("speed_flags"):
+        lines += [f"The measured speedup is flagged: {'; '.join(m['speed_flags'])} (see docs/RELIABILITY.md).", ""]
+    lines += [
         "Labels (`id2label` in `config.json`): "
         + ", ".join(f"{i} = `{n}`" for i, n in sorted((int(k), v) for k, v in info["id2label"].items())) + ".",
         "",

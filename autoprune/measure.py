@@ -204,30 +204,77 @@ def spread(ms: list[float]) -> tuple[float, float, float]:
     return float(q1), float(q2), float(q3)
 
 
+def relative_spread(q1: float, median: float, q3: float) -> float:
+    """Interquartile range as a fraction of the median (0 for a perfectly steady measurement).
+
+    Example:
+        >>> relative_spread(1.8, 2.0, 2.2)
+        0.2
+    """
+    return round((q3 - q1) / median, 12) if median > 0 else float("inf")
+
+
 @torch.inference_mode()
-def _interleaved(dense: nn.Module, pruned: nn.Module, batch: dict[str, torch.Tensor], warmup: int,
-                 repeats: int) -> tuple[float, float]:
+def _interleaved(dense: nn.Module, pruned: nn.Module, batch: dict[str, torch.Tensor], warmup: int, repeats: int,
+                 max_spread: float = float("inf"), max_repeats: int = 0) -> tuple[float, float, list[float]]:
+    """Median dense and pruned ms and the per-round speedups; rounds are added ``repeats`` at a time
+    while the per-round speedup's relative spread exceeds ``max_spread``, up to ``max_repeats``."""
     td, tp = interleaved_times([lambda: dense(**batch), lambda: pruned(**batch)], warmup=warmup, repeats=repeats)
-    return _median(td), _median(tp)
+    ratios = [d / p for d, p in zip(td, tp)]
+    while relative_spread(*spread(ratios)) > max_spread and len(ratios) + repeats <= max_repeats:
+        more_d, more_p = interleaved_times([lambda: dense(**batch), lambda: pruned(**batch)], warmup=1,
+                                           repeats=repeats)
+        td, tp = td + more_d, tp + more_p
+        ratios += [d / p for d, p in zip(more_d, more_p)]
+    return _median(td), _median(tp), ratios
 
 
 def measure_speed(dense: nn.Module, pruned: nn.Module, *, batch_size: int = 32, seq_len: int = 64,
-                  threads: int = 1, warmup: int = 3, repeats: int = 15, batch1: bool = True) -> SpeedReport:
-    """Median latency of ``dense`` and ``pruned``, measured interleaved, and the speedup ratio."""
+                  threads: int = 1, warmup: int = 3, repeats: int = 15, batch1: bool = True,
+                  max_spread: float = 0.10, max_repeats: int = 45) -> SpeedReport:
+    """Median latency of ``dense`` and ``pruned``, measured interleaved, and the speedup ratio.
+
+    The speedup's spread is the interquartile range of the per-round ratios. When it is wider than
+    ``max_spread`` (a fraction of the median) the measurement takes ``repeats`` more rounds, up to
+    ``max_repeats``; a spread that stays wider marks the report ``noisy``.
+    """
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     dense.eval()
     pruned.eval()
     try:
         vocab = int(getattr(dense.config, "vocab_size", 1000))
-        d_ms, p_ms = _interleaved(dense, pruned, random_batch(vocab, batch_size, seq_len), warmup, repeats)
+        d_ms, p_ms, ratios = _interleaved(dense, pruned, random_batch(vocab, batch_size, seq_len), warmup, repeats,
+                                          max_spread, max_repeats)
+        q1, _, q3 = spread(ratios)
         rep = SpeedReport(batch_size=batch_size, seq_len=seq_len, threads=threads, repeats=repeats,
-                          dense_ms=d_ms, pruned_ms=p_ms, speedup=d_ms / p_ms)
+                          dense_ms=d_ms, pruned_ms=p_ms, speedup=d_ms / p_ms, speedup_q1=q1, speedup_q3=q3,
+                          rounds=len(ratios), noisy=relative_spread(q1, d_ms / p_ms, q3) > max_spread)
         if batch1:
-            d1, p1 = _interleaved(dense, pruned, random_batch(vocab, 1, seq_len, seed=1), warmup, repeats)
+            d1, p1, _ = _interleaved(dense, pruned, random_batch(vocab, 1, seq_len, seed=1), warmup, repeats)
             rep.dense_ms_b1, rep.pruned_ms_b1, rep.speedup_b1 = d1, p1, d1 / p1
     finally:
         torch.set_num_threads(prev)
-    logger.info("latency b%dx%d: dense %.2f ms, pruned %.2f ms -> %.2fx", batch_size, seq_len, rep.dense_ms,
-                rep.pruned_ms, rep.speedup)
+    logger.info("latency b%dx%d: dense %.2f ms, pruned %.2f ms -> %.2fx (quartiles %.2f-%.2f over %d rounds%s)",
+                batch_size, seq_len, rep.dense_ms, rep.pruned_ms, rep.speedup, rep.speedup_q1, rep.speedup_q3,
+                rep.rounds, ", noisy" if rep.noisy else "")
     return rep
+
+
+def speed_flags(speedup: float, flops_reduction: float, *, quantized: bool = False, noisy: bool = False) -> list[str]:
+    """Warnings a measured speedup deserves: ``noisy`` (its spread stayed wide), ``slower than half of
+    dense`` (below 0.5x), ``faster than its FLOPs allow`` (above 1.5x the FLOPs reduction; 6x for int8,
+    whose kernels may also run up to 4x faster than float).
+
+    Example:
+        >>> speed_flags(2.0, 2.1)
+        []
+        >>> speed_flags(10.0, 2.0)
+        ['faster than its FLOPs allow']
+    """
+    flags = ["noisy"] if noisy else []
+    if speedup < 0.5:
+        flags.append("slower than half of dense")
+    if speedup > 1.5 * flops_reduction * (4.0 if quantized else 1.0):
+        flags.append("faster than its FLOPs allow")
+    return flags

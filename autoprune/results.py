@@ -33,6 +33,11 @@ class SpeedReport:
     dense_ms_b1: float | None = None
     pruned_ms_b1: float | None = None
     speedup_b1: float | None = None
+    # quartiles of the per-round speedup (dense_ms / pruned_ms of the same round) at batch_size x seq_len
+    speedup_q1: float | None = None
+    speedup_q3: float | None = None
+    rounds: int | None = None  # timed rounds it took (repeats, more when the first ones were noisy)
+    noisy: bool = False  # the per-round spread stayed above max_spread after max_repeats rounds
 
 
 @dataclass
@@ -78,6 +83,10 @@ class TrialResult:
     accuracy_pruned: float | None = None
     # what the pruning kept (autoprune.pruner.PruneRecord.to_dict()); kept_heads/kept_neurons above repeat it
     prune_record: dict[str, Any] | None = None
+    # warnings on the measured speedup (autoprune.measure.speed_flags): noisy, implausibly slow or fast
+    speed_flags: list[str] = field(default_factory=list)
+    # quartiles of the per-round speedup behind ``speedup`` (its spread)
+    speedup_quartiles: list[float] | None = None
     # every measurement target's numbers (autoprune.runtimes.measure_targets) when measure.targets is set
     targets: dict[str, Any] | None = None
 

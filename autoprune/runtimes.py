@@ -366,7 +366,8 @@ def speed_report(rep: dict[str, Any]) -> "SpeedReport":
     return SpeedReport(batch_size=rep["batch_size"], seq_len=rep["seq_len"], threads=rep["threads"],
                        repeats=rep["repeats"], dense_ms=rep["dense_ms"], pruned_ms=rep["pruned_ms"],
                        speedup=rep["speedup"], dense_ms_b1=rep.get("dense_ms_b1"),
-                       pruned_ms_b1=rep.get("pruned_ms_b1"), speedup_b1=rep.get("speedup_b1"))
+                       pruned_ms_b1=rep.get("pruned_ms_b1"), speedup_b1=rep.get("speedup_b1"),
+                       speedup_q1=rep.get("speedup_q1"), speedup_q3=rep.get("speedup_q3"), rounds=rep.get("repeats"))
 
 
 # ----------------------------------------------------------------------------- exported models

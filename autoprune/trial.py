@@ -288,7 +288,7 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
 def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalMetrics, pruned: EvalMetrics,
              final_split: str) -> TrialResult:
     """Latency against the dense model (in every measurement target), FLOPs, parameters and size; the whole result."""
-    from autoprune.measure import count_flops, count_params, measure_speed, nonzero_params, size_on_disk
+    from autoprune.measure import count_flops, count_params, measure_speed, nonzero_params, size_on_disk, speed_flags
     from autoprune.models import get_adapter
     from autoprune.surgery import encoder_weight_sparsity
 
@@ -303,9 +303,13 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
         speed = speed_report(targets["targets"][targets["objective"]])
     else:
         speed = measure_speed(ctx.dense, model, batch_size=m.batch_size, seq_len=m.seq_len, threads=m.threads,
-                              warmup=m.warmup, repeats=m.repeats, batch1=m.batch1)
+                              warmup=m.warmup, repeats=m.repeats, batch1=m.batch1, max_spread=m.max_spread,
+                              max_repeats=m.max_repeats)
     flops = count_flops(float_model, m.seq_len, m.batch_size)
     dense_flops = count_flops(ctx.dense, m.seq_len, m.batch_size)
+    flags = speed_flags(speed.speedup, dense_flops / max(flops, 1), quantized=policy.quantize, noisy=speed.noisy)
+    if flags:
+        logger.warning("trial %s: speedup %.2fx flagged: %s", policy.summary(), speed.speedup, "; ".join(flags))
     heads, ffn = get_adapter(float_model).shape(float_model)
     unstructured = policy.granularity == "unstructured"
     data = run.config.data
@@ -317,7 +321,8 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
         eval_split=data.validation_split if final_split == "validation" else str(data.test_split),
         eval_n=final.n, speedup=speed.speedup, latency_ms=speed.pruned_ms, dense_latency_ms=speed.dense_ms,
         speedup_b1=speed.speedup_b1, latency_b1_ms=speed.pruned_ms_b1, dense_latency_b1_ms=speed.dense_ms_b1,
-        speed_label=_speed_label(unstructured, policy.quantize),
+        speed_label=_speed_label(unstructured, policy.quantize), speed_flags=flags,
+        speedup_quartiles=None if speed.speedup_q1 is None else [speed.speedup_q1, speed.speedup_q3],
         flops=flops, dense_flops=dense_flops, flops_reduction=dense_flops / max(flops, 1),
         params=nonzero_params(float_model) if unstructured else count_params(float_model),
         dense_params=count_params(ctx.dense), size_bytes=size_on_disk(model),

@@ -95,6 +95,8 @@ def hover_text(r: TrialRecord) -> str:
     lines.append(f"macro-F1: {fmt_number(res.get('macro_f1'))}")
     label = res.get("speed_label", "measured")
     lines.append(f"speedup: {fmt_number(r.speedup, '.2f')}x" + ("" if label == "measured" else f" ({label})"))
+    if res.get("speed_flags"):
+        lines.append(f"speedup flagged: {'; '.join(res['speed_flags'])}")
     lines.append(f"FLOPs reduction: {fmt_number(res.get('flops_reduction'), '.2f')}x")
     if res.get("params") is not None:
         lines.append(f"params: {res['params']:,}" + (f" of {res['dense_params']:,}" if res.get("dense_params") else ""))
