@@ -14,12 +14,18 @@ neuron its intermediate row and bias entry and its output-projection column):
 * ``gradient``: first-order Taylor ``|w * dL/dw|``, ``dL/dw`` summed over the calibration batches;
 * ``random``: uniform noise per unit from a seeded generator, the control every criterion must beat.
 
+``fisher`` scores units, not weights: the empirical Fisher information of a mask variable on each
+head and FFN neuron (Michel et al. 2019; Kwon et al. 2022), ``sum_i (dL_i / dm)^2`` over the
+calibration samples ``i``, each sample with its own gradient (:class:`Fisher`).
+
 Example:
     >>> import torch
     >>> get_criterion("l1").weight_scores(torch.tensor([[1.0, -3.0]]), None)
     tensor([[1., 3.]])
     >>> get_criterion("gradient").needs_gradients
     True
+    >>> get_criterion("fisher").scores_weights
+    False
 """
 
 from __future__ import annotations
@@ -151,6 +157,77 @@ class Random(Criterion):
         return torch.rand(w.shape, generator=gen, dtype=torch.float32).to(w.device)
 
 
+class Fisher(Criterion):
+    """Empirical Fisher information of unit masks: ``sum_i (dL_i / dm_u)^2`` over calibration samples ``i``.
+
+    A mask variable ``m_u = 1`` multiplies each head's ``head_dim`` columns of the input of the
+    attention output projection (``LayerParts.attn_out``) and each neuron's input column of the FFN
+    output projection (``ffn_out``), set by forward pre-hooks. The mask has one row per sample
+    (``[batch, units]``), so backpropagating the *sum* of the samples' losses leaves each sample's own
+    gradient in its row (samples do not interact in an encoder); squaring before summing over samples
+    is what makes it the Fisher information and not the squared gradient of the summed loss, which
+    lets samples with opposite gradients cancel. Weights get no gradients (their ``requires_grad`` is
+    switched off while scoring), which keeps the backward pass to what the masks need.
+    """
+
+    name = "fisher"
+    needs_gradients = True
+    scores_weights = False
+    description = "empirical Fisher information of head / neuron masks (per-sample squared mask gradients)"
+
+    def unit_scores(self, model: nn.Module, batches: Batches | None = None, *, seed: int = 0) -> UnitScores:
+        from autoprune.models import get_adapter
+
+        if batches is None:
+            raise PolicyError(f"the {self.name} criterion needs labelled calibration batches")
+        layers = get_adapter(model).layers(model)
+        heads = [torch.zeros(p.num_heads, dtype=torch.float64) for p in layers]
+        neurons = [torch.zeros(p.num_neurons, dtype=torch.float64) for p in layers]
+        masks: list[torch.Tensor | None] = [None] * (2 * len(layers))
+        handles = []
+        for i, p in enumerate(layers):
+            handles.append(p.attn_out.register_forward_pre_hook(_mask_hook(masks, 2 * i, p.num_heads, p.head_dim)))
+            handles.append(p.ffn_out.register_forward_pre_hook(_mask_hook(masks, 2 * i + 1, p.num_neurons, 1)))
+        params = [q for q in model.parameters() if q.requires_grad]
+        was_training = model.training
+        model.eval()
+        try:
+            for q in params:
+                q.requires_grad_(False)
+            with torch.enable_grad():
+                for batch in batches:
+                    out = model(**batch)
+                    if getattr(out, "loss", None) is None:
+                        raise PolicyError(f"the {self.name} criterion needs labelled calibration batches "
+                                          f"(a batch without 'labels' gives no loss)")
+                    # the model's loss is a mean over the batch: times the batch size, each sample's loss counts once
+                    loss = out.loss * batch["labels"].shape[0]
+                    grads = torch.autograd.grad(loss, masks)
+                    for i in range(len(layers)):
+                        heads[i] += grads[2 * i].double().pow(2).sum(0).cpu()
+                        neurons[i] += grads[2 * i + 1].double().pow(2).sum(0).cpu()
+        finally:
+            for h in handles:
+                h.remove()
+            for q in params:
+                q.requires_grad_(True)
+            model.train(was_training)
+        return [h.float() for h in heads], [n.float() for n in neurons]
+
+
+def _mask_hook(masks: list[torch.Tensor | None], slot: int, units: int, width: int):
+    """A forward pre-hook multiplying a projection's input by a fresh per-sample unit mask of ones."""
+
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        m = torch.ones(x.shape[0], units, dtype=x.dtype, device=x.device, requires_grad=True)
+        masks[slot] = m
+        scale = m.repeat_interleave(width, dim=1) if width > 1 else m
+        return (x * scale.view(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1]),) + tuple(args[1:])
+
+    return hook
+
+
 _REGISTRY: dict[str, Criterion] = {}
 
 
@@ -162,7 +239,7 @@ def register_criterion(criterion: Criterion) -> Criterion:
     return criterion
 
 
-for _c in (Random(), Gradient(), L1(), L2()):
+for _c in (Random(), Gradient(), L1(), L2(), Fisher()):
     register_criterion(_c)
 
 
