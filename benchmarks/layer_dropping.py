@@ -245,22 +245,25 @@ def trial_row(res: Any, lever: str, target: float, drop: int, fraction: float,
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
-    """Which lever is most accurate at one target, and whether the gap exceeds two standard errors of a
-    difference of two accuracies on ``eval_n`` sentences (unpaired: conservative for the same sentences).
+    """Which lever is most accurate at one target, and whether its lead over each other lever exceeds two
+    standard errors of a difference of two accuracies on ``eval_n`` sentences (unpaired: conservative for
+    the same sentences).
 
     Example:
         >>> verdict([{"lever": "layers", "accuracy": 0.80, "eval_n": 872},
-        ...          {"lever": "units", "accuracy": 0.85, "eval_n": 872}])
-        'units (0.8500), 5.00 points ahead of layers: more than 2 standard errors of the difference (2 x 1.8 points)'
+        ...          {"lever": "units", "accuracy": 0.85, "eval_n": 872},
+        ...          {"lever": "both", "accuracy": 0.84, "eval_n": 872}])
+        'units (0.8500): 1.00 points ahead of both (within 2 SE = 3.5), 5.00 ahead of layers (beyond 2 SE = 3.6)'
     """
     ranked = sorted(rows, key=lambda r: -r["accuracy"])
-    best, second = ranked[0], ranked[1]
-    n = best["eval_n"]
-    se = math.sqrt(sum(r["accuracy"] * (1 - r["accuracy"]) / n for r in (best, second)))
-    gap = best["accuracy"] - second["accuracy"]
-    sig = "more than" if gap > 2 * se else "within"
-    text = (f"{best['lever']} ({best['accuracy']:.4f}), {100 * gap:.2f} points ahead of {second['lever']}: "
-            f"{sig} 2 standard errors of the difference (2 x {100 * se:.1f} points)")
+    best = ranked[0]
+    gaps = []
+    for r in ranked[1:]:
+        se = math.sqrt(sum(x["accuracy"] * (1 - x["accuracy"]) / x["eval_n"] for x in (best, r)))
+        gap = best["accuracy"] - r["accuracy"]
+        gaps.append(f"{100 * gap:.2f}{' points' if not gaps else ''} ahead of {r['lever']} "
+                    f"({'beyond' if gap > 2 * se else 'within'} 2 SE = {200 * se:.1f})")
+    text = f"{best['lever']} ({best['accuracy']:.4f}): " + ", ".join(gaps)
     if all("speedup" in r for r in rows):
         text += "; speedups " + ", ".join(f"{r['lever']} {r['speedup']:.2f}x" for r in rows)
     return text
