@@ -54,12 +54,12 @@ from benchmarks.common import (ROOT, add_results_option, command_line, git_commi
 from autoprune.config import load_config  # noqa: E402
 from autoprune.criteria import criterion_names  # noqa: E402
 from autoprune.errors import AutopruneError  # noqa: E402
-from autoprune.measure import measure_speed  # noqa: E402
+from autoprune.measure import evaluate_split, measure_speed  # noqa: E402
 from autoprune.models import load_model, model_depth  # noqa: E402
 from autoprune.policy import PruningPolicy, RetrainBudget  # noqa: E402
 from autoprune.pruner import PruneRecord, apply_record, prune  # noqa: E402
 from autoprune.results import TrialResult  # noqa: E402
-from autoprune.train import ensure_baseline  # noqa: E402
+from autoprune.train import ensure_baseline, load_task_data, load_tokenizer  # noqa: E402
 from autoprune.trial import run_trial  # noqa: E402
 
 log = logging.getLogger("benchmarks.layer_dropping")
@@ -137,7 +137,7 @@ class Cache:
 
     def __init__(self, path: Path):
         self.path = path
-        self.data: dict[str, dict[str, Any]] = {"calibration": {}, "trials": {}, "retime": {}}
+        self.data: dict[str, dict[str, Any]] = {"calibration": {}, "trials": {}, "retime": {}, "one_layer": {}}
         if path.is_file():
             self.data.update(json.loads(path.read_text(encoding="utf-8")))
 
@@ -230,6 +230,25 @@ def retime(dense: torch.nn.Module, records: dict[str, dict[str, Any]], cache: Ca
     return out
 
 
+def one_layer_drops(dense: torch.nn.Module, depth: int, cfg: Any, cache: Cache) -> dict[str, float]:
+    """Validation accuracy of the dense model and of it with each single layer dropped, no retraining
+    (``"dense"``, ``"0"``, ``"1"``, ...): how much each layer matters before the retraining repairs it."""
+    if len(cache.data["one_layer"]) == depth + 1:
+        return cache.data["one_layer"]
+    task = load_task_data(cfg, load_tokenizer(cfg))
+
+    def acc(model: torch.nn.Module) -> float:
+        return evaluate_split(model, task.validation, batch_size=cfg.eval_batch_size, pad_id=task.pad_token_id,
+                              num_labels=task.num_labels).accuracy
+
+    cache.put("one_layer", "dense", acc(dense))
+    for k in range(depth):
+        model = copy.deepcopy(dense)
+        prune(model, PruningPolicy.uniform("l1", depth).model_copy(update={"drop_layers": [k]}))
+        cache.put("one_layer", str(k), acc(model))
+    return cache.data["one_layer"]
+
+
 def trial_row(res: Any, lever: str, target: float, drop: int, fraction: float,
               passes: list[float]) -> dict[str, Any]:
     rec = res.prune_record or {}
@@ -299,6 +318,11 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for t in meta["targets"]:
         lines.append(f"- at {t:g}x the most accurate after retraining: "
                      f"{verdict([r for r in rows if r['target'] == t])}.")
+    one = meta["one_layer"]
+    lines.append(f"- validation accuracy with one layer dropped, no retraining (dense {one['dense']:.4f}): "
+                 + ", ".join(f"layer {k} {v:.4f}" for k, v in one.items() if k != "dense")
+                 + f"; `{meta['criterion']}` drops " + "; ".join(
+                     f"{r['dropped_layers']} at {r['target']:g}x" for r in rows if r["lever"] == "layers") + ".")
     lines.append(END)
     return "\n".join(lines)
 
@@ -354,10 +378,11 @@ def main() -> None:
                      p["target"], res.accuracy, res.accuracy_pruned, res.speedup, res.phase_seconds.get("total", 0))
     speeds = retime(dense, {key: res.prune_record for key, res, *_ in done}, cache, args.passes, cfg.measure)
     rows = [trial_row(res, lever, t, drop, frac, speeds[key]) for key, res, lever, t, drop, frac in done]
+    one = one_layer_drops(dense, depth, cfg, cache)
     meta = {"model": cfg.model.name_or_path, "dense_accuracy": rows[0]["dense_accuracy"], "test_n": rows[0]["eval_n"],
             "criterion": criterion, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "warmup_ratio": budget.warmup_ratio, "seed": args.seed, "repeats": cfg.measure.repeats,
-            "passes": args.passes, "cal_repeats": args.cal_repeats, "targets": targets, "command": command_line(),
+            "passes": args.passes, "one_layer": one, "cal_repeats": args.cal_repeats, "targets": targets, "command": command_line(),
             "date": time.strftime("%Y-%m-%d"), "commit": git_commit()}
     text = report(rows, meta)
     print("\n" + text)
