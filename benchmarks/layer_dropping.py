@@ -353,9 +353,7 @@ def main() -> None:
     depth = model_depth(cfg)
     cache = Cache(args.cache)
     cal = Calibrator(dense, depth, cache, args.cal_repeats, cfg.measure)
-    t0 = time.perf_counter()
     plans = plan(cal, targets)
-    cal_s = time.perf_counter() - t0
     if args.calibrate_only:
         print(json.dumps(plans, indent=1))
         return
@@ -390,7 +388,7 @@ def main() -> None:
         write_block(args.md, text, BEGIN, END)
     else:
         args.md.write_text(text + "\n", encoding="utf-8")
-    write_results(args, "layer_dropping", {**meta, "calibration_seconds": cal_s, "plans": plans, "rows": rows,
+    write_results(args, "layer_dropping", {**meta, "plans": plans, "rows": rows,
                                            "torch": torch.__version__})
 
 
