@@ -384,12 +384,12 @@ def main() -> None:
             "date": time.strftime("%Y-%m-%d"), "commit": git_commit()}
     text = report(rows, meta)
     print("\n" + text)
-    if args.md.is_file():
+    write_results(args, "layer_dropping", {**meta, "plans": plans, "rows": rows,
+                                           "torch": torch.__version__})
+    if args.md.is_file():  # after the JSON, which records whether the checkout had uncommitted changes
         write_block(args.md, text, BEGIN, END)
     else:
         args.md.write_text(text + "\n", encoding="utf-8")
-    write_results(args, "layer_dropping", {**meta, "plans": plans, "rows": rows,
-                                           "torch": torch.__version__})
 
 
 if __name__ == "__main__":
