@@ -267,22 +267,22 @@ class PruningPolicy(BaseModel):
 
     @classmethod
     def from_json(cls, text: str, source: str = "policy") -> "PruningPolicy":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PolicyError(f"{source}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
-        if not isinstance(data, dict):
-            raise PolicyError(f"{source}: expected a JSON object")
-        return cls.from_dict(data, source)
+        return cls._from_text(text, source, "JSON")
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "policy") -> "PruningPolicy":
+        return cls._from_text(text, source, "YAML")
+
+    @classmethod
+    def _from_text(cls, text: str, source: str, fmt: str) -> "PruningPolicy":
         try:
-            data = yaml.safe_load(text)
+            data = json.loads(text) if fmt == "JSON" else yaml.safe_load(text)
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"{source}: malformed JSON at line {exc.lineno}: {exc.msg}") from None
         except yaml.YAMLError as exc:
             raise PolicyError(f"{source}: malformed YAML: {exc}") from None
         if not isinstance(data, dict):
-            raise PolicyError(f"{source}: expected a YAML mapping")
+            raise PolicyError(f"{source}: expected a {'JSON object' if fmt == 'JSON' else 'YAML mapping'}")
         return cls.from_dict(data, source)
 
     @classmethod

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from autoprune.errors import PolicyError
 from autoprune.models._base import Adapter, LayerParts, Slice
+from autoprune.models._bert import BertAdapter
 
 _POSITION_PROJECTIONS = ("pos_key_proj", "pos_query_proj")
 
@@ -43,10 +44,7 @@ class DebertaV2Adapter(Adapter):
             attn_out=out.dense, ffn_out=layer.output.dense,
             attn_norm=out.LayerNorm, ffn_norm=layer.output.LayerNorm)
 
-    def set_num_heads(self, parts: LayerParts, n: int) -> None:
-        att = parts.attention
-        att.num_attention_heads = n
-        att.all_head_size = n * att.attention_head_size
+    set_num_heads = BertAdapter.set_num_heads  # the same attributes (num_attention_heads, all_head_size)
 
     def set_layers(self, model: nn.Module, keep: list[int]) -> None:
         if keep[0] != 0 and getattr(self.base(model).encoder, "conv", None) is not None:
