@@ -215,13 +215,16 @@ def _search_common(space: Path, study: Optional[str], storage: Optional[str], ad
 
 
 def _status_table(rows: list[dict[str, Any]], title: str = "") -> Table:
-    """The trials as a table; rows with a ``rung`` (a multi-fidelity search) get the rung and promotion columns."""
+    """The trials as a table; rows with a ``rung`` (a multi-fidelity search) get a rung column, and a
+    promotion column when one of them was promoted."""
     rungs = any(r.get("rung") is not None for r in rows)
     t = Table(title=title)
     cols = [("#", "right"), ("policy", "left"), ("accuracy", "right"), ("speedup", "right"), ("state", "left"),
             ("front", "center")]
+    promoted = any(r.get("promoted_to") is not None for r in rows)
     if rungs:
         cols[1:1] = [("rung", "right")]
+    if promoted:
         cols += [("promoted to", "right")]
     for col, just in cols + [("note", "left")]:
         t.add_column(col, justify=just)  # type: ignore[arg-type]
@@ -233,6 +236,7 @@ def _status_table(rows: list[dict[str, Any]], title: str = "") -> Table:
                  "*" if r["on_front"] else ""]
         if rungs:
             cells[1:1] = ["" if r.get("rung") is None else str(r["rung"])]
+        if promoted:
             cells.append("" if r.get("promoted_to") is None else f"rung {r['rung'] + 1} #{r['promoted_to']}")
         t.add_row(*cells, (r.get("reason") or "")[:80])
     return t

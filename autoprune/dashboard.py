@@ -29,7 +29,8 @@ from autoprune import visualization as V
 from autoprune._study import METRIC_NAMES
 from autoprune.errors import StudyError
 from autoprune.search import mask_url
-from autoprune.study import RungInfo, TrialRecord, completed_trials, dense_accuracy, front, rungs, study_info, trial_records
+from autoprune.study import (RungInfo, TrialRecord, completed_trials, dense_accuracy, front, rungs, study_info,
+                             trial_records)
 
 logger = logging.getLogger(__name__)
 

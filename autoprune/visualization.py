@@ -390,10 +390,13 @@ def plot_rungs(study: Any) -> Any:
         shown.add(group)
     r0 = [c[0] for c in chains if c[0].complete]
     promoted = {c[0].number for c in chains if len(c) > 1}
-    for name, recs, color in (("rung 0, not promoted", [r for r in r0 if r.number not in promoted], "#b0b0b0"),
+    for name, recs, color in (("not promoted", [r for r in r0 if r.number not in promoted], "#b0b0b0"),
                               ("rung 0, promoted", [r for r in r0 if r.number in promoted], "#1f77b4")):
         if recs:
+            stayed_group = name == "not promoted"
             fig.add_trace(go.Scatter(**_xy(recs), mode="markers", name=name, marker=dict(color=color, size=8),
+                                     legendgroup="stayed" if stayed_group else name,
+                                     showlegend=not (stayed_group and any(stayed[:top])),
                                      hovertext=[f"{labels[0]}<br>{hover_text(r)}" for r in recs], hoverinfo="text"),
                           row=1, col=2)
     reached = [c for c in chains if len(c) == len(levels) and c[-1].complete and c[0].complete]

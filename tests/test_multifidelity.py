@@ -10,7 +10,6 @@ import functools
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -24,11 +23,12 @@ from typer.testing import CliRunner  # noqa: E402
 from autoprune import _study as S  # noqa: E402
 from autoprune.cli import app  # noqa: E402
 from autoprune.errors import ConfigError, StudyError  # noqa: E402
-from autoprune.search import InProcessExecutor, load_search_space, open_study, resume, run_search, space_from_dict  # noqa: E402
+from autoprune.search import (InProcessExecutor, load_search_space, open_study, resume, run_search,  # noqa: E402
+                              space_from_dict)
 from autoprune.search import _promotion as P  # noqa: E402
 from autoprune.search._driver import counted  # noqa: E402
 from autoprune.search._fake import fake_trial  # noqa: E402
-from autoprune.search._rungs import finished_candidates, policy_key, target_key  # noqa: E402
+from autoprune.search._rungs import finished_candidates, policy_key  # noqa: E402
 from autoprune.study import front, hypervolume, rungs, trial_records  # noqa: E402
 
 DENSE = {"accuracy": 0.9, "macro_f1": 0.89}
@@ -184,7 +184,8 @@ def test_a_lower_rung_result_never_reaches_the_front_or_an_export(tiny, tmp_path
     # and neither the front, nor an export by selector or by number, takes it
     mixed = optuna.create_study(directions=S.DIRECTIONS)
     for values, rung in (([0.95, 3.0], 0), ([0.88, 1.5], 1), ([0.86, 2.0], 1)):
-        mixed.add_trial(create_trial(values=values, user_attrs={S.T_RUNG: rung, S.T_RESULT: {"accuracy_drop": 0.9 - values[0]}}))
+        attrs = {S.T_RUNG: rung, S.T_RESULT: {"accuracy_drop": 0.9 - values[0]}}
+        mixed.add_trial(create_trial(values=values, user_attrs=attrs))
     assert [r.number for r in front(mixed)] == [1, 2]
     assert select_trial(mixed, Selector(min_speedup=1.0)).number == 1
     with pytest.raises(ExportError, match="trial 0 ran at rung 0, below the study's top rung"):
@@ -322,6 +323,31 @@ def test_status_shows_each_policys_rung(tiny, tmp_path):
     assert res.exit_code == 2 and "has rungs 0..2" in res.output
 
 
+def test_progress_counts_rung_0_and_shows_every_rung(tiny, tmp_path):
+    import io
+
+    from autoprune.search._progress import Progress
+
+    top = search(make_space(tiny, tmp_path))
+    levels = [open_study(url_of(tmp_path), n) for n in ("s.rung0", "s.rung1")] + [top]
+    n1, n2 = len(levels[1].trials), len(top.trials)
+    buf = io.StringIO()
+    with Progress(top, target=12, heartbeat_s=3600, stream=buf, levels=levels):
+        pass
+    last = buf.getvalue().splitlines()[-1]
+    assert "12/12 finished at rung 0" in last
+    assert f"[rung 0: 12 finished, rung 1: {n1} finished, top rung 2: {n2} finished]" in last
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    live = Tty()
+    with Progress(top, target=12, stream=live, levels=levels):
+        pass
+    assert "finished 12/12 at rung 0" in live.getvalue() and "top rung 2:" in live.getvalue()
+
+
 def test_dashboard_shows_the_rungs(tiny, tmp_path):
     from autoprune.dashboard import build_dashboard
     from autoprune.visualization import plot_rungs, rung_chains
@@ -337,7 +363,7 @@ def test_dashboard_shows_the_rungs(tiny, tmp_path):
     assert len(reached) == len(levels[-1].records)
     fig = plot_rungs(top)
     names = {t.name for t in fig.data if t.name}
-    assert {"not promoted", "rung 0, promoted", "rung 0, not promoted"} <= names
+    assert {"not promoted", "rung 0, promoted"} <= names
     assert any(n.startswith("top rung") for n in names)
     with pytest.raises(StudyError, match="without rungs"):
         plot_rungs(optuna.create_study(directions=S.DIRECTIONS))
@@ -416,7 +442,7 @@ def test_arm_clock_scores_only_what_finished_in_time():
 def test_rungs_on_a_real_ray(tiny, tmp_path):
     from autoprune.search import RayExecutor
 
-    space = make_space(tiny, tmp_path, n_trials=6)
+    space = make_space(tiny, tmp_path, n_trials=6, accuracy_drop_floor=None)
     top = run_search(space, study_name="s", trial_fn=FAKE, dense_metrics=DENSE, progress=False, executor=RayExecutor())
     levels = _promotion_invariants(url_of(tmp_path), space)
     assert len(levels[0].finished) == 6 and levels[-1].records and front(top)

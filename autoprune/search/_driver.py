@@ -191,6 +191,10 @@ class DriverState:
     deadline: float | None = None
     timed_out: bool = False
 
+    def __post_init__(self) -> None:
+        if not self.levels:
+            self.levels = [Level(0, self.study)]
+
     @classmethod
     def of(cls, study: Any, space: SearchSpace, config: dict[str, Any], depth: int, target: int,
            floor: float | None, trial_fn: Callable[..., Any] | None,
@@ -338,8 +342,9 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
         floor = None if space.accuracy_drop_floor is None or dense_acc is None else float(dense_acc) - space.accuracy_drop_floor
         from autoprune import __version__
 
-        study_attrs = {S.ATTR_CONFIG: cfg.model_dump(mode="json"), S.ATTR_SPACE: space.raw(), S.ATTR_DENSE: dense_metrics,
-                       S.ATTR_FLOOR: floor, S.ATTR_BASELINE_DIR: str(baseline_dir), S.ATTR_VERSION: __version__}
+        study_attrs = {S.ATTR_CONFIG: cfg.model_dump(mode="json"), S.ATTR_SPACE: space.raw(),
+                       S.ATTR_DENSE: dense_metrics, S.ATTR_FLOOR: floor, S.ATTR_BASELINE_DIR: str(baseline_dir),
+                       S.ATTR_VERSION: __version__}
         levels = None
         if space.rungs:
             levels = open_levels(st, study, space)
@@ -505,7 +510,8 @@ def _job(state: DriverState, level: int, trial: Any, policy: Any) -> tuple[Slot,
     top = level == len(state.levels) - 1
     save_dir = (str(Path(state.config["run_dir"]) / "models" / state.study.study_name / f"trial_{trial.number}")
                 if state.space.save_models and top else None)
-    job = TrialJob(number=trial.number, config=state.config, policy=policy.to_dict(), floor=state.floor if top else None,
+    job = TrialJob(number=trial.number, config=state.config, policy=policy.to_dict(),
+                   floor=state.floor if top else None,
                    early_stop=state.early_stop, num_cpus=state.space.cpus_per_trial, save_dir=save_dir,
                    trial_fn=state.trial_fn)
     return Slot(level, trial), job
