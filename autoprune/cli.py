@@ -195,14 +195,14 @@ def result_table(r: dict[str, Any], title: str = "") -> Table:
 
 # ----------------------------------------------------------------------------- search commands
 def _search_common(space: Path, study: Optional[str], storage: Optional[str], address: Optional[str],
-                   n_trials: Optional[int], resume_only: bool, heartbeat: float) -> None:
+                   n_trials: Optional[int], resume_only: bool, heartbeat: float, timeout: Optional[float]) -> None:
     import shlex
 
     from autoprune.search import default_storage, load_search_space, mask_url, run_search, study_status
 
     sp = load_search_space(space)
     st = run_search(sp, study_name=study, storage=storage, address=address, n_trials=n_trials,
-                    progress=True, resume_only=resume_only, heartbeat_s=heartbeat)
+                    progress=True, resume_only=resume_only, heartbeat_s=heartbeat, timeout_s=timeout)
     rows = [r for r in study_status(st.study_name, st._storage) if r["on_front"]]
     out.print(_status_table(sorted(rows, key=lambda r: -(r["speedup"] or 0)),
                             title=f"Pareto front of '{st.study_name}' ({len(rows)} trials)"))
@@ -217,16 +217,30 @@ def _search_common(space: Path, study: Optional[str], storage: Optional[str], ad
 
 
 def _status_table(rows: list[dict[str, Any]], title: str = "") -> Table:
+    """The trials as a table; rows with a ``rung`` (a multi-fidelity search) get a rung column, and a
+    promotion column when one of them was promoted."""
+    rungs = any(r.get("rung") is not None for r in rows)
     t = Table(title=title)
-    for col, just in (("#", "right"), ("policy", "left"), ("accuracy", "right"), ("speedup", "right"),
-                      ("state", "left"), ("front", "center"), ("note", "left")):
+    cols = [("#", "right"), ("policy", "left"), ("accuracy", "right"), ("speedup", "right"), ("state", "left"),
+            ("front", "center")]
+    promoted = any(r.get("promoted_to") is not None for r in rows)
+    if rungs:
+        cols[1:1] = [("rung", "right")]
+    if promoted:
+        cols += [("promoted to", "right")]
+    for col, just in cols + [("note", "left")]:
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in rows:
-        t.add_row(str(r["number"]), r["policy_summary"] or "",
-                  "" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
-                  "" if r["speedup"] is None else f"{r['speedup']:.2f}x",
-                  r["state"] + ("" if r.get("counted", True) or r["state"] in ("RUNNING", "WAITING") else " (not counted)"),
-                  "*" if r["on_front"] else "", (r.get("reason") or "; ".join(r.get("speed_flags") or []))[:80])
+        cells = [str(r["number"]), r["policy_summary"] or "",
+                 "" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
+                 "" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+                 r["state"] + ("" if r.get("counted", True) or r["state"] in ("RUNNING", "WAITING") else " (not counted)"),
+                 "*" if r["on_front"] else ""]
+        if rungs:
+            cells[1:1] = ["" if r.get("rung") is None else str(r["rung"])]
+        if promoted:
+            cells.append("" if r.get("promoted_to") is None else f"rung {r['rung'] + 1} #{r['promoted_to']}")
+        t.add_row(*cells, (r.get("reason") or "; ".join(r.get("speed_flags") or []))[:80])
     return t
 
 
@@ -237,24 +251,27 @@ _ADDRESS_OPT = typer.Option(None, "--address", help="Ray cluster to join (defaul
 _NTRIALS_OPT = typer.Option(None, "--n-trials", help="total trials the study should reach (default: the space's)")
 _HEARTBEAT_OPT = typer.Option(60.0, "--heartbeat", metavar="SECONDS",
                               help="when stderr is not a terminal: a progress line every SECONDS (and one per trial)")
+_TIMEOUT_OPT = typer.Option(None, "--timeout", metavar="SECONDS",
+                            help="wall-time budget of this run: no new trial starts after SECONDS, trials in flight "
+                                 "finish (default: the space's timeout_s, else none)")
 
 
 @app.command()
 @handle_errors
 def search(space: Path = _SPACE_OPT, study: Optional[str] = _STUDY_OPT, storage: Optional[str] = _STORAGE_OPT,
            address: Optional[str] = _ADDRESS_OPT, n_trials: Optional[int] = _NTRIALS_OPT,
-           heartbeat: float = _HEARTBEAT_OPT) -> None:
+           heartbeat: float = _HEARTBEAT_OPT, timeout: Optional[float] = _TIMEOUT_OPT) -> None:
     """Search pruning policies (Optuna study, trials on Ray); re-running the same command resumes."""
-    _search_common(space, study, storage, address, n_trials, resume_only=False, heartbeat=heartbeat)
+    _search_common(space, study, storage, address, n_trials, resume_only=False, heartbeat=heartbeat, timeout=timeout)
 
 
 @app.command()
 @handle_errors
 def resume(space: Path = _SPACE_OPT, study: Optional[str] = _STUDY_OPT, storage: Optional[str] = _STORAGE_OPT,
            address: Optional[str] = _ADDRESS_OPT, n_trials: Optional[int] = _NTRIALS_OPT,
-           heartbeat: float = _HEARTBEAT_OPT) -> None:
+           heartbeat: float = _HEARTBEAT_OPT, timeout: Optional[float] = _TIMEOUT_OPT) -> None:
     """Continue an existing search: finished trials are kept, interrupted ones re-run."""
-    _search_common(space, study, storage, address, n_trials, resume_only=True, heartbeat=heartbeat)
+    _search_common(space, study, storage, address, n_trials, resume_only=True, heartbeat=heartbeat, timeout=timeout)
 
 
 def _locate(space: Optional[Path], study: Optional[str], storage: Optional[str]) -> Any:
@@ -267,31 +284,64 @@ def _locate(space: Optional[Path], study: Optional[str], storage: Optional[str])
     return locate(space, study_name=study, storage=storage)
 
 
-def _status_rows(st: Any) -> list[dict[str, Any]]:
-    """One plain dict per trial (what ``status --json`` prints)."""
-    from autoprune.study import front, trial_records
+def _status_rows(st: Any, rung: Optional[int] = None, all_rungs: bool = False) -> list[dict[str, Any]]:
+    """One plain dict per trial (what ``status --json`` prints): the study's trials, or with ``rung`` /
+    ``all_rungs`` those of one or every rung of a multi-fidelity search. ``on_front`` is only ever true
+    for top-rung trials; ``promoted_to`` is the trial number at the next rung a lower-rung trial went on as."""
+    from autoprune import _study as S
+    from autoprune.errors import ConfigError
+    from autoprune.study import front, rungs, trial_records
 
-    records = trial_records(st)
-    on_front = {r.number for r in front(records)}
-    return [{"number": r.number, "state": r.state, "counted": r.counted, "policy_summary": r.summary,
-             "accuracy": r.accuracy, "speedup": r.speedup, "macro_f1": (r.result or {}).get("macro_f1"),
-             "latency_ms": (r.result or {}).get("latency_ms"), "on_front": r.number in on_front,
-             "speed_flags": (r.result or {}).get("speed_flags") or [],
-             "reason": r.reason, "node_id": r.node_id, "duration_s": r.duration_s} for r in records]
+    levels = rungs(st)
+    if (rung is not None or all_rungs) and not levels:
+        raise ConfigError(f"study '{st.study_name}' was searched without rungs; leave out --rung / --all-rungs")
+    if rung is not None and not 0 <= rung < len(levels):
+        raise ConfigError(f"--rung {rung}: study '{st.study_name}' has rungs 0..{len(levels) - 1} "
+                          f"({', '.join(lvl.label for lvl in levels)})")
+    lower = st.user_attrs.get(S.ATTR_RUNG_OF) is not None  # opened a lower rung's study by its name: no front
+    if not levels:
+        picked = [(None, trial_records(st), {})]
+    else:
+        chosen = levels if all_rungs else [levels[-1 if rung is None else rung]]
+        picked = [(lvl, lvl.records, lvl.promoted_to) for lvl in chosen]
+    rows = []
+    for lvl, records, promoted in picked:
+        on_front = {r.number for r in front(records)} if (lvl is None and not lower) or (lvl and lvl.top) else set()
+        rows += [{"number": r.number, "rung": r.rung if lvl is None else lvl.index,
+                  "study": st.study_name if lvl is None else lvl.study_name, "state": r.state, "counted": r.counted,
+                  "policy_summary": r.summary, "accuracy": r.accuracy, "speedup": r.speedup,
+                  "macro_f1": (r.result or {}).get("macro_f1"), "latency_ms": (r.result or {}).get("latency_ms"),
+                  "on_front": r.number in on_front, "promoted_to": promoted.get(r.number), "budget": r.budget,
+                  "speed_flags": (r.result or {}).get("speed_flags") or [],
+                  "reason": r.reason, "node_id": r.node_id, "duration_s": r.duration_s} for r in records]
+    return rows
 
 
 @app.command()
 @handle_errors
 def status(space: Optional[Path] = typer.Option(None, "-c", "--config", help="search space YAML"),
            study: Optional[str] = _STUDY_OPT, storage: Optional[str] = _STORAGE_OPT,
+           rung: Optional[int] = typer.Option(None, "--rung", metavar="N",
+                                              help="multi-fidelity search: the trials of rung N (0 = cheapest)"),
+           all_rungs: bool = typer.Option(False, "--all-rungs", help="multi-fidelity search: the trials of every rung"),
            json_out: bool = typer.Option(False, "--json", help="print a JSON list, one object per trial")) -> None:
-    """Show the trials of a study: policy, accuracy, speedup, state, and whether it is on the Pareto front."""
+    """Show the trials of a study: policy, accuracy, speedup, state, and whether it is on the Pareto front.
+
+    For a multi-fidelity search, the top rung's trials (the final results; only they are on the front);
+    --rung N or --all-rungs show the lower rungs too, with the trial each promoted policy became.
+    """
     st = _locate(space, study, storage).open()
-    rows = _status_rows(st)
+    rows = _status_rows(st, rung=rung, all_rungs=all_rungs)
     if json_out:
         _print_json(rows)
         return
-    out.print(_status_table(rows, title=f"study '{st.study_name}': {len(rows)} trials"))
+    what = "every rung" if all_rungs else (f"rung {rung}" if rung is not None else "")
+    title = f"study '{st.study_name}'" + (f", {what}" if what else "") + f": {len(rows)} trials"
+    from autoprune import _study as S
+
+    if rows and st.user_attrs.get(S.ATTR_RUNGS) and not all_rungs and rung is None:
+        title += f" (top rung {rows[0]['rung']}; --rung N or --all-rungs for the lower rungs)"
+    out.print(_status_table(rows, title=title))
 
 
 # ----------------------------------------------------------------------------- dashboard / export commands

@@ -3,7 +3,9 @@
 The page assembles the figures of :mod:`autoprune.visualization` (the Pareto front with the dense
 baseline and the accuracy floor, the per-layer sparsity profiles of the front, the front of each
 criterion, progress over the trial number, Optuna's parameter importances from 5 completed
-trials on) and a table of the front's trials with the ``autoprune export`` command of each.
+trials on) and a table of the front's trials with the ``autoprune export`` command of each. For a
+multi-fidelity search the page shows the top rung (every figure above reads only it) and a section on
+the rungs: a table of each rung's budget, trials and promotions, and :func:`~autoprune.visualization.plot_rungs`.
 
 plotly.js is embedded once in the page (no CDN), so the file opens without a network. Storage
 URLs are shown with their password masked.
@@ -27,7 +29,8 @@ from autoprune import visualization as V
 from autoprune._study import METRIC_NAMES
 from autoprune.errors import StudyError
 from autoprune.search import mask_url
-from autoprune.study import TrialRecord, completed_trials, dense_accuracy, front, study_info, trial_records
+from autoprune.study import (RungInfo, TrialRecord, completed_trials, dense_accuracy, front, rungs, study_info,
+                             trial_records)
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,31 @@ def _front_table(fr: list[TrialRecord], study_name: str, storage: str | None) ->
     return f"<table id='front-table'>{head}{''.join(rows)}</table>"
 
 
+def _rung_table(levels: list[RungInfo]) -> str:
+    rows = []
+    for lvl in levels:
+        recs = lvl.records
+        n = {lab: sum(1 for r in recs if r.label == lab) for lab in ("complete", "pruned", "fail", "running", "waiting")}
+        best = max((r.accuracy for r in recs if r.complete), default=None)
+        promoted = "-" if lvl.top else str(len(lvl.promoted_to))
+        rows.append(f"<tr><td class=l>{_html.escape(lvl.label)}{' (top: the front above)' if lvl.top else ''}</td>"
+                    f"<td class=l><code>{_html.escape(lvl.study_name)}</code></td><td>{len(lvl.finished)}</td>"
+                    f"<td>{n['complete']}</td><td>{n['pruned']}</td><td>{n['fail']}</td>"
+                    f"<td>{n['running'] + n['waiting']}</td><td>{promoted}</td><td>{V.fmt_number(best)}</td></tr>")
+    head = ("<tr><th>rung</th><th>study</th><th>finished</th><th>complete</th><th>stopped early</th><th>failed</th>"
+            "<th>running / waiting</th><th>promoted</th><th>best accuracy</th></tr>")
+    return f"<table id='rung-table'>{head}{''.join(rows)}</table>"
+
+
+def _rungs_section(study: Any, levels: list[RungInfo]) -> str:
+    head = ("<h2>Rungs</h2><p class=meta>A multi-fidelity search: every policy is scored at rung 0, the top "
+            "fraction of each rung (by non-dominated rank, then crowding distance) moves up. Only top-rung results "
+            "are final: the front, the tables and the figures above hold nothing else.</p>" + _rung_table(levels))
+    if not any(r.complete for r in levels[0].records):
+        return head
+    return head + _fig_html(V.plot_rungs(study), "rungs")
+
+
 def _importances(study: Any, n_complete: int) -> str:
     head = "<h2>Parameter importances</h2>"
     if n_complete < V.MIN_TRIALS_FOR_IMPORTANCE:
@@ -115,6 +143,9 @@ def build_dashboard(study: Any, *, storage: str | None = None, refresh_seconds: 
     """
     from plotly.offline import get_plotlyjs
 
+    from autoprune.search._rungs import check_not_lower_rung
+
+    check_not_lower_rung(study, "see the dashboard of")  # a lower rung's "front" is not a result
     records = trial_records(study)
     points = completed_trials(records)
     fr = front(records)
@@ -135,6 +166,9 @@ def build_dashboard(study: Any, *, storage: str | None = None, refresh_seconds: 
         sections.append("<h2>Fronts by criterion</h2>" + _fig_html(V.plot_criteria(study), "criteria"))
     if records:
         sections.append("<h2>Progress</h2>" + _fig_html(V.plot_history(study), "progress"))
+    levels = rungs(study)
+    if levels:
+        sections.append(_rungs_section(study, levels))
     sections.append(_importances(study, len(points)))
 
     model_name = (info.config.get("model") or {}).get("name_or_path", "?")
@@ -147,6 +181,8 @@ def build_dashboard(study: Any, *, storage: str | None = None, refresh_seconds: 
         meta.append(f"dense accuracy {dense_acc:.4f}")
     if floor is not None:
         meta.append(f"accuracy floor {floor:.4f}")
+    if levels:
+        meta.append("rungs: " + " &rarr; ".join(f"{_html.escape(lvl.label)} ({len(lvl.finished)})" for lvl in levels))
     meta.append(f"{len(fr)} trial(s) on the front")
     refresh = f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">' if refresh_seconds else ""
     body = (f"<h1>autoprune: {_html.escape(name)}</h1><div class=meta>{' &middot; '.join(meta)}</div>"

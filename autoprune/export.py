@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import AutopruneError, PolicyError, StudyError
-from autoprune.study import TrialRecord, front, study_info, trial_records
+from autoprune.study import TrialRecord, front, study_info, top_rung, trial_records
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def select_trial(study: Any, selector: Any) -> TrialRecord:
         2
     """
     sel = _as_selector(selector)
+    _final_results_only(study)
     records = trial_records(study)
     fr = front(records)
     if sel.trial is not None:
@@ -139,6 +140,9 @@ def select_trial(study: Any, selector: Any) -> TrialRecord:
         if not rec.complete:
             raise ExportError(f"trial {sel.trial} is {rec.state}, not COMPLETE; only completed trials can be "
                               f"exported; {_describe_front(fr)}")
+        if sel.trial not in {r.number for r in top_rung(r for r in records if r.complete)}:
+            raise ExportError(f"trial {sel.trial} ran at rung {rec.rung}, below the study's top rung: a reduced budget, "
+                              f"not a final result; {_describe_front(fr)}")
         if sel.trial not in {r.number for r in fr}:
             logger.warning("trial %d is not on the Pareto front (it is dominated); exporting it anyway", sel.trial)
         return rec
@@ -152,6 +156,16 @@ def select_trial(study: Any, selector: Any) -> TrialRecord:
     if not ok:
         raise ExportError(f"no Pareto-front trial reaches {sel.min_speedup:g}x speedup; {_describe_front(fr)}")
     return max(ok, key=lambda r: (r.accuracy, r.speedup, -r.number))
+
+
+def _final_results_only(study: Any) -> None:
+    """Refuse the study of a lower rung of a multi-fidelity search: its results are not final."""
+    from autoprune.search._rungs import check_not_lower_rung
+
+    try:
+        check_not_lower_rung(study, "export from")
+    except StudyError as exc:
+        raise ExportError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- provenance

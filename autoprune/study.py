@@ -10,6 +10,8 @@
 
 * :func:`study_info` gives what the search recorded about the study as a whole (run config, dense
   baseline, accuracy floor).
+* :func:`rungs` gives the rungs of a multi-fidelity search (the study holds the top rung; the lower
+  rungs are sibling studies in the same storage), each with its trials and promotions.
 
 Everything here reads the schema of :mod:`autoprune._study`. The one writer,
 :func:`record_result`, adds results obtained outside a search (a fixed sweep) in the same schema.
@@ -137,6 +139,24 @@ class TrialRecord:
     @property
     def granularity(self) -> str:
         return str(self.policy.get("granularity", "structured"))
+
+    @property
+    def budget(self) -> dict[str, Any] | None:
+        """What a multi-fidelity rung ran the trial with (``retrain_steps``, ``reconstruct``); None otherwise."""
+        b = self.user_attrs.get(S.T_BUDGET)
+        return dict(b) if isinstance(b, dict) else None
+
+    @property
+    def source_trial(self) -> int | None:
+        """The trial one rung below this one was promoted from (multi-fidelity searches; None at rung 0)."""
+        v = self.user_attrs.get(S.T_SOURCE)
+        return int(v) if isinstance(v, (int, float)) else None
+
+    @property
+    def target_policy(self) -> dict[str, Any]:
+        """The policy at its full budget (what a multi-fidelity search promotes); ``policy`` otherwise."""
+        v = self.user_attrs.get(S.T_TARGET_POLICY)
+        return dict(v) if isinstance(v, dict) else self.policy
 
     @property
     def duration_s(self) -> float | None:
@@ -334,6 +354,75 @@ def dense_accuracy(study: Any) -> float | None:
     return None
 
 
+# ----------------------------------------------------------------------------- rungs
+@dataclass(frozen=True)
+class RungInfo:
+    """One rung of a multi-fidelity search.
+
+    ``index`` (0 = cheapest), ``study_name`` (the top rung is the study the search was named for),
+    ``spec`` (the rung as the space gives it: ``retrain_steps`` (a number or ``full``), ``reconstruct``),
+    ``records`` (its trials), ``promoted_to`` (trial number here -> trial number at the next rung; empty
+    at the top).
+    """
+
+    index: int
+    study_name: str
+    spec: dict[str, Any]
+    top: bool
+    records: list[TrialRecord]
+    promoted_to: dict[int, int]
+
+    @property
+    def label(self) -> str:
+        """``rung 0 (0 steps, least_squares)``, ``rung 2 (full budget)``."""
+        steps = self.spec.get("retrain_steps")
+        what = "full budget" if steps == "full" else f"{steps} steps"
+        if self.spec.get("reconstruct"):
+            what += f", {self.spec['reconstruct']}"
+        return f"rung {self.index} ({what})"
+
+    @property
+    def finished(self) -> list[TrialRecord]:
+        """Its trials that count (complete, stopped early, failed; not bookkeeping)."""
+        return [r for r in self.records if r.counted]
+
+
+def rungs(study: Any) -> list[RungInfo]:
+    """The rungs of the multi-fidelity search whose top rung ``study`` holds, rung 0 first and ``study``
+    last; ``[]`` for a study searched without rungs. The lower rungs' studies are read from the same
+    storage (``<name>.rung0``, ``<name>.rung1``, ...); promotions are read from each promoted trial's
+    ``source_trial``.
+
+    Example:
+        >>> import optuna
+        >>> rungs(optuna.create_study(directions=["maximize", "maximize"]))
+        []
+    """
+    import optuna
+
+    ua = study.user_attrs
+    specs, names = ua.get(S.ATTR_RUNGS), ua.get(S.ATTR_RUNG_STUDIES)
+    if not specs or names is None:
+        return []
+    studies = []
+    for n in names:
+        try:
+            studies.append(optuna.load_study(study_name=n, storage=study._storage))
+        except KeyError:
+            raise StudyError(f"study '{study.study_name}' lists its rung study '{n}', which is not in its storage; "
+                             f"it was deleted or the study was copied without it (copy every '{study.study_name}.rung*' "
+                             f"study along)") from None
+    studies.append(study)
+    recs = [trial_records(st) for st in studies]
+    out = []
+    for k, st in enumerate(studies):
+        up = recs[k + 1] if k + 1 < len(studies) else []
+        promoted = {r.source_trial: r.number for r in up if r.source_trial is not None and r.label != S.LABEL_ORPHANED}
+        out.append(RungInfo(index=k, study_name=st.study_name, spec=dict(specs[k]), top=k == len(studies) - 1,
+                            records=recs[k], promoted_to={int(a): b for a, b in sorted(promoted.items())}))
+    return out
+
+
 # ----------------------------------------------------------------------------- results recorded outside a search
 def create_study(study_name: str, storage: str | None = None) -> Any:
     """A study with the search's objectives (accuracy, speedup; both maximised, metric names set), or
@@ -379,6 +468,6 @@ def record_result(study: Any, policy: Any, result: Any, **user_attrs: Any) -> in
     return study.get_trials(deepcopy=False)[-1].number
 
 
-__all__ = ["REF_MARGIN", "StudyInfo", "StudyLocation", "TrialRecord", "completed_trials", "counted_trials",
+__all__ = ["REF_MARGIN", "RungInfo", "StudyInfo", "StudyLocation", "TrialRecord", "rungs", "completed_trials", "counted_trials",
            "create_study", "dense_accuracy", "front", "hypervolume", "load_study", "locate", "record_result",
            "reference_point", "study_info", "top_rung", "trial_records"]

@@ -5,7 +5,8 @@ returns plain data; nothing here knows about Optuna.
 
 A trial is a short composition of named steps, each timed in ``phase_seconds``:
 
-* ``load``: the dense baseline (cached per process) and its tokenised data;
+* ``load``: the dense baseline, its tokenised data and the calibration batches (all cached per
+  process, so a worker that scores many policies without retraining loads them once);
 * ``prune`` (and ``reconstruct``): :func:`autoprune.pruner.prune`, once per step of the
   iterative schedule, each step followed by ``retrain`` (skipped when ``retrain.steps`` is 0);
 * ``quantize``: dynamic int8 for ``quantize: true`` policies;
@@ -48,9 +49,15 @@ class TrialStopped(Exception):
         self.history = history
 
 
+#: seed of the calibration batches: a fixed sample of the training split, the same for every policy
+#: of a run (so the batches, and what is computed from them on the dense model, are computed once)
+CALIBRATION_SEED = 7
+
+
 @dataclass
 class _Context:
-    """Per-process cache: the dense baseline, its tokenised data and its metrics on the eval split."""
+    """Per-process cache: the dense baseline, its tokenised data, its metrics on the eval split and the
+    calibration batches (by batch size and count)."""
 
     baseline_dir: Path
     tokenizer: Any
@@ -59,6 +66,17 @@ class _Context:
     dense_eval: EvalMetrics
     num_layers: int
     dense_test: EvalMetrics | None = None
+    calibration: dict[tuple[int, int], list[dict[str, torch.Tensor]]] = field(default_factory=dict)
+
+    def calibration_batches(self, batch_size: int, n: int) -> list[dict[str, torch.Tensor]]:
+        """``n`` training batches of ``batch_size`` from :data:`CALIBRATION_SEED`, drawn once per process."""
+        from autoprune.data import train_batches
+
+        key = (batch_size, n)
+        if key not in self.calibration:
+            it = train_batches(self.task.train, batch_size, seed=CALIBRATION_SEED, pad_id=self.task.pad_token_id)
+            self.calibration[key] = [next(it) for _ in range(n)]
+        return self.calibration[key]
 
     def dense_on(self, role: str, batch_size: int) -> EvalMetrics:
         """Dense metrics on ``validation`` (computed at load) or ``test`` (computed once, on demand)."""
@@ -132,13 +150,10 @@ class _Run:
 
 
 def _calibration(run: _Run) -> list[dict[str, torch.Tensor]]:
-    """The calibration batches: training batches of ``retrain.batch_size`` from a fixed seed."""
-    from autoprune.data import train_batches
-
-    pol, task = run.policy, run.ctx.task
+    """The calibration batches: training batches of ``retrain.batch_size`` from a fixed seed (cached)."""
+    pol = run.policy
     n = (pol.calibration.batches if pol.calibration else None) or run.config.calibration_batches
-    it = train_batches(task.train, pol.retrain.batch_size, seed=pol.seed + 7, pad_id=task.pad_token_id)
-    return [next(it) for _ in range(n)]
+    return run.ctx.calibration_batches(pol.retrain.batch_size, n)
 
 
 def _prune_step(run: _Run, k: int, k_steps: int, replay: PruneRecord | None) -> None:

@@ -7,6 +7,8 @@
 * :func:`plot_history`: progress over the trial number (trials by state, best accuracy at a
   minimum speedup).
 * :func:`plot_importances`: Optuna's parameter importances for one objective.
+* :func:`plot_rungs`: a multi-fidelity search's rungs: which policies were promoted and how their
+  accuracy moved from rung to rung.
 
 Hover a point for its policy and metrics. :mod:`autoprune.dashboard` puts these figures on one page.
 
@@ -32,7 +34,8 @@ from typing import Any, Sequence
 
 from autoprune import _study as S
 from autoprune.errors import StudyError
-from autoprune.study import TrialRecord, completed_trials, dense_accuracy, front, study_info, trial_records
+from autoprune.study import (RungInfo, TrialRecord, completed_trials, dense_accuracy, front, rungs, study_info,
+                             trial_records)
 
 logger = logging.getLogger(__name__)
 
@@ -319,4 +322,103 @@ def plot_importances(study: Any, objective: str = "accuracy") -> Any:
     return fig
 
 
-__all__ = ["hover_text", "plot_criteria", "plot_front", "plot_history", "plot_importances", "plot_layer_profiles"]
+def rung_chains(levels: Sequence[RungInfo]) -> list[list[TrialRecord]]:
+    """Each policy's trials rung by rung, following the promotions: one list per rung-0 trial that
+    counts (its trial at rung 0, then the trial it was promoted to at rung 1, ...).
+
+    Example:
+        >>> import optuna
+        >>> rung_chains(rungs(optuna.create_study(directions=["maximize", "maximize"])))
+        []
+    """
+    if not levels:
+        return []
+    by_number = [{r.number: r for r in lvl.records} for lvl in levels]
+    chains = []
+    for r in levels[0].finished:
+        chain = [r]
+        for k, lvl in enumerate(levels[:-1]):
+            nxt = lvl.promoted_to.get(chain[-1].number)
+            if nxt is None or nxt not in by_number[k + 1]:
+                break
+            chain.append(by_number[k + 1][nxt])
+        chains.append(chain)
+    return chains
+
+
+def plot_rungs(study: Any) -> Any:
+    """The rungs of a multi-fidelity search (``study`` holds its top rung).
+
+    Left: validation accuracy at each rung; a line joins each promoted policy's results rung by rung
+    (red: on the top rung's Pareto front; blue: reached the top rung; orange: promoted, stopped
+    below), grey points are the policies that were not promoted. Right: every rung-0 result as
+    accuracy against measured speedup (promoted ones blue), joined to the top-rung result each
+    promoted policy reached (red diamonds), so the gain of the full budget shows per policy.
+
+    Raises :class:`~autoprune.errors.StudyError` for a study searched without rungs.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    levels = rungs(study)
+    if not levels:
+        raise StudyError(f"study '{study.study_name}' was searched without rungs; there is nothing to plot by rung")
+    chains = rung_chains(levels)
+    on_front = {r.number for r in front(levels[-1].records)}
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55],
+                        subplot_titles=["validation accuracy rung by rung", "rung 0 -> top rung (accuracy vs speedup)"])
+    labels = [lvl.label for lvl in levels]
+    top = len(levels) - 1
+    stayed = [[c[-1] for c in chains if len(c) == k + 1 and c[-1].complete] for k in range(len(levels))]
+    for k, recs in enumerate(stayed):
+        if recs and k < top:
+            fig.add_trace(go.Scatter(x=[k] * len(recs), y=[r.accuracy for r in recs], mode="markers",
+                                     name="not promoted", legendgroup="stayed", showlegend=k == 0,
+                                     marker=dict(color="#b0b0b0", size=7),
+                                     hovertext=[f"{labels[k]}<br>{hover_text(r)}" for r in recs], hoverinfo="text"),
+                          row=1, col=1)
+    shown: set[str] = set()
+    for chain in (c for c in chains if len(c) > 1):
+        last = chain[-1]
+        group = ("on the front" if len(chain) == len(levels) and last.number in on_front else
+                 "reached the top rung" if len(chain) == len(levels) else "promoted, stopped below the top")
+        color = {"on the front": "#d62728", "reached the top rung": "#1f77b4"}.get(group, "#ff7f0e")
+        fig.add_trace(go.Scatter(x=list(range(len(chain))), y=[r.accuracy for r in chain], mode="lines+markers",
+                                 name=group, legendgroup=group, showlegend=group not in shown,
+                                 line=dict(color=color, width=1.5), marker=dict(color=color, size=7),
+                                 hovertext=[f"{labels[k]}<br>{hover_text(r)}" if r.complete else
+                                            f"{labels[k]}: trial {r.number} {r.label}" for k, r in enumerate(chain)],
+                                 hoverinfo="text"), row=1, col=1)
+        shown.add(group)
+    r0 = [c[0] for c in chains if c[0].complete]
+    promoted = {c[0].number for c in chains if len(c) > 1}
+    for name, recs, color in (("not promoted", [r for r in r0 if r.number not in promoted], "#b0b0b0"),
+                              ("rung 0, promoted", [r for r in r0 if r.number in promoted], "#1f77b4")):
+        if recs:
+            stayed_group = name == "not promoted"
+            fig.add_trace(go.Scatter(**_xy(recs), mode="markers", name=name, marker=dict(color=color, size=8),
+                                     legendgroup="stayed" if stayed_group else name,
+                                     showlegend=not (stayed_group and any(stayed[:top])),
+                                     hovertext=[f"{labels[0]}<br>{hover_text(r)}" for r in recs], hoverinfo="text"),
+                          row=1, col=2)
+    reached = [c for c in chains if len(c) == len(levels) and c[-1].complete and c[0].complete]
+    for c in reached:
+        fig.add_trace(go.Scatter(x=[c[0].speedup, c[-1].speedup], y=[c[0].accuracy, c[-1].accuracy], mode="lines",
+                                 showlegend=False, line=dict(color="#d62728", width=1, dash="dot"), hoverinfo="skip"),
+                      row=1, col=2)
+    if reached:
+        fig.add_trace(go.Scatter(**_xy([c[-1] for c in reached]), mode="markers", name=f"top rung ({labels[-1]})",
+                                 marker=dict(color="#d62728", size=10, symbol="diamond"),
+                                 hovertext=[f"{labels[-1]}<br>{hover_text(c[-1])}" for c in reached], hoverinfo="text"),
+                      row=1, col=2)
+    fig.update_xaxes(tickmode="array", tickvals=list(range(len(levels))), ticktext=labels, row=1, col=1)
+    fig.update_xaxes(title_text="measured speedup (x)", row=1, col=2)
+    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    counts = ", ".join(f"{lvl.label}: {len(lvl.finished)}" for lvl in levels)
+    fig.update_layout(title=f"Rungs: policies finished per rung ({counts})", height=480,
+                      legend=dict(orientation="h", y=-0.2), hoverlabel=dict(align="left"))
+    return fig
+
+
+__all__ = ["hover_text", "plot_criteria", "plot_front", "plot_history", "plot_importances", "plot_layer_profiles",
+           "plot_rungs", "rung_chains"]

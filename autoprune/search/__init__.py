@@ -10,6 +10,9 @@ Public API:
       sampled policies the same (the driver skips duplicates by it).
     * :class:`RayExecutor` (default), :class:`InProcessExecutor` - where trials run (``run_search(executor=...)``).
 
+A space with ``rungs`` runs a multi-fidelity search (``_rungs``: one study per rung, the named study
+holding the top rung; ``_promotion``: the promotion rule); :func:`autoprune.study.rungs` reads it back.
+
 Example:
     >>> from autoprune.search import load_search_space, run_search, study_status
     >>> space = load_search_space("search_spaces/quickstart.yaml")  # doctest: +SKIP

@@ -10,6 +10,12 @@ The loop (:func:`drive`) only fills free slots and records outcomes, on one :cla
 what to run next (:func:`_next_job`) and what an outcome means for the study (:func:`_record`) are
 separate steps.
 
+A space with ``rungs`` runs a multi-fidelity search (:mod:`autoprune.search._rungs`): the state then
+holds one level per rung, new policies are asked at rung 0 and ``n_trials`` counts them there,
+promotions wait at the rungs above and run first, and every recorded result may promote. Without
+rungs there is one level, the study itself, and everything is as described above. A wall-time budget
+(``timeout_s``, ``search --timeout``) stops dispatching; trials in flight finish and are recorded.
+
 Example (fake trials in this process, as in the tests):
     >>> import functools
     >>> from autoprune.search import load_search_space, run_search
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable
@@ -32,6 +39,8 @@ from autoprune import _study as S
 from autoprune.errors import ConfigError
 from autoprune.search._executor import Executor, TrialJob
 from autoprune.search._progress import Progress
+from autoprune.search._rungs import Level, check_same_rungs, open_levels, promote, retry_attrs, set_level_attrs
+from autoprune.search._rungs import policy_key as _policy_key
 from autoprune.search._space import SearchSpace, load_search_space
 from autoprune.search._storage import (Lease, check_study_name, default_storage, get_storage, mask_url, open_study,
                                        prepare_sqlite, study_names)
@@ -103,13 +112,6 @@ def counted(trials: list[Any]) -> int:
     return sum(1 for t in trials if counts(t))
 
 
-def _policy_key(policy: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps({k: v for k, v in policy.items() if k not in ("seed", "kept_heads", "kept_neurons")},
-                      sort_keys=True)
-
-
 def recover_orphans(study: Any) -> list[int]:
     """Mark RUNNING trials FAIL (``orphaned``) and enqueue their params again; returns their numbers."""
     from optuna.trial import TrialState
@@ -119,7 +121,7 @@ def recover_orphans(study: Any) -> list[int]:
         study._storage.set_trial_user_attr(t._trial_id, S.T_FAIL, "driver stopped while the trial ran; re-enqueued")
         study._storage.set_trial_user_attr(t._trial_id, T_ORPHANED, True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(dict(t.params), user_attrs={T_RETRY_OF: t.number})
+        study.enqueue_trial(dict(t.params), user_attrs=retry_attrs(t, T_RETRY_OF))
         out.append(t.number)
     if out:
         log.warning("re-enqueued %d trial(s) left running by a stopped driver: %s", len(out), out)
@@ -154,13 +156,25 @@ def _prepare(space: SearchSpace, study_name: str | None, storage: str | None) ->
     return config, name, url, depth
 
 
+@dataclass(frozen=True)
+class Slot:
+    """What runs behind one executor handle: a trial of the study of level ``level``."""
+
+    level: int
+    trial: Any
+
+
 @dataclass
 class DriverState:
     """Everything the submit/complete loop of one driver reads and changes.
 
-    ``config``: the run config dict every trial gets; ``done``: trials so far that count towards
-    ``target`` (:func:`counts`); ``inflight``: executor handle -> Optuna trial; ``seen``: policy key ->
-    number of the first trial that ran it (the duplicate check); ``dup_streak``: duplicates asked in a row.
+    ``study``: the study the search was named for (the top rung of a multi-fidelity search);
+    ``levels``: one :class:`~autoprune.search._rungs.Level` per rung, rung 0 first (without rungs: the
+    study alone); ``config``: the run config dict every trial gets; ``done``: trials of level 0 so far
+    that count towards ``target`` (:func:`counts`); ``inflight``: executor handle -> :class:`Slot`;
+    ``seen``: policy key -> number of the first level-0 trial that ran it (the duplicate check);
+    ``dup_streak``: duplicates asked in a row; ``deadline``: ``time.monotonic()`` after which nothing
+    new starts (None: no wall-time budget).
     """
 
     study: Any
@@ -171,33 +185,82 @@ class DriverState:
     floor: float | None = None
     trial_fn: Callable[..., Any] | None = None
     done: int = 0
-    inflight: dict[Hashable, Any] = field(default_factory=dict)
+    inflight: dict[Hashable, Slot] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)
     dup_streak: int = 0
+    levels: list[Level] = field(default_factory=list)
+    deadline: float | None = None
+    timed_out: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.levels:
+            self.levels = [Level(0, self.study)]
 
     @classmethod
     def of(cls, study: Any, space: SearchSpace, config: dict[str, Any], depth: int, target: int,
-           floor: float | None, trial_fn: Callable[..., Any] | None) -> "DriverState":
-        """The state of a driver starting on ``study`` (counts and policies of the trials on record)."""
-        trials = study.get_trials(deepcopy=False)
-        seen = {_policy_key(t.user_attrs[S.T_POLICY]): t.number for t in trials
-                if S.T_POLICY in t.user_attrs and not t.user_attrs.get(T_DUPLICATE)}
-        return cls(study, space, config, depth, target, floor, trial_fn, done=counted(trials), seen=seen)
+           floor: float | None, trial_fn: Callable[..., Any] | None,
+           levels: list[Level] | None = None) -> "DriverState":
+        """The state of a driver starting on ``study`` (counts and policies of the trials on record);
+        ``levels``: the rungs of a multi-fidelity search (default: the study alone)."""
+        levels = levels or [Level(0, study)]
+        trials = levels[0].study.get_trials(deepcopy=False)
+        seen = {_policy_key(t.user_attrs.get(S.T_TARGET_POLICY) or t.user_attrs[S.T_POLICY]): t.number
+                for t in trials if S.T_POLICY in t.user_attrs and not t.user_attrs.get(T_DUPLICATE)}
+        return cls(study, space, config, depth, target, floor, trial_fn, done=counted(trials), seen=seen,
+                   levels=levels)
 
     @property
     def early_stop(self) -> dict[str, float]:
         return {"margin": self.space.early_stop.margin, "min_fraction": self.space.early_stop.min_fraction}
 
+    @property
+    def rungs(self) -> bool:
+        """Whether this is a multi-fidelity search (more than one level)."""
+        return len(self.levels) > 1
+
+    def running_at(self, level: int) -> int:
+        return sum(1 for s in self.inflight.values() if s.level == level)
+
+    def out_of_time(self) -> bool:
+        """Whether the wall-time budget is spent (logged once)."""
+        if self.deadline is None or time.monotonic() < self.deadline:
+            return False
+        if not self.timed_out:
+            self.timed_out = True
+            log.warning("wall-time budget reached: no new trials start; waiting for the %d in flight",
+                        len(self.inflight))
+        return True
+
     def wants_more(self) -> bool:
-        """Whether to start another trial now: a free slot, and the target not reached by the trials
-        finished and running."""
-        return len(self.inflight) < self.space.trials_in_flight and self.done + len(self.inflight) < self.target
+        """Whether to start another trial now: a free slot, time left, and a promotion waiting or the
+        target not reached by the level-0 trials finished and running."""
+        if len(self.inflight) >= self.space.trials_in_flight or self.out_of_time():
+            return False
+        if any(lvl.waiting > 0 for lvl in self.levels[1:]):
+            return True
+        return self.done + self.running_at(0) < self.target
+
+    def finished(self) -> bool:
+        """Whether there is nothing left to run: the target reached and no promotion waiting."""
+        return self.done >= self.target and not any(lvl.waiting > 0 for lvl in self.levels[1:])
+
+    def closed(self, rung: int) -> bool:
+        """Whether nothing more can finish at ``rung``: rung 0 when the target is reached and nothing
+        runs there; a higher rung when the one below is closed and nothing waits or runs at it."""
+        if rung == 0:
+            return self.done >= self.target and self.running_at(0) == 0
+        return self.closed(rung - 1) and self.levels[rung].waiting == 0 and self.running_at(rung) == 0
+
+    def promote(self) -> int:
+        """Enqueue the promotions the rule allows now (multi-fidelity searches); returns how many."""
+        return promote(self.levels, self.space, self.closed) if self.rungs else 0
 
 
 def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None, storage: str | None = None,
                address: str | None = None, n_trials: int | None = None, trial_fn: Callable[..., Any] | None = None,
                progress: bool = True, dense_metrics: dict[str, Any] | None = None, resume_only: bool = False,
-               executor: Executor | None = None, heartbeat_s: float = 60.0) -> Any:
+               executor: Executor | None = None, heartbeat_s: float = 60.0,
+               timeout_s: float | None = None) -> Any:
     """Run (or continue) a search; returns the ``optuna.Study``.
 
     * ``study_name``: letters, digits, '.', '_', '-' (default: the space file's stem).
@@ -212,6 +275,12 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     * ``resume_only``: refuse to create a new study.
     * ``executor``: where trials run (default :class:`~autoprune.search._executor.RayExecutor` on ``address``;
       :class:`~autoprune.search._executor.InProcessExecutor` runs them in this process).
+    * ``timeout_s``: wall-time budget of this run in seconds (default: the space's ``timeout_s``), counted
+      from the first dispatch: after it no trial starts, the ones in flight finish and are recorded.
+
+    With ``rungs`` in the space the search is multi-fidelity (:mod:`autoprune.search._rungs`): ``n_trials``
+    counts the policies finished at rung 0, the returned study holds the top rung only, the lower rungs
+    are the studies ``<name>.rung0``, ``<name>.rung1``, ... in the same storage.
 
     Each trial runs with ``torch_threads`` intra-op threads: the run config's value, else ``cpus_per_trial``
     (:func:`trial_threads`); the value is recorded in the study's run config.
@@ -231,6 +300,9 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     if not heartbeat_s > 0:
         raise ConfigError(f"heartbeat_s must be a positive number of seconds, got {heartbeat_s} "
                           "(--heartbeat on the command line)")
+    timeout = timeout_s if timeout_s is not None else space.timeout_s
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"timeout must be a positive number of seconds, got {timeout} (--timeout on the command line)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if resume_only and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         open_study(url, name)  # "no study storage at ..." without creating an empty database
@@ -249,6 +321,7 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
         open_study(st, name)  # raises the "not found, existing: ..." error
     if exists:
         study = open_study(st, name)
+        check_same_rungs(study, space)
         study.sampler = make_sampler(space, offset=len(study.get_trials(deepcopy=False)))
         log.info("continuing study '%s' in %s (%d trials so far)", name, mask_url(url), len(study.trials))
     else:
@@ -274,20 +347,33 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
         floor = None if space.accuracy_drop_floor is None or dense_acc is None else float(dense_acc) - space.accuracy_drop_floor
         from autoprune import __version__
 
-        for k, v in ((S.ATTR_CONFIG, cfg.model_dump(mode="json")), (S.ATTR_SPACE, space.raw()), (S.ATTR_DENSE, dense_metrics),
-                     (S.ATTR_FLOOR, floor), (S.ATTR_BASELINE_DIR, str(baseline_dir)), (S.ATTR_VERSION, __version__)):
-            if attrs.get(k) != v:
-                study.set_user_attr(k, v)
-        recover_orphans(study)
-        state = DriverState.of(study, space, cfg.model_dump(mode="json"), depth, target, floor, trial_fn)
-        if state.done >= target:
+        study_attrs = {S.ATTR_CONFIG: cfg.model_dump(mode="json"), S.ATTR_SPACE: space.raw(),
+                       S.ATTR_DENSE: dense_metrics, S.ATTR_FLOOR: floor, S.ATTR_BASELINE_DIR: str(baseline_dir),
+                       S.ATTR_VERSION: __version__}
+        levels = None
+        if space.rungs:
+            levels = open_levels(st, study, space)
+            set_level_attrs(levels, study_attrs, space)
+        else:
+            for k, v in study_attrs.items():
+                if attrs.get(k) != v:
+                    study.set_user_attr(k, v)
+        for lvl in levels or [Level(0, study)]:
+            recover_orphans(lvl.study)
+        state = DriverState.of(study, space, cfg.model_dump(mode="json"), depth, target, floor, trial_fn, levels)
+        if state.rungs:
+            _recount_waiting(state.levels)
+            state.promote()  # a driver stopped between a result and its promotion: recomputed from storage
+        if state.finished():
             log.info("study '%s' already has %d finished trials (target %d)", name, state.done, target)
             return study
         from autoprune.search._executor import RayExecutor, running
 
         ex = executor if executor is not None else RayExecutor(address)
         with running(ex, num_cpus=space.trials_in_flight * space.cpus_per_trial, run_dir=run_dir), \
-                Progress(study, target, enabled=progress, heartbeat_s=heartbeat_s) as prog:
+                Progress(study, target, enabled=progress, heartbeat_s=heartbeat_s,
+                         levels=[lvl.study for lvl in state.levels] if state.rungs else None) as prog:
+            state.deadline = None if timeout is None else time.monotonic() + timeout
             if isinstance(ex, RayExecutor):  # the cluster's GPUs and measurement nodes, before dispatch
                 from autoprune.runtimes import check_cluster
 
@@ -296,6 +382,14 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     finally:
         lease.release()
     return study
+
+
+def _recount_waiting(levels: list[Level]) -> None:
+    """Read the waiting counts of the levels above rung 0 from storage (after orphans were re-enqueued)."""
+    from optuna.trial import TrialState
+
+    for lvl in levels[1:]:
+        lvl.waiting = len(lvl.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def _dense_baseline(cfg: Any, attrs: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -312,39 +406,57 @@ def _dense_baseline(cfg: Any, attrs: dict[str, Any]) -> tuple[dict[str, Any], st
 
 
 def drive(state: DriverState, executor: Executor, prog: Progress) -> None:
-    """The submit/complete loop: keep ``trials_in_flight`` trials running until ``target`` trials count.
+    """The submit/complete loop: keep ``trials_in_flight`` trials running until ``target`` trials count
+    (and, with rungs, no promotion waits), or the wall-time budget is spent.
 
-    Each round fills the free slots (:func:`_next_job`: ask, sample, skip duplicates, submit), then
-    records whatever the executor reports finished (:func:`_record`). When the loop stops early
-    (Ctrl-C, an error), the trials in flight become orphans and are re-enqueued (:func:`_abandon`).
+    Each round fills the free slots (:func:`_next_job`: a waiting promotion, else ask, sample, skip
+    duplicates, submit), then records whatever the executor reports finished (:func:`_record`) and,
+    with rungs, enqueues the promotions the result allows. When the loop stops early (Ctrl-C, an
+    error), the trials in flight become orphans and are re-enqueued (:func:`_abandon`).
     """
     try:
         while True:
             while state.wants_more():
                 nxt = _next_job(state)
                 if nxt is not None:
-                    trial, job = nxt
-                    state.inflight[executor.submit(job)] = trial
-                    log.info("trial %d dispatched: %s", trial.number, trial.user_attrs.get(S.T_SUMMARY))
+                    slot, job = nxt
+                    state.inflight[executor.submit(job)] = slot
+                    log.info("%strial %d dispatched: %s", f"rung {slot.level} " if state.rungs else "",
+                             slot.trial.number, slot.trial.user_attrs.get(S.T_SUMMARY))
             prog.update(running=len(state.inflight))
             if not state.inflight:
                 break
             for handle in executor.wait(list(state.inflight), timeout=1.0):
-                line = _record(state.study, state.inflight[handle], executor.result(handle))
+                slot = state.inflight[handle]
+                line = _record(state.levels[slot.level].study, slot.trial, executor.result(handle))
                 del state.inflight[handle]  # only once told: an interrupt while recording re-enqueues it
-                state.done += 1
+                if slot.level == 0:
+                    state.done += 1
+                if state.rungs:
+                    line = f"rung {slot.level} {line}"
+                    state.promote()
                 prog.finished(line, done=state.done, running=len(state.inflight))
     except BaseException:
         _abandon(state, executor)
         raise
 
 
-def _next_job(state: DriverState) -> tuple[Any, TrialJob] | None:
-    """Ask the study for a trial and build its job; None when the trial was recorded without running
-    (its parameters make no policy: FAIL, counted; a duplicate policy: FAIL, not counted)."""
+def _next_job(state: DriverState) -> tuple[Slot, TrialJob] | None:
+    """The next trial to run and its job: a promotion waiting at the highest rung that has one, else a
+    new policy asked at level 0. None when nothing was started: the trial was recorded without running
+    (its parameters make no policy: FAIL, counted; a duplicate policy: FAIL, not counted), or a rung's
+    waiting count was stale."""
+    for lvl in reversed(state.levels[1:]):
+        if lvl.waiting > 0:
+            return _promoted_job(state, lvl)
+    return _new_job(state)
+
+
+def _new_job(state: DriverState) -> tuple[Slot, TrialJob] | None:
+    """Ask level 0 (the sampler) for a policy; with rungs it runs at rung 0's budget."""
     from optuna.trial import TrialState
 
-    study, space = state.study, state.space
+    study, space = state.levels[0].study, state.space
     trial = study.ask()
     try:
         policy = space.sample_policy(trial, state.depth)
@@ -363,27 +475,70 @@ def _next_job(state: DriverState) -> tuple[Any, TrialJob] | None:
         return None
     state.dup_streak = 0
     state.seen.setdefault(key, trial.number)
+    if state.rungs:
+        from autoprune.search._rungs import budget
+
+        ran = space.rung_policy(policy, 0)
+        trial.set_user_attr(S.T_RUNG, 0)
+        trial.set_user_attr(S.T_BUDGET, budget(ran))
+        trial.set_user_attr(S.T_TARGET_POLICY, policy.to_dict())
+        policy = ran
+    return _job(state, 0, trial, policy)
+
+
+def _promoted_job(state: DriverState, lvl: Level) -> tuple[Slot, TrialJob] | None:
+    """Start the oldest promotion waiting at ``lvl``: the source's full-budget policy at the rung's budget."""
+    from optuna.trial import TrialState
+
+    from autoprune.policy import PruningPolicy
+
+    lvl.waiting = len(lvl.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    if lvl.waiting == 0:
+        return None
+    trial = lvl.study.ask()  # pops the oldest waiting trial: its params and user attrs were enqueued
+    lvl.waiting -= 1
+    target = trial.user_attrs.get(S.T_TARGET_POLICY)
+    try:
+        if not isinstance(target, dict):
+            raise ValueError("the trial carries no target_policy (it was not enqueued by a promotion)")
+        state.space.sample_policy(trial, state.depth)  # records the enqueued params on this trial
+        policy = state.space.rung_policy(PruningPolicy.model_validate(target), lvl.index)
+    except Exception as exc:  # noqa: BLE001 - a promotion the space can no longer build must not stop the search
+        trial.set_user_attr(S.T_FAIL, f"cannot build the promoted policy: {exc}")
+        state.levels[lvl.index].study.tell(trial, state=TrialState.FAIL)
+        return None
+    return _job(state, lvl.index, trial, policy)
+
+
+def _job(state: DriverState, level: int, trial: Any, policy: Any) -> tuple[Slot, TrialJob]:
+    """Record the policy a trial runs and build its job. Only the top level saves models (when the space
+    asks) and stops trials early: below it the promotion rule is the filter, and the floor is set for the
+    full budget, which a short rung's mid-way accuracy says little about."""
     trial.set_user_attr(S.T_POLICY, policy.to_dict())
     trial.set_user_attr(S.T_SUMMARY, policy.summary())
-    save_dir = (str(Path(state.config["run_dir"]) / "models" / study.study_name / f"trial_{trial.number}")
-                if space.save_models else None)
-    job = TrialJob(number=trial.number, config=state.config, policy=policy.to_dict(), floor=state.floor,
-                   early_stop=state.early_stop, num_cpus=space.cpus_per_trial, num_gpus=space.gpus_per_trial,
-                   save_dir=save_dir, trial_fn=state.trial_fn)
-    return trial, job
+    top = level == len(state.levels) - 1
+    save_dir = (str(Path(state.config["run_dir"]) / "models" / state.study.study_name / f"trial_{trial.number}")
+                if state.space.save_models and top else None)
+    job = TrialJob(number=trial.number, config=state.config, policy=policy.to_dict(),
+                   floor=state.floor if top else None,
+                   early_stop=state.early_stop, num_cpus=state.space.cpus_per_trial,
+                   num_gpus=state.space.gpus_per_trial, save_dir=save_dir,
+                   trial_fn=state.trial_fn)
+    return Slot(level, trial), job
 
 
 def _abandon(state: DriverState, executor: Executor) -> None:
     """The driver is stopping (Ctrl-C, error): in-flight trials become FAIL (orphaned) and are re-enqueued."""
     from optuna.trial import TrialState
 
-    for handle, trial in list(state.inflight.items()):
+    for handle, slot in list(state.inflight.items()):
         executor.cancel(handle)
+        trial, study = slot.trial, state.levels[slot.level].study
         try:
             trial.set_user_attr(S.T_FAIL, "driver stopped while the trial ran; re-enqueued")
             trial.set_user_attr(T_ORPHANED, True)
-            state.study.tell(trial, state=TrialState.FAIL)
-            state.study.enqueue_trial(dict(trial.params), user_attrs={T_RETRY_OF: trial.number})
+            study.tell(trial, state=TrialState.FAIL)
+            study.enqueue_trial(dict(trial.params), user_attrs=retry_attrs(trial, T_RETRY_OF))
         except Exception as exc:  # noqa: BLE001 - the next start recovers RUNNING trials anyway
             log.warning("could not mark trial %d as interrupted: %s", trial.number, exc)
     state.inflight.clear()

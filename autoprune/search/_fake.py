@@ -59,8 +59,12 @@ def _mean_sparsity(policy: Any) -> float:
 def fake_trial(config: Any, policy: Any, *, on_eval: Callable[[int, float], bool] | None = None,
                save_dir: str | None = None, sleep: float = 0.1, fail_criterion: str | None = None,
                evals: int = 4, low_accuracy_criterion: str | None = None,
-               crash_criterion: str | None = None, fault_dir: str | None = None) -> TrialResult:
+               crash_criterion: str | None = None, fault_dir: str | None = None,
+               step_gain: float = 0.0) -> TrialResult:
     """Sleep ``sleep`` seconds in ``evals`` slices, calling ``on_eval`` after each; return fake metrics.
+
+    ``step_gain``: accuracy a policy lacks without retraining, recovered as it retrains: the accuracy is
+    lowered by ``step_gain * 50 / (50 + retrain steps)`` (rungs of a multi-fidelity search then differ).
 
     ``fail_criterion``: raise RuntimeError for policies with that criterion.
     ``low_accuracy_criterion``: report a very low accuracy for that criterion (so early stop triggers).
@@ -77,18 +81,22 @@ def fake_trial(config: Any, policy: Any, *, on_eval: Callable[[int, float], bool
         os._exit(1)
     if fault_dir is not None:
         return _with_faults(fault_dir, config, policy, on_eval=on_eval, save_dir=save_dir, sleep=sleep,
-                            fail_criterion=fail_criterion, evals=evals, low_accuracy_criterion=low_accuracy_criterion)
+                            fail_criterion=fail_criterion, evals=evals, low_accuracy_criterion=low_accuracy_criterion,
+                            step_gain=step_gain)
     t0 = time.time()
     s = _mean_sparsity(policy)
     acc = 0.9 - 0.3 * s * s
+    steps = policy.retrain.steps
+    acc -= step_gain * 50 / (50 + steps)
     if low_accuracy_criterion is not None and policy.criterion == low_accuracy_criterion:
         acc = 0.3
-    steps = policy.retrain.steps
     history: list[list[float]] = []
     for k in range(1, evals + 1):
         time.sleep(sleep / evals)
         if fail_criterion is not None and policy.criterion == fail_criterion and k == 1:
             raise RuntimeError(f"fake failure for criterion {policy.criterion}")
+        if steps == 0:
+            continue  # nothing retrains, nothing is checked mid-way (as in the real trial)
         step = max(1, steps * k // evals)
         history.append([step, acc])
         if on_eval is not None and on_eval(step, acc):

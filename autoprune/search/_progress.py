@@ -51,6 +51,17 @@ def front_ends(study: Any) -> tuple[tuple[int, float, float], tuple[int, float, 
     return (acc.number, acc.values[0], acc.values[1]), (fast.number, fast.values[0], fast.values[1])
 
 
+def rung_line(levels: list[Any]) -> str:
+    """Finished trials per rung of a multi-fidelity search (studies rung 0 first), e.g.
+    ``rung 0: 12 finished, rung 1: 4 finished, top rung 2: 1 finished``."""
+    parts = []
+    for k, st in enumerate(levels):
+        s = summarize(st)
+        name = f"top rung {k}" if k == len(levels) - 1 else f"rung {k}"
+        parts.append(f"{name}: {s['complete'] + s['pruned'] + s['failed']} finished")
+    return ", ".join(parts)
+
+
 class Progress:
     """Progress of a running search, on ``stream`` (default: stderr).
 
@@ -60,11 +71,17 @@ class Progress:
       once: one when the search starts, one per finished trial (:meth:`finished`), a heartbeat every
       ``heartbeat_s`` seconds (trials finished, running, the two ends of the front), one at the end.
     * ``enabled=False``: nothing.
+
+    ``levels``: the studies of a multi-fidelity search, rung 0 first and ``study`` (the top rung) last;
+    the counts are then rung 0's (what ``target`` counts), with a line of counts per rung, and the
+    front is the top rung's.
     """
 
     def __init__(self, study: Any, target: int, enabled: bool = True, refresh_s: float = 2.0,
-                 heartbeat_s: float = 60.0, stream: TextIO | None = None) -> None:
+                 heartbeat_s: float = 60.0, stream: TextIO | None = None, levels: list[Any] | None = None) -> None:
         self.study, self.target, self.refresh_s, self.heartbeat_s = study, target, refresh_s, heartbeat_s
+        self.levels = levels
+        self.count_study = levels[0] if levels else study
         self.stream = stream if stream is not None else sys.stderr
         isatty = getattr(self.stream, "isatty", None)
         self.mode = "off" if not enabled else ("live" if callable(isatty) and isatty() else "plain")
@@ -79,28 +96,34 @@ class Progress:
     def _render(self, running: int) -> Any:
         from rich.text import Text
 
-        s = summarize(self.study, running)
+        s = summarize(self.count_study, running)
+        top = summarize(self.study) if self.levels else s
         done = s["complete"] + s["pruned"] + s["failed"]
-        best = "  ".join(f">={lv:g}x: {'-' if v is None else f'{v:.4f}'}" for lv, v in s["best"].items())
+        best = "  ".join(f">={lv:g}x: {'-' if v is None else f'{v:.4f}'}" for lv, v in top["best"].items())
+        rungs = f"\n  {rung_line(self.levels)}" if self.levels else ""
         return Text(
             f"search '{self.study.study_name}'  {self._elapsed()}  "
-            f"finished {done}/{self.target} (complete {s['complete']}, pruned {s['pruned']}, failed {s['failed']}"
+            f"finished {done}/{self.target}{' at rung 0' if self.levels else ''} (complete {s['complete']}, "
+            f"pruned {s['pruned']}, failed {s['failed']}"
             + (f", {s['skipped']} skipped/re-run" if s["skipped"] else "") + ")  "
-            f"running {running}  front {s['front']}\n  best accuracy at speedup {best}")
+            f"running {running}  front {top['front']}{rungs}\n  best accuracy at speedup {best}")
 
     def heartbeat_line(self, running: int) -> str:
         """One line: trials finished and running, front size and its two ends."""
-        s = summarize(self.study, running)
+        s = summarize(self.count_study, running)
+        top = summarize(self.study) if self.levels else s
         done = s["complete"] + s["pruned"] + s["failed"]
-        ends = front_ends(self.study) if s["complete"] else None
+        ends = front_ends(self.study) if top["complete"] else None
         if ends is None:
-            front = "front: no complete trial yet"
+            front = "front: no complete trial yet" if not self.levels else "front: no complete top-rung trial yet"
         else:
             (na, aa, sa), (nf, af, sf) = ends
-            front = (f"front {s['front']}: most accurate trial {na} ({aa:.4f}, {sa:.2f}x), "
+            front = (f"front {top['front']}: most accurate trial {na} ({aa:.4f}, {sa:.2f}x), "
                      f"fastest trial {nf} ({sf:.2f}x, {af:.4f})")
-        return (f"search '{self.study.study_name}' {self._elapsed()}: {done}/{self.target} finished (complete "
-                f"{s['complete']}, pruned {s['pruned']}, failed {s['failed']}), running {running}; {front}")
+        rungs = f" [{rung_line(self.levels)}]" if self.levels else ""
+        return (f"search '{self.study.study_name}' {self._elapsed()}: {done}/{self.target} finished"
+                f"{' at rung 0' if self.levels else ''} (complete {s['complete']}, pruned {s['pruned']}, failed "
+                f"{s['failed']}), running {running}{rungs}; {front}")
 
     def _write(self, line: str) -> None:
         self.stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")

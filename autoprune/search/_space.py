@@ -164,6 +164,36 @@ class DistillationSpace(_Strict):
     temperature: float | list[float] = 2.0
 
 
+class Rung(_Strict):
+    """One fidelity level of a multi-fidelity search (see :mod:`autoprune.search._rungs`).
+
+    * ``retrain_steps``: the retraining budget of the rung, or ``full``: the steps the policy itself
+      asks for (the space's ``retrain.steps``). Only the last rung is ``full``; the others run
+      ``min(retrain_steps, the policy's steps)`` and must lie below every choice of ``retrain.steps``.
+    * ``reconstruct``: the layer reconstruction structured policies get at this rung (``none`` or
+      ``least_squares``); absent: the policy's own. Unstructured policies always run their own.
+
+    Example:
+        >>> Rung(retrain_steps=0, reconstruct="least_squares").label(), Rung(retrain_steps="full").label()
+        ('0 steps, least_squares', 'full budget')
+    """
+
+    retrain_steps: int | Literal["full"] = Field(..., description="retraining steps, or 'full' (the policy's own)")
+    reconstruct: Literal["none", "least_squares"] | None = None
+
+    @field_validator("retrain_steps")
+    @classmethod
+    def _steps(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"'retrain_steps' = {v} must be 0 or more, or 'full'")
+        return v
+
+    def label(self) -> str:
+        """A short description, e.g. ``0 steps, least_squares`` or ``full budget``."""
+        steps = "full budget" if self.retrain_steps == "full" else f"{self.retrain_steps} steps"
+        return steps + (f", {self.reconstruct}" if self.reconstruct is not None else "")
+
+
 class EarlyStop(_Strict):
     """Stop a trial when, after ``min_fraction`` of its retraining budget, its validation accuracy is
     still more than ``margin`` below the floor (dense accuracy - ``accuracy_drop_floor``)."""
@@ -200,6 +230,12 @@ class SearchSpace(_Strict):
     gpus_per_trial: float = Field(0, ge=0, description="GPUs each trial trains and evaluates on (Ray num_gpus; "
                                   "fractions let several trials share one GPU); 0: trials run on CPU")
     seed: int = 0
+    rungs: list[Rung] | None = Field(None, description="fidelity levels of a multi-fidelity search, cheapest "
+                                     "first, the last one 'full' (absent: every trial runs the full budget)")
+    promote_fraction: float = Field(1 / 3, gt=0, le=1, description="the top fraction of the policies finished "
+                                    "at a rung that moves on to the next one")
+    timeout_s: float | None = Field(None, gt=0, description="wall-time budget of one run of the search in seconds: "
+                                    "no new trial starts after it (`search --timeout` overrides)")
     save_models: bool = Field(False, description="save every completed trial's pruned model under "
                               "<run_dir>/models/<study>/trial_<n>, so export copies it instead of rebuilding")
 
@@ -251,6 +287,54 @@ class SearchSpace(_Strict):
             if h.mode == "fixed" and f.mode == "fixed" and h.value == 0 and f.value == 0:
                 raise ValueError("'structured': heads and ffn are both fixed at 0; nothing would be pruned")
         return self
+
+    @model_validator(mode="after")
+    def _rungs(self) -> "SearchSpace":
+        if self.rungs is None:
+            return self
+        if len(self.rungs) < 2:
+            raise ValueError("'rungs' needs at least two levels (a cheap one and the last, 'retrain_steps: full'); "
+                             "leave 'rungs' out to run every policy at the full budget")
+        if self.rungs[-1].retrain_steps != "full":
+            raise ValueError("the last of 'rungs' must be 'retrain_steps: full' (the budget the policy asks for), so "
+                             "that the top rung's results are final")
+        steps = [r.retrain_steps for r in self.rungs[:-1]]
+        if "full" in steps:
+            raise ValueError("only the last of 'rungs' may be 'retrain_steps: full'")
+        if any(b <= a for a, b in zip(steps, steps[1:])):  # type: ignore[operator]
+            raise ValueError(f"the retrain_steps of 'rungs' must increase from rung to rung, got {steps}")
+        choices = self.retrain.steps if isinstance(self.retrain.steps, list) else [self.retrain.steps]
+        if steps[-1] >= min(choices):  # type: ignore[operator]
+            raise ValueError(f"'rungs' retrain_steps {steps[-1]} is not below the smallest retraining budget the "
+                             f"space can choose (retrain.steps {self.retrain.steps}): that rung would run the full "
+                             f"budget; use fewer steps or drop the rung")
+        return self
+
+    def rung_policy(self, policy: Any, rung: int) -> Any:
+        """The policy as rung ``rung`` runs it: its retraining budget cut to the rung's, its
+        reconstruction the rung's (structured policies). Without rungs: the policy itself.
+
+        Example:
+            >>> from autoprune.policy import PruningPolicy
+            >>> space = SearchSpace.model_validate({"config": {"data": {"files": {"train": "t", "validation": "v"}}},
+            ...     "retrain": {"steps": [300, 600]}, "rungs": [{"retrain_steps": 0, "reconstruct": "least_squares"},
+            ...     {"retrain_steps": 100}, {"retrain_steps": "full"}]})
+            >>> pol = PruningPolicy.uniform("l1", 2, heads=0.5, ffn=0.5, retrain_steps=600)
+            >>> [(space.rung_policy(pol, r).retrain.steps, space.rung_policy(pol, r).reconstruct) for r in range(3)]
+            [(0, 'least_squares'), (100, 'none'), (600, 'none')]
+        """
+        if self.rungs is None:
+            return policy
+        from autoprune.policy import PruningPolicy
+
+        spec = self.rungs[rung]
+        full = policy.retrain.steps
+        steps = full if spec.retrain_steps == "full" else min(int(spec.retrain_steps), full)
+        d = policy.to_dict()
+        d["retrain"] = dict(d.get("retrain") or {}, steps=steps)
+        if spec.reconstruct is not None and policy.granularity == "structured":
+            d["reconstruct"] = spec.reconstruct
+        return PruningPolicy.model_validate(d)
 
     # ------------------------------------------------------------------ run config
     def run_config(self) -> RunConfig:

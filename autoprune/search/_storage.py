@@ -77,6 +77,10 @@ def check_study_name(name: str, where: str = "") -> str:
                      f"characters; e.g. {safe!r}")
 
 
+#: the study of a lower rung of a multi-fidelity search: ``<top study>.rung<k>``
+_RUNG_STUDY = re.compile(r"(.+)\.rung\d+")
+
+
 def default_storage(run_dir: str | Path, study_name: str) -> str:
     """``sqlite:///<run_dir>/<study_name>.db`` (absolute); the name is checked (:func:`check_study_name`).
     Nothing is created: :func:`prepare_sqlite` makes the folder when a search writes there.
@@ -174,7 +178,8 @@ def study_names(storage: Any) -> list[str]:
 def open_study(storage: str | Any, study_name: str | None, sampler: Any = None) -> Any:
     """Load an existing study; a clear StudyError lists the names that exist when it is missing.
 
-    With ``study_name=None`` the storage must hold exactly one study.
+    With ``study_name=None`` the storage must hold exactly one study (or one multi-fidelity search: its
+    top study and the ``<name>.rung<k>`` studies of its lower rungs; the top study is opened).
 
     Example:
         >>> open_study("sqlite:///runs/quickstart.db", "quickstart")  # doctest: +SKIP
@@ -190,8 +195,9 @@ def open_study(storage: str | Any, study_name: str | None, sampler: Any = None) 
         storage = get_storage(storage)
     names = study_names(storage)
     if study_name is None:
-        if len(names) == 1:
-            study_name = names[0]
+        tops = [n for n in names if (m := _RUNG_STUDY.fullmatch(n)) is None or m.group(1) not in names]
+        if len(tops) == 1:  # one study, or one multi-fidelity search (its top study and its rungs' studies)
+            study_name = tops[0]
         else:
             raise StudyError(f"storage {mask_url(url)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
                              f"choose one with --study")

@@ -1,0 +1,449 @@
+"""Multi-fidelity search: the promotion rule on hand-made rungs, rungs in the space, the driver's rungs
+(promotions, honest fronts and exports, a driver killed between rungs, the wall-time budget), status,
+the dashboard's rungs and the benchmark's scoring. Trials are the fakes of ``autoprune.search._fake`` in
+this process (InProcessExecutor); one end-to-end test on a real Ray is marked slow.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+
+import pytest
+
+from conftest import REPO, tiny_config_dict
+
+optuna = pytest.importorskip("optuna")
+
+from optuna.trial import TrialState, create_trial  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from autoprune import _study as S  # noqa: E402
+from autoprune.cli import app  # noqa: E402
+from autoprune.errors import ConfigError, StudyError  # noqa: E402
+from autoprune.search import (InProcessExecutor, load_search_space, open_study, resume, run_search,  # noqa: E402
+                              space_from_dict)
+from autoprune.search import _promotion as P  # noqa: E402
+from autoprune.search._driver import counted  # noqa: E402
+from autoprune.search._fake import fake_trial  # noqa: E402
+from autoprune.search._rungs import finished_candidates, policy_key  # noqa: E402
+from autoprune.study import front, hypervolume, rungs, trial_records  # noqa: E402
+
+DENSE = {"accuracy": 0.9, "macro_f1": 0.89}
+RUNGS = [{"retrain_steps": 0, "reconstruct": "least_squares"}, {"retrain_steps": 20}, {"retrain_steps": "full"}]
+FAKE = functools.partial(fake_trial, sleep=0.0, step_gain=0.1)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_config_dict(tmp_path_factory.mktemp("tiny"))
+
+
+def make_space(tiny, tmp_path, **over):
+    raw = {"config": dict(tiny, run_dir=str(tmp_path / "runs")), "criteria": ["l1", "l2"], "n_trials": 12,
+           "trials_in_flight": 2, "sampler": "random", "retrain": {"steps": [100, 200]},
+           "structured": {"heads": {"base": [0.0, 0.5]}, "ffn": {"mode": "free"}}, "rungs": RUNGS}
+    raw.update(over)
+    return space_from_dict(raw, str(tmp_path / "space.yaml"), tmp_path)
+
+
+def search(space, executor=None, **kw):
+    kw.setdefault("study_name", "s")
+    kw.setdefault("trial_fn", FAKE)
+    return run_search(space, dense_metrics=DENSE, progress=False, executor=executor or InProcessExecutor(), **kw)
+
+
+def url_of(tmp_path, name="s"):
+    return f"sqlite:///{tmp_path / 'runs' / (name + '.db')}"
+
+
+def cand(number, values, key=None):
+    return P.Candidate(number=number, key=key or f"p{number}", values=values)
+
+
+# ----------------------------------------------------------------------------- the promotion rule
+def test_promotion_picks_the_non_dominated_policies_of_a_rung():
+    # a front of three, (0.9, 1.2) (0.85, 1.6) (0.8, 2.0), and six policies behind it; two stopped early
+    front3 = [cand(0, (0.9, 1.2)), cand(4, (0.85, 1.6)), cand(7, (0.8, 2.0))]
+    behind = [cand(1, (0.88, 1.1)), cand(2, (0.84, 1.5)), cand(3, (0.7, 1.9)), cand(5, (0.6, 1.0)),
+              cand(6, (0.79, 1.95)), cand(8, (0.5, 1.0))]
+    stopped = [cand(9, None), cand(10, None)]
+    pool = front3 + behind + stopped  # 11 finished: the top third holds floor(11/3) = 3
+    assert sorted(c.number for c in P.select(pool, 1 / 3, closed=False)) == [0, 4, 7]
+    # once the rung can no longer grow, ceil(11/3) = 4: the best of the second front joins
+    picked = P.select(pool, 1 / 3, closed=True)
+    assert sorted(c.number for c in picked[:3]) == [0, 4, 7] and picked[3].number in (1, 2, 3, 6)
+    # a stopped or failed policy is never promoted, even when the quota exceeds the complete ones
+    assert {c.number for c in P.select(pool, 1.0, closed=True)} == set(range(9))
+    # nothing twice: a policy at the next rung already is skipped, and one key is promoted once
+    assert [c.number for c in P.select(pool, 1 / 3, promoted={"p0", "p7"}, closed=False)] == [4]
+    twins = [cand(0, (0.9, 1.2), key="same"), cand(1, (0.9, 1.2), key="same"), cand(2, (0.5, 1.0))]
+    assert [c.number for c in P.select(twins, 1.0, closed=True)] == [0, 2]
+
+
+def test_crowding_spreads_promotions_along_the_front():
+    # five non-dominated policies: three crowd the accurate end; with two places besides the ends,
+    # the isolated middle one goes before the crowded ones
+    pts = [cand(0, (0.900, 1.00)), cand(1, (0.899, 1.01)), cand(2, (0.898, 1.02)), cand(3, (0.85, 1.5)),
+           cand(4, (0.80, 2.0))]
+    assert P.non_dominated_ranks([c.values for c in pts]) == [0] * 5
+    top3 = P.select(pts + [cand(5, None), cand(6, None), cand(8, None), cand(9, None)], 1 / 3, closed=False)
+    assert sorted(c.number for c in top3) == [0, 3, 4]
+
+
+def test_quota_grows_asynchronously_and_rounds_up_when_closed():
+    assert [P.quota(n, 1 / 3, closed=False) for n in range(8)] == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert [P.quota(n, 1 / 3, closed=True) for n in range(8)] == [0, 1, 1, 1, 2, 2, 2, 3]
+    assert P.quota(5, 1.0, closed=False) == 5
+
+
+# ----------------------------------------------------------------------------- rungs in the space
+@pytest.mark.parametrize("rungs_, needle", [
+    ([{"retrain_steps": 0}], "at least two levels"),
+    ([{"retrain_steps": 0}, {"retrain_steps": 50}], "last of 'rungs' must be 'retrain_steps: full'"),
+    ([{"retrain_steps": "full"}, {"retrain_steps": "full"}], "only the last"),
+    ([{"retrain_steps": 50}, {"retrain_steps": 10}, {"retrain_steps": "full"}], "must increase"),
+    ([{"retrain_steps": 0}, {"retrain_steps": 100}, {"retrain_steps": "full"}], "not below the smallest retraining"),
+    ([{"retrain_steps": -1}, {"retrain_steps": "full"}], "must be 0 or more"),
+])
+def test_bad_rungs_are_one_clear_error(tiny, tmp_path, rungs_, needle):
+    with pytest.raises(ConfigError, match="space.yaml") as ei:
+        make_space(tiny, tmp_path, rungs=rungs_)
+    assert needle in str(ei.value) and "\n" not in str(ei.value).strip()
+
+
+def test_shipped_spaces_use_rungs():
+    for name in ("quickstart.yaml", "minilm_sst2.yaml"):
+        space = load_search_space(REPO / "search_spaces" / name)
+        assert space.rungs and space.rungs[0].retrain_steps == 0 and space.rungs[-1].retrain_steps == "full"
+        assert space.rungs[0].reconstruct == "least_squares" and 0 < space.promote_fraction < 1
+
+
+# ----------------------------------------------------------------------------- the driver's rungs
+def test_rungs_promote_by_the_rule_and_only_the_top_rung_is_on_the_front(tiny, tmp_path):
+    space = make_space(tiny, tmp_path, accuracy_drop_floor=0.05)
+    ex = InProcessExecutor()
+    top = search(space, ex)
+    assert optuna.get_all_study_names(url_of(tmp_path)) == ["s", "s.rung0", "s.rung1"]
+    levels = rungs(top)
+    assert [lvl.study_name for lvl in levels] == ["s.rung0", "s.rung1", "s"]
+    assert len(levels[0].finished) == 12  # n_trials counts the policies finished at rung 0
+    for k, lvl in enumerate(levels):
+        assert {r.rung for r in lvl.records} == {k}
+        keys = [policy_key(r.target_policy) for r in lvl.records]
+        assert len(keys) == len(set(keys))  # nothing promoted twice
+        for r in lvl.records:
+            steps = {0: 0, 1: 20}.get(k, r.target_policy["retrain"]["steps"])
+            assert r.policy["retrain"]["steps"] == r.budget["retrain_steps"] == steps
+            assert r.policy.get("reconstruct", "none") == ("least_squares" if k == 0 else "none")
+        if k:  # every promoted trial names its source, which ran the same policy one rung below
+            below = {r.number: r for r in levels[k - 1].records}
+            for r in lvl.records:
+                assert policy_key(below[r.source_trial].target_policy) == policy_key(r.target_policy)
+            assert levels[k - 1].promoted_to == {r.source_trial: r.number for r in lvl.records}
+        if not lvl.top:  # the rung closed: what the rule selects from its final results is all promoted
+            st = open_study(url_of(tmp_path), lvl.study_name)
+            final = P.select([c for c, _ in finished_candidates(st)], space.promote_fraction, closed=True)
+            assert {c.number for c in final} <= set(lvl.promoted_to) and final
+    # the front and the hypervolume read the top study, which holds the top rung only
+    fr = front(top)
+    assert fr and all(r.rung == 2 for r in fr) and {r.number for r in fr} <= {r.number for r in levels[-1].records}
+    assert hypervolume(top, (0.85, 1.0)) == hypervolume(levels[-1].records, (0.85, 1.0))
+    # the jobs: only the top rung stops trials early (floor) and would save models
+    by_level = {}
+    for j in ex.submitted:
+        by_level.setdefault(j.policy["retrain"]["steps"] in (100, 200), []).append(j.floor)
+    assert set(by_level[False]) == {None} and by_level[True] == [pytest.approx(0.85)] * len(by_level[True])
+    # study attributes: the top study lists its rungs, the lower ones point to it
+    assert top.user_attrs[S.ATTR_RUNGS][0] == {"retrain_steps": 0, "reconstruct": "least_squares"}
+    assert top.user_attrs[S.ATTR_RUNG_STUDIES] == ["s.rung0", "s.rung1"]
+    r1 = open_study(url_of(tmp_path), "s.rung1")
+    assert r1.user_attrs[S.ATTR_RUNG_OF] == "s" and r1.user_attrs[S.ATTR_RUNG] == 1
+    assert r1.user_attrs[S.ATTR_DENSE] == DENSE and r1.metric_names == S.METRIC_NAMES
+    # the storage alone names one search: opening it without a name gives the top study
+    assert open_study(url_of(tmp_path), None).study_name == "s"
+
+
+def test_a_lower_rung_result_never_reaches_the_front_or_an_export(tiny, tmp_path):
+    from autoprune.dashboard import build_dashboard
+    from autoprune.export import ExportError, Selector, select_trial
+
+    top = search(make_space(tiny, tmp_path))
+    rung0 = open_study(url_of(tmp_path), "s.rung0")
+    with pytest.raises(ExportError, match="holds rung 0 of the multi-fidelity search 's'.*export from study 's'"):
+        select_trial(rung0, Selector(max_accuracy_drop=100.0))
+    with pytest.raises(StudyError, match="see the dashboard of study 's'"):
+        build_dashboard(rung0)
+    res = CliRunner().invoke(app, ["export", "--storage", url_of(tmp_path), "--study", "s.rung0", "--trial", "0",
+                                   "-o", str(tmp_path / "ex")])
+    assert res.exit_code == 2 and "not final" in res.output and not (tmp_path / "ex").exists()
+    assert select_trial(top, Selector(max_accuracy_drop=100.0)).rung == 2
+    # one study holding several rungs (results recorded by hand): the best-looking point is rung 0's,
+    # and neither the front, nor an export by selector or by number, takes it
+    mixed = optuna.create_study(directions=S.DIRECTIONS)
+    for values, rung in (([0.95, 3.0], 0), ([0.88, 1.5], 1), ([0.86, 2.0], 1)):
+        attrs = {S.T_RUNG: rung, S.T_RESULT: {"accuracy_drop": 0.9 - values[0]}}
+        mixed.add_trial(create_trial(values=values, user_attrs=attrs))
+    assert [r.number for r in front(mixed)] == [1, 2]
+    assert select_trial(mixed, Selector(min_speedup=1.0)).number == 1
+    with pytest.raises(ExportError, match="trial 0 ran at rung 0, below the study's top rung"):
+        select_trial(mixed, Selector(trial=0))
+
+
+class KilledAt:
+    """A fake trial that raises KeyboardInterrupt (Ctrl-C of the driver) at its ``at``-th call."""
+
+    def __init__(self, at: int):
+        self.at, self.calls = at, 0
+
+    def __call__(self, config, policy, **kw):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        return FAKE(config, policy, **kw)
+
+
+def _promotion_invariants(url, space):
+    top = open_study(url, "s")
+    levels = rungs(top)
+    for k, lvl in enumerate(levels):
+        live = [r for r in lvl.records if r.label != S.LABEL_ORPHANED]
+        keys = [policy_key(r.target_policy) for r in live]
+        assert len(keys) == len(set(keys)), f"rung {k}: a policy promoted twice"
+        if k:
+            assert all(r.source_trial in {x.number for x in levels[k - 1].records} for r in live)
+        if not lvl.top:
+            st = open_study(url, lvl.study_name)
+            final = P.select([c for c, _ in finished_candidates(st)], space.promote_fraction, closed=True)
+            assert {c.number for c in final} <= set(lvl.promoted_to), f"rung {k}: a promotion was lost"
+    assert all(r.state not in ("RUNNING", "WAITING") for lvl in levels for r in lvl.records)
+    return levels
+
+
+def test_a_driver_killed_between_rungs_resumes_without_losing_or_repeating_a_promotion(tiny, tmp_path, monkeypatch):
+    import autoprune.search._rungs as R
+
+    space = make_space(tiny, tmp_path, trials_in_flight=1)
+    # killed right after a result was recorded, before its promotion was enqueued
+    real, calls = R.enqueue_promotion, {"n": 0}
+
+    def dies_on_second(upper, source, sp):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            calls["lost"] = (upper.index - 1, source.number)
+            raise KeyboardInterrupt
+        return real(upper, source, sp)
+
+    monkeypatch.setattr(R, "enqueue_promotion", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        search(space)
+    monkeypatch.setattr(R, "enqueue_promotion", real)
+    before = rungs(open_study(url_of(tmp_path), "s"))
+    assert sum(len(lvl.records) for lvl in before[1:]) == 1  # one promotion made it, the second was lost
+    search(space)  # the same command again: the lost promotion is recomputed from storage
+    levels = _promotion_invariants(url_of(tmp_path), space)
+    assert before[1].records[0].source_trial in levels[0].promoted_to  # the first promotion kept its place
+    rung, number = calls["lost"]
+    assert number in levels[rung].promoted_to  # and the lost one was made on resume
+    assert counted(open_study(url_of(tmp_path), "s.rung0").get_trials()) == 12
+
+
+def test_a_driver_killed_during_a_promoted_trial_re_runs_it_at_its_rung(tiny, tmp_path):
+    space = make_space(tiny, tmp_path, trials_in_flight=1)
+    # rung 0 trials 0..2 run first; the third finished result promotes one policy, which runs next: kill it
+    killer = KilledAt(4)
+    with pytest.raises(KeyboardInterrupt):
+        search(space, trial_fn=killer)
+    r1 = open_study(url_of(tmp_path), "s.rung1")
+    states = [(t.state, t.user_attrs.get("orphaned"), t.user_attrs.get(S.T_SOURCE)) for t in r1.get_trials()]
+    assert [s[:2] for s in states] == [(TrialState.FAIL, True), (TrialState.WAITING, None)]
+    assert states[0][2] == states[1][2] is not None  # the re-run keeps its source and rung attributes
+    waiting = r1.get_trials()[1]
+    assert waiting.user_attrs[S.T_RUNG] == 1 and waiting.user_attrs["retry_of"] == 0
+    resume(space, study_name="s", trial_fn=FAKE, dense_metrics=DENSE, progress=False, executor=InProcessExecutor())
+    levels = _promotion_invariants(url_of(tmp_path), space)
+    orphan, rerun = levels[1].records[0], levels[1].records[1]
+    assert rerun.state == "COMPLETE" and levels[0].promoted_to[orphan.source_trial] == rerun.number
+
+
+def test_a_space_without_rungs_is_unchanged(tiny, tmp_path):
+    space = make_space(tiny, tmp_path, rungs=None, n_trials=4, accuracy_drop_floor=0.05)
+    ex = InProcessExecutor()
+    st = search(space, ex)
+    assert optuna.get_all_study_names(url_of(tmp_path)) == ["s"]
+    assert not {S.ATTR_RUNGS, S.ATTR_RUNG_STUDIES} & set(st.user_attrs) and rungs(st) == []
+    for t in st.get_trials():
+        assert not {S.T_RUNG, S.T_BUDGET, S.T_TARGET_POLICY, S.T_SOURCE} & set(t.user_attrs)
+    assert [j.floor for j in ex.submitted] == [pytest.approx(0.85)] * 4
+    assert {j.policy["retrain"]["steps"] for j in ex.submitted} <= {100, 200}
+    with pytest.raises(ConfigError, match="searched without rungs"):
+        from autoprune.cli import _status_rows
+
+        _status_rows(st, rung=0)
+
+
+def test_a_study_is_continued_only_with_the_rungs_it_was_searched_with(tiny, tmp_path):
+    space = make_space(tiny, tmp_path, n_trials=3)
+    search(space)
+    other = make_space(tiny, tmp_path, n_trials=6, rungs=[{"retrain_steps": 0}, {"retrain_steps": "full"}])
+    with pytest.raises(ConfigError, match="was searched with rungs .* the space now gives"):
+        search(other)
+    with pytest.raises(ConfigError, match="the space now has none"):
+        search(make_space(tiny, tmp_path, n_trials=6, rungs=None))
+
+
+def test_the_wall_time_budget_stops_dispatching_and_records_what_ran(tiny, tmp_path, caplog):
+    space = make_space(tiny, tmp_path, n_trials=200, trials_in_flight=2)
+    st = search(space, trial_fn=functools.partial(fake_trial, sleep=0.2, step_gain=0.1), timeout_s=1.0)
+    r0 = open_study(url_of(tmp_path), "s.rung0").get_trials()
+    assert 2 <= counted(r0) < 50 and "wall-time budget reached" in caplog.text
+    levels = rungs(st)
+    assert all(r.state != "RUNNING" for lvl in levels for r in lvl.records)  # what was in flight finished
+    with pytest.raises(ConfigError, match="timeout must be a positive"):
+        search(space, timeout_s=0)
+
+
+# ----------------------------------------------------------------------------- status and the dashboard
+def test_status_shows_each_policys_rung(tiny, tmp_path):
+    search(make_space(tiny, tmp_path))
+    runner, url = CliRunner(), url_of(tmp_path)
+    rows = json.loads(runner.invoke(app, ["status", "--storage", url, "--json"]).stdout)
+    assert rows and {r["rung"] for r in rows} == {2} and {r["study"] for r in rows} == {"s"}
+    assert any(r["on_front"] for r in rows)
+    everything = json.loads(runner.invoke(app, ["status", "--storage", url, "--all-rungs", "--json"]).stdout)
+    assert {r["rung"] for r in everything} == {0, 1, 2}
+    assert not any(r["on_front"] for r in everything if r["rung"] < 2)  # a lower rung has no front
+    promoted = [r for r in everything if r["rung"] == 0 and r["promoted_to"] is not None]
+    assert promoted and all(r["budget"] == {"retrain_steps": 0, "reconstruct": "least_squares"} for r in promoted)
+    res = runner.invoke(app, ["status", "--storage", url, "--rung", "1"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0 and "rung 1" in res.stdout and "promoted to" in res.stdout and "rung 2 #" in res.stdout
+    res = runner.invoke(app, ["status", "--storage", url, "--rung", "3"])
+    assert res.exit_code == 2 and "has rungs 0..2" in res.output
+
+
+def test_progress_counts_rung_0_and_shows_every_rung(tiny, tmp_path):
+    import io
+
+    from autoprune.search._progress import Progress
+
+    top = search(make_space(tiny, tmp_path))
+    levels = [open_study(url_of(tmp_path), n) for n in ("s.rung0", "s.rung1")] + [top]
+    n1, n2 = len(levels[1].trials), len(top.trials)
+    buf = io.StringIO()
+    with Progress(top, target=12, heartbeat_s=3600, stream=buf, levels=levels):
+        pass
+    last = buf.getvalue().splitlines()[-1]
+    assert "12/12 finished at rung 0" in last
+    assert f"[rung 0: 12 finished, rung 1: {n1} finished, top rung 2: {n2} finished]" in last
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    live = Tty()
+    with Progress(top, target=12, stream=live, levels=levels):
+        pass
+    assert "finished 12/12 at rung 0" in live.getvalue() and "top rung 2:" in live.getvalue()
+
+
+def test_dashboard_shows_the_rungs(tiny, tmp_path):
+    from autoprune.dashboard import build_dashboard
+    from autoprune.visualization import plot_rungs, rung_chains
+
+    top = search(make_space(tiny, tmp_path))
+    page = build_dashboard(top, storage=url_of(tmp_path))
+    assert "<h2>Rungs</h2>" in page and "rung-table" in page and 'id="rungs"' in page
+    assert "rung 0 (0 steps, least_squares)" in page and "s.rung0" in page
+    levels = rungs(top)
+    chains = rung_chains(levels)
+    assert len(chains) == len(levels[0].finished)
+    reached = [c for c in chains if len(c) == 3]
+    assert len(reached) == len(levels[-1].records)
+    fig = plot_rungs(top)
+    names = {t.name for t in fig.data if t.name}
+    assert {"not promoted", "rung 0, promoted"} <= names
+    assert any(n.startswith("top rung") for n in names)
+    with pytest.raises(StudyError, match="without rungs"):
+        plot_rungs(optuna.create_study(directions=S.DIRECTIONS))
+
+
+# ----------------------------------------------------------------------------- fast rung 0
+def test_calibration_batches_are_drawn_once_per_worker(tiny_config):
+    from autoprune.policy import PruningPolicy
+    from autoprune.trial import _CONTEXTS, run_trial
+
+    first = run_trial(tiny_config, PruningPolicy.uniform("gradient", 2, heads=0.5, ffn=0.5, retrain_steps=0, seed=1))
+    (ctx,) = _CONTEXTS.values()
+    cached = dict(ctx.calibration)
+    second = run_trial(tiny_config, PruningPolicy.uniform("gradient", 2, heads=0.5, ffn=0.5, retrain_steps=0, seed=2))
+    assert list(ctx.calibration) == [(32, 2)] and ctx.calibration[(32, 2)] is cached[(32, 2)]
+    # the calibration set is the run's, not the policy's: two seeds score and cut the same units
+    assert first.kept_heads == second.kept_heads and first.retrain_steps == 0
+    assert first.speedup > 0 and first.phase_seconds["retrain"] == 0.0
+
+
+# ----------------------------------------------------------------------------- the benchmark's scoring
+def test_benchmark_scores_arms_at_equal_wall_time(tiny, tmp_path):
+    sys.path.insert(0, str(REPO))
+    from benchmarks import multifidelity as B
+
+    space_file = tmp_path / "space.yaml"
+    space = make_space(tiny, tmp_path, n_trials=6)
+    import yaml
+
+    space_file.write_text(yaml.safe_dump(space.raw()))
+    storage = f"sqlite:///{tmp_path / 'bench.db'}"
+    B.main(["-c", str(space_file), "--storage", storage, "--seeds", "1,2", "--minutes", "0.02", "--n-policies", "4",
+            "--results", str(tmp_path / "mf.json"), "--archive", str(tmp_path / "archive.db")],
+           trial_fn=functools.partial(fake_trial, sleep=0.1, step_gain=0.1), executor=InProcessExecutor())
+    doc = json.loads((tmp_path / "mf.json").read_text())["sections"]
+    per_seed = doc["search"]["results"]["per_seed"]
+    assert [p["seed"] for p in per_seed] == [1, 2]
+    for p in per_seed:
+        for arm in ("mf", "random"):
+            assert p[arm]["arm_minutes"] >= 0.02 * 0.9 and p[arm]["hypervolume"] >= 0
+        assert len(p["mf"]["per_rung_finished"]) == 3 and len(p["random"]["per_rung_finished"]) == 1
+    corr = doc["correlation"]["results"]
+    assert corr["n"] == 4 and -1 <= corr["spearman"] <= 1 and len(corr["pairs"]) == 4
+    names = set(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'archive.db'}"))
+    assert {"mf_seed1", "mf_seed1.rung0", "mf_seed1.rung1", "random_seed1", "correlation", "correlation.rung0"} <= names
+    # a second run finds every arm's minutes spent: it adds no trial
+    before = len(open_study(storage, "random_seed1").trials)
+    B.main(["-c", str(space_file), "--storage", storage, "--seeds", "1", "--minutes", "0.02", "--phases", "search"],
+           trial_fn=FAKE, executor=InProcessExecutor())
+    assert len(open_study(storage, "random_seed1").trials) == before
+
+
+def test_arm_clock_scores_only_what_finished_in_time():
+    sys.path.insert(0, str(REPO))
+    import datetime as dt
+
+    from benchmarks import multifidelity as B
+
+    st = optuna.create_study(directions=S.DIRECTIONS)
+    t0 = dt.datetime(2026, 12, 1, 12)
+    for minute, values in ((1, [0.86, 1.5]), (3, [0.88, 2.0]), (9, [0.89, 3.0])):
+        t = create_trial(values=values)
+        t.datetime_start, t.datetime_complete = t0, t0 + dt.timedelta(minutes=minute)
+        st.add_trial(t)
+    start = t0.timestamp()
+    segments = [[start, start + 120], [start + 170, start + 600]]  # stopped from 2:00 to 2:50
+    pts = B.scored(trial_records(st), segments, budget_s=180)
+    assert [(round(t), r.number) for t, r in pts] == [(60, 0), (130, 1)]  # the 9-minute one is past 3 arm-minutes
+    # (0.86, 1.5) alone dominates 0.5 x 0.01 above (0.85, 1.0); (0.88, 2.0) then dominates it: 1.0 x 0.03
+    assert B.time_to(pts, (0.85, 1.0), 0.02) == 130 and B.time_to(pts, (0.85, 1.0), 0.031) is None
+    assert math.isclose(hypervolume([r for _, r in pts], (0.85, 1.0)), 0.03)
+
+
+# ----------------------------------------------------------------------------- a real Ray
+@pytest.mark.slow
+def test_rungs_on_a_real_ray(tiny, tmp_path):
+    from autoprune.search import RayExecutor
+
+    space = make_space(tiny, tmp_path, n_trials=6, accuracy_drop_floor=None)
+    top = run_search(space, study_name="s", trial_fn=FAKE, dense_metrics=DENSE, progress=False, executor=RayExecutor())
+    levels = _promotion_invariants(url_of(tmp_path), space)
+    assert len(levels[0].finished) == 6 and levels[-1].records and front(top)
+    assert all(r.node_id for lvl in levels for r in lvl.records)
