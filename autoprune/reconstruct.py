@@ -9,10 +9,14 @@ kept neurons), layer by layer from the bottom, on calibration activations, with 
   residual) minus the pruned model's residual, so that ``LayerNorm(fit + pruned residual)`` is the
   dense LayerNorm's input: the fit also corrects the drift carried up from the layers below;
 * padding tokens are left out (the batches' ``attention_mask``);
-* each projection is one ridge-regularised linear least-squares problem, solved once in float64
-  from ``X^T X`` and ``X^T Y`` accumulated over the batches. The ridge pulls the weights towards
-  the ones the cut left (not towards zero), with strength ``ridge * mean(diag(X^T X))``; so the
-  fitted sublayer's calibration error is never above the error of the weights as cut.
+* each token's row is weighted by one over the variance of the dense sum at that token
+  (``weighting="layernorm"``), the scale the LayerNorm divides that token by: the fit then
+  minimises, to first order, the error of the LayerNorm's *output*, which is what the next
+  sublayer reads. Unweighted (``uniform``), the few tokens with a large residual norm dominate;
+* each projection is one ridge-regularised weighted linear least-squares problem, solved once in
+  float64 from ``X^T W X`` and ``X^T W Y`` accumulated over the batches. The ridge pulls the weights
+  towards the ones the cut left (not towards zero), with strength ``ridge * mean(diag(X^T W X))``; so
+  the fitted sublayer's (weighted) calibration error is never above that of the weights as cut.
 
 The dense side does not depend on the policy: :meth:`DenseTargets.compute` runs the dense model
 once and keeps its pre-LayerNorm sums at the calibration tokens; passing the same
@@ -24,22 +28,42 @@ Two ways to fit a projection (``method``), both from the same accumulated statis
 * ``scales``: one scale per kept unit (Kwon et al. 2022's mask tuning) and the bias, the weights
   otherwise as cut.
 
-Why ``projection``: measured on the fine-tuned MiniLM-L6 / SST-2 checkpoint with Fisher scores
-(1,024 calibration sentences, ridge 1e-3, 2026-12-01; ``benchmarks/retraining_free.py``), SST-2 test
-accuracy at 50 % heads + 50 % neurons removed was 0.8853 with ``projection`` and 0.8658 with
-``scales`` (0.8337 without reconstruction), and at 75 % / 75 % 0.8291 against 0.7603 (0.5665
-without). A scale per unit has 12 or 768 degrees of freedom per projection where the full
-projection has ``hidden x kept`` and can re-mix what the cut units carried into the kept ones; the
-dense targets' residual correction needs that freedom most in the deep, heavily pruned layers.
+Why ``projection`` and ``layernorm`` (the defaults): measured on the fine-tuned MiniLM-L6 / SST-2
+checkpoint with Fisher scores from 1,024 training sentences of 12+ tokens, ridge 1e-2, no retraining
+(``benchmarks/retraining_free.py``, 2026-12-01), accuracy on the 1,496 validation sentences of 15+
+words / on the 872 test sentences:
+
+============================  ==================  ==================
+fit                           50 % heads + FFN    75 % heads + FFN
+============================  ==================  ==================
+plain cut                     0.8991 / 0.8452     0.7226 / 0.7477
+scales, uniform rows          0.8636 / 0.8245     0.7426 / 0.7351
+scales, layernorm rows        0.9178 / 0.8589     0.8229 / 0.8108
+projection, uniform rows      0.9332 / 0.8819     0.8676 / 0.8406
+projection, layernorm rows    0.9378 / 0.8830     0.9084 / 0.8727
+============================  ==================  ==================
+
+A scale per unit has 6 or 768 degrees of freedom per projection where the full projection has
+``hidden x kept``: it can re-mix what the cut units carried into the kept ones, and the correction
+of the drift from the layers below needs exactly that. Weighting rows by the LayerNorm's scale
+matters most at 75 %: MiniLM's FFN sums at ``[CLS]`` have up to ~200 times the median token's
+variance (the top 2 % of tokens hold 14-24 % of the sum of squares), so an unweighted fit spends
+itself on a few tokens whose LayerNorm then divides the error away.
 
 Example:
-    >>> import torch
-    >>> s = _Stats(2, 1)
-    >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    >>> s.add(x, x @ torch.tensor([[2.0], [3.0]]) + 1.0)
-    >>> w, b = s.solve_projection(torch.zeros(1, 2), torch.zeros(1), ridge=0.0)
-    >>> [round(v, 4) for v in w.flatten().tolist()], round(float(b[0]), 4)
-    ([2.0, 3.0], 1.0)
+    >>> import copy, torch
+    >>> from transformers import BertConfig, BertForSequenceClassification
+    >>> from autoprune.surgery import prune_structured
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+    ...                  intermediate_size=32)
+    >>> dense = BertForSequenceClassification(cfg).eval()
+    >>> pruned = prune_structured(copy.deepcopy(dense), [[0, 1], [2, 3]], [list(range(16))] * 2)
+    >>> batches = [{"input_ids": torch.randint(1, 50, (8, 10))} for _ in range(4)]
+    >>> targets = DenseTargets.compute(dense, batches)   # once per dense model and calibration set
+    >>> records = reconstruct_layers(pruned, targets)
+    >>> [r["ffn_error_after"] < r["ffn_error_before"] for r in records]
+    [True, True]
 """
 
 from __future__ import annotations
@@ -58,7 +82,9 @@ logger = logging.getLogger(__name__)
 
 Method = Literal["projection", "scales"]
 METHODS: tuple[str, ...] = ("projection", "scales")
-DEFAULT_RIDGE = 1e-3
+Weighting = Literal["layernorm", "uniform"]
+WEIGHTINGS: tuple[str, ...] = ("layernorm", "uniform")
+DEFAULT_RIDGE = 1e-2
 
 
 class _Stop(Exception):
@@ -91,8 +117,9 @@ class DenseTargets:
     """The dense model's pre-LayerNorm sums on calibration batches, computed once, reused across policies.
 
     ``attn_sums[j][b]`` / ``ffn_sums[j][b]``: dense layer ``j``'s LayerNorm input after the attention /
-    FFN sublayer on batch ``b`` (``[rows, length, hidden]``, padding positions included; the fit
-    reads only ``token_masks[b]``).
+    FFN sublayer on batch ``b``, at that batch's real tokens (``token_masks[b]``): ``[tokens, hidden]``.
+    The fit's token weights and the relative errors' denominators are derived from them once, on
+    first use.
     """
 
     batches: list[dict[str, torch.Tensor]]
@@ -100,7 +127,8 @@ class DenseTargets:
     attn_sums: list[list[torch.Tensor]]
     ffn_sums: list[list[torch.Tensor]]
     seconds: float = 0.0
-    _spread: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)
+    _weights: dict[tuple[str, int, str], list[torch.Tensor | None]] = field(default_factory=dict, repr=False)
+    _spread: dict[tuple[str, int, str], float] = field(default_factory=dict, repr=False)
 
     @property
     def num_layers(self) -> int:
@@ -110,16 +138,33 @@ class DenseTargets:
     def tokens(self) -> int:
         return int(sum(int(m.sum()) for m in self.token_masks))
 
-    def spread(self, sublayer: str, layer: int) -> float:
-        """``|S_dense - mean(S_dense)|^2`` over the calibration tokens (the denominator of relative errors)."""
-        key = (sublayer, layer)
+    def rows(self, sublayer: str, layer: int, batch: int) -> torch.Tensor:
+        """Dense layer ``layer``'s LayerNorm input after ``sublayer`` (attn / ffn) at batch ``batch``'s real tokens."""
+        return (self.attn_sums if sublayer == "attn" else self.ffn_sums)[layer][batch]
+
+    def weights(self, sublayer: str, layer: int, batch: int, weighting: str) -> torch.Tensor | None:
+        """The fit's token weights at those rows (:func:`token_weights`; None: uniform)."""
+        key = (sublayer, layer, weighting)
+        if key not in self._weights:
+            self._weights[key] = [token_weights(self.rows(sublayer, layer, b), weighting)
+                                  for b in range(len(self.batches))]
+        return self._weights[key][batch]
+
+    def spread(self, sublayer: str, layer: int, weighting: str = "uniform") -> float:
+        """``sum_t w_t |S_t - mean_w(S)|^2`` over the calibration tokens ``t`` of the dense sums ``S``, with
+        the fit's token weights ``w`` (the denominator of the relative errors)."""
+        key = (sublayer, layer, weighting)
         if key not in self._spread:
-            sums = (self.attn_sums if sublayer == "attn" else self.ffn_sums)[layer]
-            rows = [s[m] for s, m in zip(sums, self.token_masks)]
-            n = sum(r.shape[0] for r in rows)
-            total = sum(float(r.double().pow(2).sum()) for r in rows)
-            mean_sq = float(sum(r.double().sum(0) for r in rows).pow(2).sum()) / max(n, 1)
-            self._spread[key] = max(total - mean_sq, 1e-30)
+            total = wsum = 0.0
+            first = torch.zeros(self.attn_sums[layer][0].shape[-1], dtype=torch.float64)
+            for b in range(len(self.batches)):
+                r = self.rows(sublayer, layer, b).double()
+                w = self.weights(sublayer, layer, b, weighting)
+                w = torch.ones(r.shape[0], dtype=torch.float64) if w is None else w.double()
+                total += float((w[:, None] * r.pow(2)).sum())
+                first += (w[:, None] * r).sum(0)
+                wsum += float(w.sum())
+            self._spread[key] = max(total - float(first.pow(2).sum()) / max(wsum, 1e-30), 1e-30)
         return self._spread[key]
 
     @classmethod
@@ -134,9 +179,11 @@ class DenseTargets:
         attn: list[list[torch.Tensor]] = [[] for _ in layers]
         ffn: list[list[torch.Tensor]] = [[] for _ in layers]
 
+        current: dict[str, torch.Tensor] = {}
+
         def sink(store: list[list[torch.Tensor]], j: int):
             def hook(module: nn.Module, args: tuple) -> None:
-                store[j].append(args[0].float().clone())
+                store[j].append(args[0][current["mask"]].float().clone())
             return hook
 
         handles = []
@@ -147,6 +194,7 @@ class DenseTargets:
         dense.eval()
         try:
             for b in kept:
+                current["mask"] = _token_mask(b)
                 dense(**b)
         finally:
             for h in handles:
@@ -169,7 +217,7 @@ class _Stats:
     xty: torch.Tensor = field(init=False)
     sx: torch.Tensor = field(init=False)
     sy: torch.Tensor = field(init=False)
-    n: int = 0
+    n: float = 0.0
 
     def __post_init__(self) -> None:
         self.xtx = torch.zeros(self.k, self.k, dtype=torch.float64)
@@ -177,14 +225,16 @@ class _Stats:
         self.sx = torch.zeros(self.k, dtype=torch.float64)
         self.sy = torch.zeros(self.out, dtype=torch.float64)
 
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One batch of rows (``x``: ``[n, k]``, ``y``: ``[n, out]``); products in float32, sums in float64."""
+    def add(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        """One batch of rows (``x``: ``[n, k]``, ``y``: ``[n, out]``, optional row weights ``[n]``);
+        products in float32, sums in float64."""
         x, y = x.float(), y.float()
-        self.xtx += (x.T @ x).double()
-        self.xty += (x.T @ y).double()
-        self.sx += x.sum(0).double()
-        self.sy += y.sum(0).double()
-        self.n += int(x.shape[0])
+        xw = x if weight is None else x * weight.float()[:, None]
+        self.xtx += (xw.T @ x).double()
+        self.xty += (xw.T @ y).double()
+        self.sx += xw.sum(0).double()
+        self.sy += (y if weight is None else y * weight.float()[:, None]).sum(0).double()
+        self.n += float(x.shape[0]) if weight is None else float(weight.double().sum())
 
     def _strength(self, ridge: float, diag: torch.Tensor) -> float:
         return float(ridge) * float(diag.mean()) if diag.numel() else 0.0
@@ -300,8 +350,9 @@ class _Capture:
             h.remove()
 
 
-def _sq(a: torch.Tensor) -> float:
-    return float(a.double().pow(2).sum())
+def _sq(a: torch.Tensor, w: torch.Tensor | None) -> float:
+    per_row = a.float().pow(2).sum(1).double()
+    return float(per_row.sum() if w is None else (w.double() * per_row).sum())
 
 
 def _fit(linear: nn.Linear, stats: _Stats, *, method: Method, width: int, ridge: float) -> None:
@@ -313,6 +364,18 @@ def _fit(linear: nn.Linear, stats: _Stats, *, method: Method, width: int, ridge:
         linear.weight.copy_(w.to(linear.weight))
         if b is not None:
             linear.bias.copy_(b.to(linear.bias))
+
+
+def token_weights(target: torch.Tensor, weighting: str) -> torch.Tensor | None:
+    """Row weights of a fit whose target rows (tokens) are ``target`` (``[tokens, hidden]``): None for
+    ``uniform``; for ``layernorm`` one over each dense row's variance across the hidden size, the
+    scale its LayerNorm divides by, so the weighted squared error of a sum is (to first order) the
+    squared error of its LayerNorm's output."""
+    if weighting == "uniform":
+        return None
+    if weighting == "layernorm":
+        return 1.0 / (target.float().var(dim=1, unbiased=False) + 1e-6)
+    raise PolicyError(f"unknown reconstruction weighting '{weighting}'; choose one of {', '.join(WEIGHTINGS)}")
 
 
 def _first_layer_inputs(pruned: nn.Module, block: nn.Module,
@@ -338,7 +401,7 @@ def _first_layer_inputs(pruned: nn.Module, block: nn.Module,
 def reconstruct_layers(pruned: nn.Module, dense: nn.Module | DenseTargets,
                        batches: Iterable[dict[str, torch.Tensor]] | None = None, *,
                        layer_map: Sequence[int] | None = None, ridge: float = DEFAULT_RIDGE,
-                       method: Method = "projection") -> list[dict[str, float]]:
+                       method: Method = "projection", weighting: Weighting = "layernorm") -> list[dict[str, float]]:
     """Re-fit the output projections of ``pruned`` (in place) so each layer reproduces ``dense``'s.
 
     ``dense`` is the dense model (then ``batches`` are the calibration batches) or a
@@ -357,6 +420,8 @@ def reconstruct_layers(pruned: nn.Module, dense: nn.Module | DenseTargets,
         raise PolicyError(f"unknown reconstruction method '{method}'; choose one of {', '.join(METHODS)}")
     if ridge < 0:
         raise PolicyError(f"reconstruction ridge must be >= 0, got {ridge}")
+    if weighting not in WEIGHTINGS:
+        raise PolicyError(f"unknown reconstruction weighting '{weighting}'; choose one of {', '.join(WEIGHTINGS)}")
     if isinstance(dense, DenseTargets):
         if batches is not None:
             raise PolicyError("reconstruct_layers: give calibration batches or DenseTargets, not both "
@@ -389,11 +454,12 @@ def reconstruct_layers(pruned: nn.Module, dense: nn.Module | DenseTargets,
                 err = 0.0
                 for bi, m in enumerate(masks):
                     cap.run(parts.block, hidden[bi], calls[bi], stop_at="attn")
-                    g, target = cap.got, targets.attn_sums[j][bi][m]
+                    g, target = cap.got, targets.rows("attn", j, bi)
+                    w = targets.weights("attn", j, bi, weighting)
                     s = g["attn_s"][m]
-                    stats.add(g["attn_x"][m], target - (s - g["attn_o"][m]))
-                    err += _sq(s - target)
-                rec["attn_error_before"] = err / targets.spread("attn", j)
+                    stats.add(g["attn_x"][m], target - (s - g["attn_o"][m]), w)
+                    err += _sq(s - target, w)
+                rec["attn_error_before"] = err / targets.spread("attn", j, weighting)
                 _fit(parts.attn_out, stats, method=method, width=parts.head_dim, ridge=ridge)
                 # FFN: the same at the re-fitted attention's output
                 stats = _Stats(parts.num_neurons, parts.ffn_out.out_features)
@@ -401,14 +467,16 @@ def reconstruct_layers(pruned: nn.Module, dense: nn.Module | DenseTargets,
                 kept: list[tuple[torch.Tensor, torch.Tensor]] = []
                 for bi, m in enumerate(masks):
                     cap.run(parts.block, hidden[bi], calls[bi], stop_at="ffn")
-                    g, target = cap.got, targets.ffn_sums[j][bi][m]
+                    g, target = cap.got, targets.rows("ffn", j, bi)
+                    w = targets.weights("ffn", j, bi, weighting)
                     residual = g["ffn_s"] - g["ffn_o"]
                     kept.append((g["ffn_x"], residual))
-                    stats.add(g["ffn_x"][m], target - residual[m])
-                    err += _sq(g["ffn_s"][m] - target)
-                    err_attn += _sq(g["attn_s"][m] - targets.attn_sums[j][bi][m])
-                rec["attn_error_after"] = err_attn / targets.spread("attn", j)
-                rec["ffn_error_before"] = err / targets.spread("ffn", j)
+                    stats.add(g["ffn_x"][m], target - residual[m], w)
+                    err += _sq(g["ffn_s"][m] - target, w)
+                    err_attn += _sq(g["attn_s"][m] - targets.rows("attn", j, bi),
+                                    targets.weights("attn", j, bi, weighting))
+                rec["attn_error_after"] = err_attn / targets.spread("attn", j, weighting)
+                rec["ffn_error_before"] = err / targets.spread("ffn", j, weighting)
                 _fit(parts.ffn_out, stats, method=method, width=1, ridge=ridge)
                 # the layer's output, from what was kept: ffn_norm(ffn_out(x) + residual)
                 cap.stop_at = None
@@ -429,8 +497,8 @@ def reconstruct_layers(pruned: nn.Module, dense: nn.Module | DenseTargets,
                     else:
                         hidden[bi] = cap.run(parts.block, hidden[bi], calls[bi], stop_at=None)
                         s = cap.got["ffn_s"]
-                    err += _sq(s[m] - targets.ffn_sums[j][bi][m])
-                rec["ffn_error_after"] = err / targets.spread("ffn", j)
+                    err += _sq(s[m] - targets.rows("ffn", j, bi), targets.weights("ffn", j, bi, weighting))
+                rec["ffn_error_after"] = err / targets.spread("ffn", j, weighting)
             finally:
                 cap.remove()
             logger.debug("layer %d: attention error %.4f -> %.4f, FFN error %.4f -> %.4f", i,

@@ -67,18 +67,23 @@ def _sums(model, batches) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     return [torch.cat(a) for a in attn], [torch.cat(f) for f in ffn]
 
 
-def _rel(s: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((s - ref).pow(2).sum() / (ref - ref.mean(0)).pow(2).sum())
+def _rel(s: torch.Tensor, ref: torch.Tensor, weighting: str = "layernorm") -> float:
+    """Relative squared error of ``s`` against ``ref`` (rows = tokens), rows weighted as the fit weights them:
+    ``layernorm`` by one over the reference row's variance (what its LayerNorm divides by)."""
+    w = torch.ones(ref.shape[0]) if weighting == "uniform" else 1 / (ref.var(dim=1, unbiased=False) + 1e-6)
+    mean = (w[:, None] * ref).sum(0) / w.sum()
+    return float((w[:, None] * (s - ref).pow(2)).sum() / (w[:, None] * (ref - mean).pow(2)).sum())
 
 
-@pytest.mark.parametrize("method", ["projection", "scales"])
-def test_reconstruction_never_increases_a_layers_calibration_error(tmp_path, method):
+@pytest.mark.parametrize("method,weighting", [("projection", "layernorm"), ("scales", "layernorm"),
+                                              ("projection", "uniform")])
+def test_reconstruction_never_increases_a_layers_calibration_error(tmp_path, method, weighting):
     dense = _model(tmp_path / "m", layers=3)
     batches = _batches()
     kh, kn = _kept(dense, 0.5, 0.75)
     cut = prune_structured(copy.deepcopy(dense), kh, kn)
     fitted = prune_structured(copy.deepcopy(dense), kh, kn)
-    records = reconstruct_layers(fitted, dense, batches, method=method)
+    records = reconstruct_layers(fitted, dense, batches, method=method, weighting=weighting)
     d_attn, d_ffn = _sums(dense, batches)
     c_attn, c_ffn = _sums(cut, batches)
     f_attn, f_ffn = _sums(fitted, batches)
@@ -87,13 +92,13 @@ def test_reconstruction_never_increases_a_layers_calibration_error(tmp_path, met
         assert r["attn_error_after"] <= r["attn_error_before"] + 1e-9
         assert r["ffn_error_after"] <= r["ffn_error_before"] + 1e-9
         # the records are what the re-fitted model computes (hooks of this test, not the module's)
-        assert r["attn_error_after"] == pytest.approx(_rel(f_attn[i], d_attn[i]), rel=1e-3)
-        assert r["ffn_error_after"] == pytest.approx(_rel(f_ffn[i], d_ffn[i]), rel=1e-3)
+        assert r["attn_error_after"] == pytest.approx(_rel(f_attn[i], d_attn[i], weighting), rel=1e-3)
+        assert r["ffn_error_after"] == pytest.approx(_rel(f_ffn[i], d_ffn[i], weighting), rel=1e-3)
         # and better than no reconstruction at all, layer by layer
-        assert _rel(f_attn[i], d_attn[i]) <= _rel(c_attn[i], d_attn[i])
-        assert _rel(f_ffn[i], d_ffn[i]) <= _rel(c_ffn[i], d_ffn[i])
+        assert _rel(f_attn[i], d_attn[i], weighting) <= _rel(c_attn[i], d_attn[i], weighting)
+        assert _rel(f_ffn[i], d_ffn[i], weighting) <= _rel(c_ffn[i], d_ffn[i], weighting)
     # layer 0 sees the same input with and without reconstruction: "before" is the plain cut's error
-    assert records[0]["attn_error_before"] == pytest.approx(_rel(c_attn[0], d_attn[0]), rel=1e-3)
+    assert records[0]["attn_error_before"] == pytest.approx(_rel(c_attn[0], d_attn[0], weighting), rel=1e-3)
     assert records[-1]["ffn_error_after"] < records[-1]["ffn_error_before"]
 
 
@@ -207,6 +212,8 @@ def test_bad_reconstruction_input_is_one_clear_error(tmp_path):
         reconstruct_layers(pruned, targets, layer_map=[0, 5])
     with pytest.raises(PolicyError, match="unknown reconstruction method 'lsq'; choose one of projection, scales"):
         reconstruct_layers(pruned, targets, method="lsq")  # type: ignore[arg-type]
+    with pytest.raises(PolicyError, match="unknown reconstruction weighting 'l2'; choose one of layernorm, uniform"):
+        reconstruct_layers(pruned, targets, weighting="l2")  # type: ignore[arg-type]
     with pytest.raises(PolicyError, match="at least one calibration batch"):
         DenseTargets.compute(dense, [])
 
