@@ -24,7 +24,7 @@ model, as speed depends on shapes only): on a shared machine one timing catches 
 Calibration points, trial results and timing passes are cached in ``runs/layer_dropping/cache.json`` so an
 interrupted run resumes.
 
-The table is printed, written between markers into ``docs/_section_layer_dropping.md`` and, with the
+The table is printed, written between markers into ``docs/results/layer_dropping.md`` and, with the
 command, date and commit, into ``docs/results/layer_dropping.json``.
 
     .venv/bin/python benchmarks/layer_dropping.py [--steps 300] [--lr 3e-5] [--targets 1.5,2.0]
@@ -339,7 +339,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3, help="round-robin timing passes over the trained cuts")
     ap.add_argument("--cache", type=Path, default=Path("runs") / "layer_dropping" / "cache.json")
     ap.add_argument("--calibrate-only", action="store_true", help="time the cuts, print the plan, train nothing")
-    ap.add_argument("--md", type=Path, default=ROOT / "docs" / "_section_layer_dropping.md")
+    ap.add_argument("--md", type=Path, default=ROOT / "docs" / "results" / "layer_dropping.md")
     add_results_option(ap, "layer_dropping")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Multi-fidelity search against random search at the full budget, at equal wall time per arm.
 
-The protocol (written before any run; ``docs/_section_multifidelity.md`` states it with its decision rule):
+The protocol (written before any run; docs/BENCHMARKS.md, "Multi-fidelity search against random search at equal wall time", states it with its decision rule):
 
 ``search`` phase, on the reference space (``search_spaces/minilm_sst2.yaml``: MiniLM-L6 / SST-2, trials
 scored on the validation rows as in every search):

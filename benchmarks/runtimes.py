@@ -18,7 +18,7 @@ torchao (``Int8DynamicActivationInt8WeightConfig``, eager) is timed on the dense
 
     PYTHONPATH=. .venv/bin/python benchmarks/runtimes.py [--repeats 15] [--model SAVED_DIR ...]
 
-Writes docs/results/runtimes.json and docs/_section_runtimes.md.
+Writes docs/results/runtimes.json and docs/results/runtimes.md.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], help="also a saved pruned model directory "
                     "(prune --save / export): timed and its int8 ONNX accuracy scored")
     ap.add_argument("--out-json", default=str(ROOT / "docs" / "results" / "runtimes.json"))
-    ap.add_argument("--out-md", default=str(ROOT / "docs" / "_section_runtimes.md"))
+    ap.add_argument("--out-md", default=str(ROOT / "docs" / "results" / "runtimes.md"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("autoprune").setLevel(logging.WARNING)
