@@ -165,7 +165,8 @@ class TrialRecord:
         return (self.datetime_complete - self.datetime_start).total_seconds()
 
 
-def _record(trial: Any) -> TrialRecord:
+def record_of(trial: Any) -> TrialRecord:
+    """One Optuna ``FrozenTrial`` as a :class:`TrialRecord`."""
     from autoprune.search._driver import T_NODE, counts
 
     ua = trial.user_attrs
@@ -193,7 +194,7 @@ def trial_records(study: Any) -> list[TrialRecord]:
         >>> [(r.number, r.state, r.label, r.counted, r.summary) for r in trial_records(s)]
         [(0, 'COMPLETE', 'complete', True, 'l1 x1'), (1, 'FAIL', 'duplicate skipped', False, '')]
     """
-    return sorted((_record(t) for t in study.get_trials(deepcopy=False)), key=lambda r: r.number)
+    return sorted((record_of(t) for t in study.get_trials(deepcopy=False)), key=lambda r: r.number)
 
 
 Trials = Union[Any, Sequence[TrialRecord]]  # an optuna.Study or records already read from one
@@ -470,4 +471,4 @@ def record_result(study: Any, policy: Any, result: Any, **user_attrs: Any) -> in
 
 __all__ = ["REF_MARGIN", "RungInfo", "StudyInfo", "StudyLocation", "TrialRecord", "rungs", "completed_trials", "counted_trials",
            "create_study", "dense_accuracy", "front", "hypervolume", "load_study", "locate", "record_result",
-           "reference_point", "study_info", "top_rung", "trial_records"]
+           "record_of", "reference_point", "study_info", "top_rung", "trial_records"]

@@ -26,8 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from autoprune._yaml import read_yaml_mapping  # noqa: E402
-from autoprune.errors import AutopruneError, ConfigError  # noqa: E402
+from autoprune.errors import AutopruneError  # noqa: E402
 
 
 def main() -> None:
@@ -39,11 +38,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    import yaml
 
     from autoprune.search import run_search, space_from_dict
 
     base = ROOT / "search_spaces"
-    raw = read_yaml_mapping(base / "quickstart.yaml", ConfigError)
+    raw = yaml.safe_load((base / "quickstart.yaml").read_text(encoding="utf-8"))
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="gpu_search_")
     raw["config"]["run_dir"] = str(Path(run_dir).resolve())
     raw["config"]["measure"] = {"threads": 1, "warmup": 3, "repeats": 15, "batch1": True, "targets": [

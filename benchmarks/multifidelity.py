@@ -61,7 +61,7 @@ from benchmarks.minilm_sst2 import archive  # noqa: E402
 
 from autoprune.errors import AutopruneError  # noqa: E402
 from autoprune.search import load_search_space, run_search  # noqa: E402
-from autoprune.search._space import SearchSpace  # noqa: E402
+from autoprune.search import SearchSpace  # noqa: E402
 from autoprune.study import (TrialRecord, completed_trials, counted_trials, hypervolume, rungs,  # noqa: E402
                              trial_records)
 

@@ -3,7 +3,7 @@
 mid-trial, inject a NaN result and a raising trial; then check the study lost nothing.
 
 Loopback only and bounded in time (``--time-limit``). Trials are the fake of
-``autoprune.search._fake`` (sleep, plausible metrics) with its ``fault_dir`` hook; the model is a tiny
+``autoprune.testing`` (sleep, plausible metrics) with its ``fault_dir`` hook; the model is a tiny
 BERT config written to the work folder (only its depth is read). Each driver is a separate process
 (``python scripts/chaos_search.py driver ...``) that starts its own local Ray on 127.0.0.1; after a
 SIGKILL the Ray processes it left behind (found by its Ray temp folder) are killed too, then the same
@@ -67,7 +67,7 @@ def driver_main(space_file: str, storage: str, sleep: float, fault_dir: str, stu
     import functools
 
     from autoprune.search import run_search, space_from_dict
-    from autoprune.search._fake import fake_trial
+    from autoprune.testing import fake_trial
 
     raw = json.loads(Path(space_file).read_text())
     space = space_from_dict(raw, space_file, None)
@@ -130,7 +130,7 @@ def snapshot(url: str, study: str = STUDY) -> list[Any]:
     """All trials of the study (FrozenTrial), or [] when it does not exist yet. Only call with no driver running."""
     import optuna
 
-    from autoprune.search._storage import get_storage
+    from autoprune.search import get_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
@@ -143,15 +143,15 @@ def snapshot(url: str, study: str = STUDY) -> list[Any]:
 
 
 def _reason(t: Any) -> str:
-    from autoprune import _study as S
+    from autoprune.study import record_of
 
-    return str(t.user_attrs.get(S.T_FAIL) or "")
+    return str(record_of(t).reason or "")
 
 
 class Chaos:
     def __init__(self, work: Path, storage: str | None, n_trials: int, kills: int, sleep: float, seed: int,
                  time_limit: float, log: Any = print, study: str = STUDY) -> None:
-        from autoprune.search._dispatch import ray_temp_dir
+        from autoprune.search import ray_temp_dir
 
         self.work = work
         self.study = study
@@ -306,7 +306,8 @@ class Chaos:
     def check(self) -> dict[str, Any]:
         from optuna.trial import TrialState
 
-        from autoprune.search._driver import _policy_key, counted
+        from autoprune.search import policy_key
+        from autoprune.study import counted_trials, record_of
 
         trials = self.record()
         by_num = {t.number: t for t in trials}
@@ -317,7 +318,7 @@ class Chaos:
         keys: dict[str, int] = {}
         dups = []
         for t in complete:
-            key = _policy_key(t.user_attrs.get("policy") or {k: v for k, v in t.params.items()})
+            key = policy_key(t.user_attrs.get("policy") or {k: v for k, v in t.params.items()})
             if key in keys:
                 dups.append((keys[key], t.number))
             keys.setdefault(key, t.number)
@@ -326,7 +327,7 @@ class Chaos:
                  if "retry_of" in t.user_attrs and by_num.get(t.user_attrs["retry_of"]) is not None
                  and by_num[t.user_attrs["retry_of"]].state == TrialState.COMPLETE]
         left = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-        n_counted = counted(trials)
+        n_counted = len(counted_trials([record_of(t) for t in trials]))
         reasons = {t.number: _reason(t) for t in trials if t.state == TrialState.FAIL}
         nan = [n for n, r in reasons.items() if "non-finite" in r]
         raised = [n for n, r in reasons.items() if "injected fault" in r]
@@ -350,7 +351,7 @@ class Chaos:
 
 
 def _mask(url: str) -> str:
-    from autoprune.search._storage import mask_url
+    from autoprune.search import mask_url
 
     return mask_url(url)
 

@@ -26,8 +26,9 @@ from autoprune.search._driver import _policy_key as policy_key
 from autoprune.search._driver import default_study_name, make_sampler, resume, run_search, study_status
 from autoprune.search._executor import InProcessExecutor, RayExecutor, TrialJob
 from autoprune.search._space import SearchSpace, load_search_space, space_from_dict
-from autoprune.search._storage import check_study_name, default_storage, mask_url, open_study
+from autoprune.search._dispatch import ray_temp_dir
+from autoprune.search._storage import check_study_name, default_storage, get_storage, mask_url, open_study
 
 __all__ = ["SearchSpace", "load_search_space", "space_from_dict", "run_search", "resume", "study_status",
            "open_study", "mask_url", "default_storage", "default_study_name", "check_study_name", "make_sampler",
-           "policy_key", "RayExecutor", "InProcessExecutor", "TrialJob"]
+           "policy_key", "get_storage", "ray_temp_dir", "RayExecutor", "InProcessExecutor", "TrialJob"]
