@@ -167,3 +167,14 @@ def readonly_dir(tmp_path) -> Path:
         pytest.skip("no folder that this process cannot write in")
     yield p
     (tmp_path / "readonly").chmod(0o755)
+
+
+def token_batch(seed: int = 0) -> dict:
+    """A 3 x 12 batch of random token ids of the tiny vocabulary, the second row padded after 8 tokens."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 30, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    return {"input_ids": ids, "attention_mask": mask}

@@ -14,15 +14,10 @@ from autoprune.errors import PolicyError
 from autoprune.models import get_adapter, load_model
 from autoprune.policy import PruningPolicy
 from autoprune.pruner import PruneRecord, apply_record, prune, text_batches
-from conftest import NEG, POS, make_tiny_model
+from conftest import NEG, POS, make_tiny_model, token_batch
 
 
-def _batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 30, (3, 12), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+_batch = token_batch
 
 
 @torch.no_grad()

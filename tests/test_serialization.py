@@ -17,15 +17,10 @@ from autoprune.pruner import prune
 from autoprune.quantize import quantize_dynamic_int8
 from autoprune.serialization import load_pruned, load_record, save_pruned
 from autoprune.surgery import drop_layers, prune_structured
-from conftest import REPO, make_tiny_model
+from conftest import REPO, make_tiny_model, token_batch
 
 
-def _batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 30, (3, 12), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+_batch = token_batch
 
 
 @torch.no_grad()

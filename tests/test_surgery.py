@@ -11,17 +11,12 @@ from autoprune.errors import ModelError, PolicyError
 from autoprune.criteria import n_removed
 from autoprune.models import get_adapter, load_model
 from autoprune.surgery import encoder_weight_sparsity, prune_structured, prune_unstructured
-from conftest import make_tiny_model
+from conftest import make_tiny_model, token_batch
 
 ARCHS = ["bert", "distilbert", "roberta"]
 
 
-def _batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 30, (3, 12), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 8:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+_batch = token_batch
 
 
 @pytest.fixture(params=ARCHS)
