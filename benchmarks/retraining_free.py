@@ -526,7 +526,6 @@ class Bench:
                 "retrain_lr": a.retrain_lr, "arms": arms}
 
     def levers(self) -> list[dict[str, Any]]:
-        a = self.args
         grid: list[dict[str, Any]] = []
         proj = {"method": "projection"}
         for w in ("uniform", "layernorm"):  # rows weighted uniformly / by the dense LayerNorm's 1/variance

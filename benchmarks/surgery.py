@@ -33,19 +33,18 @@ from benchmarks.common import ROOT, add_results_option, run, write_results  # no
 
 from autoprune.config import load_config  # noqa: E402
 from autoprune.data import eval_batches, train_batches  # noqa: E402
-from autoprune.importance import accumulate_gradients, keep_top, n_removed, score_structured  # noqa: E402
+from autoprune.criteria import get_criterion  # noqa: E402
 from autoprune.measure import count_flops, evaluate, measure_speed  # noqa: E402
 from autoprune.models import get_adapter, load_model  # noqa: E402
-from autoprune.surgery import prune_structured  # noqa: E402
+from autoprune.policy import PruningPolicy  # noqa: E402
+from autoprune.pruner import prune  # noqa: E402
 from autoprune.train import ensure_baseline, load_baseline_metrics, load_task_data, load_tokenizer  # noqa: E402
 
 
-def prune_uniform(model, criterion: str, heads: float, ffn: float, seed: int = 0) -> None:
-    adapter = get_adapter(model)
-    h0, f0 = adapter.shape(model)
-    hs, ns = score_structured(model, criterion, seed=seed)
-    prune_structured(model, [keep_top(hs[i], h0[i] - n_removed(h0[i], heads)) for i in range(len(h0))],
-                     [keep_top(ns[i], f0[i] - n_removed(f0[i], ffn)) for i in range(len(f0))])
+def prune_uniform(model, criterion: str, heads: float, ffn: float, calibration=None, seed: int = 0) -> None:
+    """Cut ``heads`` / ``ffn`` of every layer by ``criterion`` with :func:`autoprune.prune` (no retraining)."""
+    depth = len(get_adapter(model).layers(model))
+    prune(model, PruningPolicy.uniform(criterion, depth, heads=heads, ffn=ffn, retrain_steps=0), calibration, seed=seed)
 
 
 def main() -> None:
@@ -98,7 +97,7 @@ def main() -> None:
     tok = load_tokenizer(cfg)
     task = load_task_data(cfg, tok)
     base = load_model(str(bdir)).eval()
-    print(f"\n## Test accuracy right after pruning (no retraining), heads and FFN pruned uniformly\n")
+    print("\n## Test accuracy right after pruning (no retraining), heads and FFN pruned uniformly\n")
     print(f"dense baseline: {metrics['steps']} steps at batch {metrics['settings']['batch_size']}, "
           f"test accuracy {metrics['test_accuracy']:.4f} (n={metrics['test_n']}), "
           f"validation {metrics['validation_accuracy']:.4f}; {bdir}\n")
@@ -111,10 +110,11 @@ def main() -> None:
         row = []
         for s in sp[1:]:
             m = copy.deepcopy(base)
-            if crit == "gradient":
+            calib = None
+            if get_criterion(crit).needs_gradients:
                 it = train_batches(task.train, 32, seed=7, pad_id=task.pad_token_id)
-                accumulate_gradients(m, (next(it) for _ in range(cfg.calibration_batches)))
-            prune_uniform(m, crit, s, s)
+                calib = [next(it) for _ in range(cfg.calibration_batches)]
+            prune_uniform(m, crit, s, s, calib)
             acc = evaluate(m, eval_batches(task.test, 128, task.pad_token_id), task.num_labels).accuracy
             row.append(f"{acc:.4f}")
             accuracy.setdefault(crit, {})[str(s)] = acc
