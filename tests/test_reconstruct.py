@@ -102,16 +102,20 @@ def test_reconstruction_never_increases_a_layers_calibration_error(tmp_path, met
     assert records[-1]["ffn_error_after"] < records[-1]["ffn_error_before"]
 
 
+@torch.no_grad()
+def _silence_cut_units(model, kept_heads, kept_neurons) -> None:
+    """Zero the output-projection columns of every head and neuron not kept, so they contribute nothing."""
+    for p, heads, neurons in zip(get_adapter(model).layers(model), kept_heads, kept_neurons):
+        for h in set(range(p.num_heads)) - set(heads):
+            p.attn_out.weight[:, h * p.head_dim:(h + 1) * p.head_dim] = 0
+        for n in set(range(p.num_neurons)) - set(neurons):
+            p.ffn_out.weight[:, n] = 0
+
+
 def test_recovers_the_dense_output_when_the_removed_units_contributed_nothing(tmp_path):
     dense = _model(tmp_path / "z")
     kh, kn = _kept(dense)
-    layers = get_adapter(dense).layers(dense)
-    with torch.no_grad():  # the units that will be cut write nothing: the dense model does not need them
-        for p, heads, neurons in zip(layers, kh, kn):
-            for h in set(range(p.num_heads)) - set(heads):
-                p.attn_out.weight[:, h * p.head_dim:(h + 1) * p.head_dim] = 0
-            for n in set(range(p.num_neurons)) - set(neurons):
-                p.ffn_out.weight[:, n] = 0
+    _silence_cut_units(dense, kh, kn)  # the units that will be cut write nothing: the dense model does not need them
     pruned = prune_structured(copy.deepcopy(dense), kh, kn)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():  # and what is kept was disturbed after the cut
@@ -137,13 +141,7 @@ def test_recovers_the_dense_output_when_the_removed_units_contributed_nothing(tm
 def test_scales_recover_a_per_unit_rescaling(tmp_path):
     dense = _model(tmp_path / "s")
     kh, kn = _kept(dense)
-    layers = get_adapter(dense).layers(dense)
-    with torch.no_grad():
-        for p, heads, neurons in zip(layers, kh, kn):
-            for h in set(range(p.num_heads)) - set(heads):
-                p.attn_out.weight[:, h * p.head_dim:(h + 1) * p.head_dim] = 0
-            for n in set(range(p.num_neurons)) - set(neurons):
-                p.ffn_out.weight[:, n] = 0
+    _silence_cut_units(dense, kh, kn)
     pruned = prune_structured(copy.deepcopy(dense), kh, kn)
     g = torch.Generator().manual_seed(6)
     with torch.no_grad():
