@@ -294,14 +294,16 @@ def layer_weight_sparsity(model: nn.Module) -> list[float]:
 
 # ----------------------------------------------------------------------------- the call
 def prune(model: nn.Module, policy: PruningPolicy, calibration_batches: Iterable[Batch] | None = None, *,
-          dense: nn.Module | None = None, seed: int | None = None, fraction: float = 1.0,
+          dense: Any = None, seed: int | None = None, fraction: float = 1.0,
           previous: PruneRecord | None = None, replay: PruneRecord | None = None) -> PruneRecord:
     """Prune ``model`` in place by ``policy`` (no training) and return what was kept.
 
     * ``calibration_batches``: model input dicts, labelled (``labels``) for criteria that need
       gradients; reconstruction fits on them too. Read once into a list.
     * ``dense``: the unpruned model reconstruction matches (default: a copy of ``model`` taken
-      before the first cut).
+      before the first cut), or its :class:`~autoprune.reconstruct.DenseTargets` computed once on
+      the calibration batches (then reconstruction fits on those batches, and
+      ``calibration_batches`` are needed only by criteria that score with gradients).
     * ``seed``: the seed of random criteria (default ``policy.seed * 1000 + step``, as in a trial).
     * ``fraction`` and ``previous``: one step of an iterative schedule, cutting to ``fraction`` of
       the policy's sparsities from the state ``previous`` (the record the last step returned)
@@ -356,12 +358,14 @@ def prune(model: nn.Module, policy: PruningPolicy, calibration_batches: Iterable
     return record
 
 
-def _reconstruct(model: nn.Module, dense: nn.Module | None, batches: list[Batch] | None, record: PruneRecord,
+def _reconstruct(model: nn.Module, dense: Any, batches: list[Batch] | None, record: PruneRecord,
                  policy: PruningPolicy) -> list[dict[str, Any]]:
     """Re-fit every pruned layer to its dense layer (``layer_map[i]``: the dense index of pruned layer ``i``)."""
-    from autoprune.reconstruct import reconstruct_layers
+    from autoprune.reconstruct import DenseTargets, reconstruct_layers
 
-    if not batches:
+    if isinstance(dense, DenseTargets):
+        batches = None  # the targets carry the batches they were computed on
+    elif not batches:
         raise PolicyError("reconstruct: least_squares needs calibration batches (the model inputs it fits on)")
     kw: dict[str, Any] = {"layer_map": record.remaining_layers()}
     if policy.calibration is not None and policy.calibration.ridge is not None:

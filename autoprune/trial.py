@@ -67,6 +67,7 @@ class _Context:
     num_layers: int
     dense_test: EvalMetrics | None = None
     calibration: dict[tuple[int, int], list[dict[str, torch.Tensor]]] = field(default_factory=dict)
+    targets: dict[tuple[int, int], Any] = field(default_factory=dict)
 
     def calibration_batches(self, batch_size: int, n: int) -> list[dict[str, torch.Tensor]]:
         """``n`` training batches of ``batch_size`` from :data:`CALIBRATION_SEED`, drawn once per process."""
@@ -77,6 +78,19 @@ class _Context:
             it = train_batches(self.task.train, batch_size, seed=CALIBRATION_SEED, pad_id=self.task.pad_token_id)
             self.calibration[key] = [next(it) for _ in range(n)]
         return self.calibration[key]
+
+    def dense_targets(self, batch_size: int, n: int) -> Any:
+        """The dense model's layer targets on :meth:`calibration_batches` (a
+        :class:`~autoprune.reconstruct.DenseTargets`), computed once per process: every policy's
+        least-squares reconstruction fits to the same dense sums."""
+        from autoprune.reconstruct import DenseTargets
+
+        key = (batch_size, n)
+        if key not in self.targets:
+            self.targets[key] = DenseTargets.compute(self.dense, self.calibration_batches(batch_size, n))
+            logger.info("dense reconstruction targets on %d calibration batches: %.1f s", n,
+                        self.targets[key].seconds)
+        return self.targets[key]
 
     def dense_on(self, role: str, batch_size: int) -> EvalMetrics:
         """Dense metrics on ``validation`` (computed at load) or ``test`` (computed once, on demand)."""
@@ -149,11 +163,10 @@ class _Run:
                                   num_labels=task.num_labels)
 
 
-def _calibration(run: _Run) -> list[dict[str, torch.Tensor]]:
-    """The calibration batches: training batches of ``retrain.batch_size`` from a fixed seed (cached)."""
+def _calibration_key(run: _Run) -> tuple[int, int]:
+    """Batch size and count of the calibration batches: ``retrain.batch_size``, the policy's count or the run's."""
     pol = run.policy
-    n = (pol.calibration.batches if pol.calibration else None) or run.config.calibration_batches
-    return run.ctx.calibration_batches(pol.retrain.batch_size, n)
+    return pol.retrain.batch_size, (pol.calibration.batches if pol.calibration else None) or run.config.calibration_batches
 
 
 def _prune_step(run: _Run, k: int, k_steps: int, replay: PruneRecord | None) -> None:
@@ -164,9 +177,17 @@ def _prune_step(run: _Run, k: int, k_steps: int, replay: PruneRecord | None) -> 
     pol = run.policy
     scores_need = replay is None and get_criterion(pol.criterion).needs_gradients
     t = time.perf_counter()
-    calib = _calibration(run) if scores_need or pol.reconstruct != "none" else None
+    key = _calibration_key(run)
+    calib = run.ctx.calibration_batches(*key) if scores_need else None
+    dense: Any = run.ctx.dense
+    if pol.reconstruct != "none":
+        # the dense targets do not depend on the policy: on CPU they are computed once per process
+        # (every rung-0 policy of a worker reuses them); on a GPU the fit runs against the dense model
+        on_cpu = next(run.model.parameters()).device.type == "cpu"
+        dense = run.ctx.dense_targets(*key) if on_cpu else run.ctx.dense
+        calib = calib if on_cpu else run.ctx.calibration_batches(*key)
     before = run.record.timings["reconstruction"] if run.record is not None else 0.0
-    run.record = prune(run.model, pol, calib, dense=run.ctx.dense, fraction=k / k_steps, previous=run.record,
+    run.record = prune(run.model, pol, calib, dense=dense, fraction=k / k_steps, previous=run.record,
                        replay=replay)
     reconstruct = run.record.timings["reconstruction"] - before
     run.phases["reconstruct"] += reconstruct

@@ -11,9 +11,13 @@ scored on the validation rows as in every search):
   and its ``promote_fraction``;
 * arm ``random``: the same space without rungs and with Optuna's RandomSampler: random search at the
   full budget, today's baseline;
-* both arms get ``--minutes`` of wall time at each sampler seed of ``--seeds`` (at least 3), the same
-  ``trials_in_flight`` and CPUs; arms run one after another, the order rotated seed by seed so that the
-  load of a shared machine drifts over both arms alike;
+* both arms get ``--minutes`` of wall time at each sampler seed of ``--seeds`` (at least 3). With
+  ``--side-by-side`` (the protocol's setting) the two arms of a seed run at the same time, each in
+  its own process with half the space's ``trials_in_flight`` (one trial at a time on a 2-core
+  machine, one thread each), so whatever else loads the machine loads both arms alike; without it
+  the arms run one after another, the order rotated seed by seed. ``--in-process`` runs each arm's
+  trials in its own process (no Ray): the arms then compare search strategies, not dispatch, and
+  two local Rays need not share one machine;
 * an arm's clock runs only while its search runs (``bench_segments`` on its study: the start and end
   of each run), so a stopped benchmark resumes where it was; the search is started with the time its
   arm has left (``run_search(timeout_s=...)``): no trial starts after it, the trials in flight finish
@@ -24,9 +28,12 @@ scored on the validation rows as in every search):
 * the time the mf arm needed to reach the hypervolume of the 28-trial reference run (0.0648): the arm
   clock at the first top-rung completion whose front reaches it (None: not within the arm's minutes).
 
-``correlation`` phase: ``--n-policies`` (>= 30) random policies of the same space, each run at rung 0
-and at the full budget (a 2-rung copy of the space with ``promote_fraction: 1``, random sampler), and
-the Spearman and Kendall rank correlations of their rung-0 and full-budget validation accuracies.
+``correlation`` phase: every policy the random arms completed at the full budget (random policies of
+the space, not chosen by any rule) is run again at rung 0 (prune + least-squares reconstruction, no
+retraining); the Spearman and Kendall rank correlations of the rung-0 and full-budget validation
+accuracies over them (target: at least 30 policies). Each rung-0 result is stored at once in the
+study ``correlation`` (values: rung-0 accuracy and speedup; user attrs: the policy, its source trial
+and its full-budget accuracy), so a stopped phase resumes where it was.
 
 ``report`` phase: both tables printed and written to ``docs/results/multifidelity.json`` (sections
 ``search`` and ``correlation``); ``archive``: every study (with its rung studies) copied with
@@ -37,10 +44,12 @@ Rung 0 measures speed for real (no latency table): its speedups are interleaved 
 trial's.
 
     .venv/bin/python benchmarks/multifidelity.py [--phases search,correlation,report,archive]
-        [--minutes 60] [--seeds 1,2,3] [--n-policies 30] [-c search_spaces/minilm_sst2.yaml] [--storage URL]
+        [--minutes 60] [--seeds 1,2,3] [--side-by-side] [--in-process] [-c search_spaces/minilm_sst2.yaml]
+        [--config RUN_CONFIG] [--storage URL]
 
-Cost on a 2-core CPU: 2 arms x 3 seeds x 60 min = 6 h for ``search``, about 2 h for ``correlation``
-(30 policies at rung 0 and at the full budget), plus the dense baseline once (51 min) when not cached.
+``--config`` replaces the space's run config, e.g. ``search_spaces/minilm_sst2_finetuned.yaml``: the
+checkpoint the reference recipe trained, used as it is (no 51-minute baseline run). Cost on a 2-core
+CPU side by side: 3 seeds x ``--minutes`` for ``search``, about 20 s a policy for ``correlation``.
 """
 
 from __future__ import annotations
@@ -78,13 +87,14 @@ UNBOUNDED = 1_000_000  # n_trials of a timed arm: its wall time is what ends it
 
 
 # ----------------------------------------------------------------------------- arms and their clocks
-def arm_space(space: SearchSpace, arm: str, seed: int) -> SearchSpace:
+def arm_space(space: SearchSpace, arm: str, seed: int, trials_in_flight: int | None = None) -> SearchSpace:
     """The space one arm searches at one sampler seed (the random arm: no rungs, random sampler)."""
     if arm not in ARMS:
         raise AutopruneError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
     if arm == "mf" and not space.rungs:
         raise AutopruneError(f"{space.source}: the mf arm needs a space with 'rungs'")
-    update: dict[str, Any] = {"seed": seed, "n_trials": UNBOUNDED, "timeout_s": None}
+    update: dict[str, Any] = {"seed": seed, "n_trials": UNBOUNDED, "timeout_s": None,
+                              "trials_in_flight": trials_in_flight or space.trials_in_flight}
     if arm == "random":
         update.update(sampler="random", rungs=None)
     return space.model_copy(update=update)
@@ -160,7 +170,8 @@ def time_to(points: list[tuple[float, TrialRecord]], reference: tuple[float, flo
 
 
 def run_arm(space: SearchSpace, arm: str, seed: int, storage: str, minutes: float,
-            trial_fn: Callable[..., Any] | None = None, executor: Any = None) -> None:
+            trial_fn: Callable[..., Any] | None = None, executor: Any = None,
+            trials_in_flight: int | None = None) -> None:
     """Run (or continue) one arm until its clock reaches ``minutes``; the run's segment is stored even
     when it is interrupted."""
     import optuna
@@ -175,7 +186,7 @@ def run_arm(space: SearchSpace, arm: str, seed: int, storage: str, minutes: floa
     log.info("%s: %.1f of %.0f minutes left", name, left / 60, minutes)
     start = time.time()
     try:
-        run_search(arm_space(space, arm, seed), study_name=name, storage=storage, timeout_s=left, trial_fn=trial_fn,
+        run_search(arm_space(space, arm, seed, trials_in_flight), study_name=name, storage=storage, timeout_s=left, trial_fn=trial_fn,
                    executor=executor, progress=trial_fn is None)
     finally:
         st = optuna.load_study(study_name=name, storage=storage)
@@ -246,13 +257,53 @@ def search_report(storage: str, seeds: list[int], minutes: float) -> tuple[str, 
     return "\n".join(rows), summary
 
 
-def correlation_space(space: SearchSpace, n: int) -> SearchSpace:
-    """Rung 0 and the full budget of ``space``, every policy promoted, policies drawn at random."""
+CORRELATION = "correlation"
+
+
+def full_budget_policies(storage: str, seeds: list[int]) -> list[tuple[str, TrialRecord]]:
+    """(study, record) of every trial the random arms completed at the full budget: random policies
+    of the space, chosen by no rule."""
+    import optuna
+
+    from autoprune.search import open_study
+
+    names = set(optuna.get_all_study_names(storage))
+    out = []
+    for seed in seeds:
+        name = study_name("random", seed)
+        if name in names:
+            out += [(name, r) for r in completed_trials(trial_records(open_study(storage, name)))]
+    return out
+
+
+def score_rung0(space: SearchSpace, storage: str, seeds: list[int], trial_fn: Callable[..., Any] | None = None) -> int:
+    """Run every full-budget policy of the random arms at rung 0 (once: a stored one is skipped) and
+    store the result in the study ``correlation``; returns how many were run now."""
+    import optuna
+
+    from autoprune.policy import PruningPolicy
     if not space.rungs:
-        raise AutopruneError(f"{space.source}: the correlation phase needs a space with 'rungs'")
-    top = space.rungs[-1]
-    return space.model_copy(update={"rungs": [space.rungs[0], top], "promote_fraction": 1.0, "sampler": "random",
-                                    "n_trials": n, "timeout_s": None})
+        raise AutopruneError(f"{space.source}: the correlation phase needs a space with 'rungs' (rung 0 is scored)")
+    if trial_fn is None:
+        from autoprune.trial import run_trial as trial_fn  # noqa: N806
+    config = space.run_config()
+    if config.torch_threads is None:
+        config = config.model_copy(update={"torch_threads": max(1, int(space.cpus_per_trial))})
+    st = optuna.create_study(study_name=CORRELATION, storage=storage, directions=["maximize", "maximize"], load_if_exists=True)
+    done = {(t.user_attrs.get("source_study"), t.user_attrs.get("source_trial")) for t in st.trials}
+    todo = [(n, r) for n, r in full_budget_policies(storage, seeds) if (n, r.number) not in done]
+    for i, (name, rec) in enumerate(todo, 1):
+        policy = space.rung_policy(PruningPolicy.from_dict(rec.policy), 0)
+        res = trial_fn(config, policy)
+        res = res.to_dict() if hasattr(res, "to_dict") else dict(res)
+        st.add_trial(optuna.trial.create_trial(
+            values=[res["accuracy"], res["speedup"]],
+            user_attrs={"source_study": name, "source_trial": rec.number, "policy": policy.to_dict(),
+                        "summary": rec.summary, "full_accuracy": rec.accuracy, "full_speedup": rec.speedup,
+                        "phase_seconds": res.get("phase_seconds")}))
+        log.info("correlation %d/%d: %s rung 0 %.4f, full budget %.4f", i, len(todo), rec.summary, res["accuracy"],
+                 rec.accuracy)
+    return len(todo)
 
 
 def correlation_report(storage: str) -> tuple[str, dict[str, Any]]:
@@ -260,25 +311,50 @@ def correlation_report(storage: str) -> tuple[str, dict[str, Any]]:
     import optuna
     from scipy.stats import kendalltau, spearmanr
 
-    from autoprune.search import open_study
-    from autoprune.visualization import rung_chains
-
-    if "correlation" not in optuna.get_all_study_names(storage):
+    if CORRELATION not in optuna.get_all_study_names(storage):
         return "(correlation phase not run)", {}
-    levels = rungs(open_study(storage, "correlation"))
-    pairs = [(c[0], c[-1]) for c in rung_chains(levels) if len(c) == len(levels) and c[0].complete and c[-1].complete]
-    if len(pairs) < 3:
-        return f"(correlation: {len(pairs)} complete pairs so far)", {"n": len(pairs)}
-    a0 = [a.accuracy for a, _ in pairs]
-    af = [b.accuracy for _, b in pairs]
+    trials = [t for t in optuna.load_study(study_name=CORRELATION, storage=storage).trials if t.values]
+    if len(trials) < 3:
+        return f"(correlation: {len(trials)} policies scored so far)", {"n": len(trials)}
+    a0 = [t.values[0] for t in trials]
+    af = [t.user_attrs["full_accuracy"] for t in trials]
     rho, tau = spearmanr(a0, af).statistic, kendalltau(a0, af).statistic
-    numbers = {"n": len(pairs), "spearman": float(rho), "kendall": float(tau), "target_spearman": 0.8,
-               "rung0": levels[0].label, "full": levels[-1].label,
-               "pairs": [{"policy": a.summary, "rung0_accuracy": a.accuracy, "full_accuracy": b.accuracy,
-                          "speedup": b.speedup} for a, b in pairs]}
-    text = (f"rank correlation of rung-0 and full-budget validation accuracy over {len(pairs)} policies: "
+    secs = [sum(v for k, v in (t.user_attrs.get("phase_seconds") or {}).items() if k != "total") for t in trials]
+    numbers = {"n": len(trials), "spearman": float(rho), "kendall": float(tau), "target_spearman": 0.8,
+               "rung0_seconds_median": statistics.median(secs) if secs else None,
+               "pairs": [{"policy": t.user_attrs["summary"], "source": [t.user_attrs["source_study"],
+                                                                       t.user_attrs["source_trial"]],
+                          "rung0_accuracy": t.values[0], "full_accuracy": t.user_attrs["full_accuracy"],
+                          "full_speedup": t.user_attrs["full_speedup"]} for t in trials]}
+    text = (f"rank correlation of rung-0 and full-budget validation accuracy over {len(trials)} random-arm policies: "
             f"Spearman {rho:+.3f} (target >= 0.8), Kendall {tau:+.3f}")
     return text, numbers
+
+
+def run_side_by_side(argv_base: list[str], seed: int, run_dir: Path, storage_file: Path) -> None:
+    """Both arms of one seed at the same time, each in its own process (``--arms``) writing its own
+    SQLite file (two writers never contend for one), their output in ``run_dir/bench_<study>.log``;
+    then both arms' studies are copied into ``storage_file``. Raises if either arm fails."""
+    import subprocess
+
+    procs = []
+    for arm in ARMS:
+        name = study_name(arm, seed)
+        own = run_dir / f"bench_{name}.db"
+        out = (run_dir / f"bench_{name}.log").open("a", encoding="utf-8")
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv_base, "--phases", "search", "--seeds", str(seed),
+               "--arms", arm, "--storage", f"sqlite:///{own}"]
+        log.info("seed %d, arm %s: %s (log %s)", seed, arm, " ".join(cmd[1:]), out.name)
+        procs.append((arm, own, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT), out))
+    failed = []
+    for arm, own, proc, out in procs:
+        if proc.wait() != 0:
+            failed.append(f"{arm} (exit {proc.returncode}, see {out.name})")
+        out.close()
+        if own.is_file():
+            archive(f"sqlite:///{own}", "", storage_file)
+    if failed:
+        raise AutopruneError(f"seed {seed}: arm(s) {', '.join(failed)} failed")
 
 
 # ----------------------------------------------------------------------------- main
@@ -289,7 +365,12 @@ def main(argv: list[str] | None = None, trial_fn: Callable[..., Any] | None = No
     ap.add_argument("--phases", default="search,correlation,report,archive", help=f"from {', '.join(PHASES)}")
     ap.add_argument("--minutes", type=float, default=60.0, help="wall time of each arm at each seed")
     ap.add_argument("--seeds", default="1,2,3", help="sampler seeds (at least 3 for the protocol)")
-    ap.add_argument("--n-policies", type=int, default=30, help="policies of the correlation phase")
+    ap.add_argument("--arms", default=",".join(ARMS), help="the arms the search phase runs (default: both)")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="run the two arms of a seed at the same time, each with half the trials in flight")
+    ap.add_argument("--trials-in-flight", type=int, default=None, help="each arm's trials in flight (default: the space's)")
+    ap.add_argument("--in-process", action="store_true", help="run each arm's trials in its own process, no Ray")
+    ap.add_argument("--config", default=None, help="run config replacing the space's (e.g. the finetuned checkpoint's)")
     ap.add_argument("--storage", default=None, help="default: sqlite:///<run_dir>/bench_multifidelity.db")
     ap.add_argument("--archive", type=Path, default=ARCHIVE, help="SQLite file the archive phase writes")
     add_results_option(ap, "multifidelity")
@@ -299,9 +380,17 @@ def main(argv: list[str] | None = None, trial_fn: Callable[..., Any] | None = No
         raise AutopruneError(f"--phases: unknown phase(s) {', '.join(sorted(set(phases) - set(PHASES)))}; "
                              f"choose from {', '.join(PHASES)}")
     seeds = parse_ints(args.seeds, "--seeds")
-    if not seeds or not args.minutes > 0 or args.n_policies < 3:
-        raise AutopruneError("give --seeds (e.g. 1,2,3), --minutes > 0 and --n-policies >= 3")
+    arms = tuple(a for a in args.arms.split(",") if a)
+    if not seeds or not args.minutes > 0 or not arms or set(arms) - set(ARMS):
+        raise AutopruneError(f"give --seeds (e.g. 1,2,3), --minutes > 0 and --arms from {', '.join(ARMS)}")
     space = load_search_space(args.space)
+    if args.config:
+        space = space.model_copy(update={"config": str(Path(args.config).resolve())})
+        space.run_config()  # a bad file is one clear error now
+    if args.in_process and executor is None:
+        from autoprune.search import InProcessExecutor
+
+        executor = InProcessExecutor()
     run_dir = Path(space.run_config().run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{run_dir / 'bench_multifidelity.db'}"
@@ -309,12 +398,22 @@ def main(argv: list[str] | None = None, trial_fn: Callable[..., Any] | None = No
         from autoprune.train import ensure_baseline
 
         ensure_baseline(space.run_config())  # trained (or loaded) before any arm's clock runs
-    if "search" in phases:
-        for seed, arm in plan(seeds):
-            run_arm(space, arm, seed, storage, args.minutes, trial_fn=trial_fn, executor=executor)
+    if "search" in phases and args.side_by_side and len(arms) == len(ARMS):
+        if trial_fn is not None:
+            raise AutopruneError("--side-by-side runs the real trials in subprocesses")
+        if not storage.startswith("sqlite:///"):
+            raise AutopruneError("--side-by-side collects the arms into a SQLite --storage (sqlite:///FILE)")
+        base = ["-c", args.space, "--minutes", str(args.minutes)]
+        base += (["--config", args.config] if args.config else []) + (["--in-process"] if args.in_process else [])
+        base += ["--trials-in-flight", str(max(1, space.trials_in_flight // len(ARMS)))]
+        for seed in seeds:
+            run_side_by_side(base, seed, run_dir, Path(storage[len("sqlite:///"):]))
+    elif "search" in phases:
+        for seed, arm in plan(seeds, arms):
+            run_arm(space, arm, seed, storage, args.minutes, trial_fn=trial_fn, executor=executor,
+                    trials_in_flight=args.trials_in_flight)
     if "correlation" in phases:
-        run_search(correlation_space(space, args.n_policies), study_name="correlation", storage=storage,
-                   trial_fn=trial_fn, executor=executor, progress=trial_fn is None)
+        score_rung0(space, storage, seeds, trial_fn=trial_fn)
     if "report" in phases:
         text, numbers = search_report(storage, seeds, args.minutes)
         print(text)

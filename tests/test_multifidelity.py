@@ -384,6 +384,29 @@ def test_calibration_batches_are_drawn_once_per_worker(tiny_config):
     assert first.speedup > 0 and first.phase_seconds["retrain"] == 0.0
 
 
+def test_rung_0_reuses_the_dense_targets_and_fits_as_against_the_dense_model(tiny_config):
+    from autoprune.policy import PruningPolicy
+    from autoprune.pruner import prune
+    from autoprune.trial import _CONTEXTS, run_trial
+
+    pol = PruningPolicy.uniform("l1", 2, heads=0.5, ffn=0.5, retrain_steps=0, seed=1)
+    pol = pol.model_copy(update={"reconstruct": "least_squares"})
+    first = run_trial(tiny_config, pol)
+    (ctx,) = _CONTEXTS.values()
+    targets = ctx.targets[(32, 2)]
+    second = run_trial(tiny_config, pol.model_copy(update={"seed": 2}))
+    assert list(ctx.targets) == [(32, 2)] and ctx.targets[(32, 2)] is targets
+    # the cached targets give the fit a fresh dense model and the calibration batches would give
+    import copy
+
+    model = copy.deepcopy(ctx.dense)
+    rec = prune(model, pol, ctx.calibration_batches(32, 2), dense=ctx.dense)
+    assert rec.kept_heads == first.prune_record["kept_heads"] == second.prune_record["kept_heads"]
+    assert [r["ffn_error_after"] for r in rec.reconstruction] == pytest.approx(
+        [r["ffn_error_after"] for r in first.prune_record["reconstruction"]], rel=1e-4, abs=1e-6)
+    assert first.accuracy_pruned == second.accuracy_pruned and first.phase_seconds["reconstruct"] > 0
+
+
 # ----------------------------------------------------------------------------- the benchmark's scoring
 def test_benchmark_scores_arms_at_equal_wall_time(tiny, tmp_path):
     sys.path.insert(0, str(REPO))
@@ -395,8 +418,8 @@ def test_benchmark_scores_arms_at_equal_wall_time(tiny, tmp_path):
 
     space_file.write_text(yaml.safe_dump(space.raw()))
     storage = f"sqlite:///{tmp_path / 'bench.db'}"
-    B.main(["-c", str(space_file), "--storage", storage, "--seeds", "1,2", "--minutes", "0.02", "--n-policies", "4",
-            "--results", str(tmp_path / "mf.json"), "--archive", str(tmp_path / "archive.db")],
+    B.main(["-c", str(space_file), "--storage", storage, "--seeds", "1,2", "--minutes", "0.02",
+            "--trials-in-flight", "1", "--results", str(tmp_path / "mf.json"), "--archive", str(tmp_path / "archive.db")],
            trial_fn=functools.partial(fake_trial, sleep=0.1, step_gain=0.1), executor=InProcessExecutor())
     doc = json.loads((tmp_path / "mf.json").read_text())["sections"]
     per_seed = doc["search"]["results"]["per_seed"]
@@ -405,10 +428,17 @@ def test_benchmark_scores_arms_at_equal_wall_time(tiny, tmp_path):
         for arm in ("mf", "random"):
             assert p[arm]["arm_minutes"] >= 0.02 * 0.9 and p[arm]["hypervolume"] >= 0
         assert len(p["mf"]["per_rung_finished"]) == 3 and len(p["random"]["per_rung_finished"]) == 1
+    # the correlation phase re-ran every policy the random arms completed, at rung 0, once
+    full = B.full_budget_policies(storage, [1, 2])
     corr = doc["correlation"]["results"]
-    assert corr["n"] == 4 and -1 <= corr["spearman"] <= 1 and len(corr["pairs"]) == 4
+    assert corr["n"] == len(full) >= 3 and -1 <= corr["spearman"] <= 1
+    assert sorted(tuple(p["source"]) for p in corr["pairs"]) == sorted((n, r.number) for n, r in full)
+    rung0 = optuna.load_study(study_name="correlation", storage=storage).trials
+    assert all(t.user_attrs["policy"]["retrain"]["steps"] == 0 and t.user_attrs["policy"]["reconstruct"] ==
+               "least_squares" for t in rung0)
+    assert B.score_rung0(B.load_search_space(space_file), storage, [1, 2], trial_fn=FAKE) == 0
     names = set(optuna.get_all_study_names(f"sqlite:///{tmp_path / 'archive.db'}"))
-    assert {"mf_seed1", "mf_seed1.rung0", "mf_seed1.rung1", "random_seed1", "correlation", "correlation.rung0"} <= names
+    assert {"mf_seed1", "mf_seed1.rung0", "mf_seed1.rung1", "random_seed1", "correlation"} <= names
     # a second run finds every arm's minutes spent: it adds no trial
     before = len(open_study(storage, "random_seed1").trials)
     B.main(["-c", str(space_file), "--storage", storage, "--seeds", "1", "--minutes", "0.02", "--phases", "search"],

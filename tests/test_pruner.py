@@ -151,7 +151,8 @@ def test_reconstruction_is_called_on_the_pruned_and_dense_layers(tiny, tiny_dir,
                       "batches": len(batches), "layer_map": layer_map, "ridge": ridge})
         return [{"layer": i, "error_before": 1.0, "error_after": 0.5} for i in layer_map]
 
-    monkeypatch.setitem(sys.modules, "autoprune.reconstruct", types.SimpleNamespace(reconstruct_layers=fake))
+    monkeypatch.setitem(sys.modules, "autoprune.reconstruct", types.SimpleNamespace(reconstruct_layers=fake,
+                                                                                  DenseTargets=type("T", (), {})))
     pol = PruningPolicy(criterion="l1", head_sparsity=[0.5, 1.0, 0.5], ffn_sparsity=[0.5, 0.5, 0.5],
                         reconstruct="least_squares", calibration={"ridge": 0.1})
     rec = prune(tiny, pol, calib)

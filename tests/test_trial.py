@@ -112,14 +112,23 @@ def test_reconstruction_runs_after_the_cut(cfg, monkeypatch):
 
     seen = []
 
+    class Targets:  # the dense targets, computed once per worker on the calibration batches
+        @classmethod
+        def compute(cls, dense, batches):
+            t = cls()
+            t.batches, t.seconds = list(batches), 0.0
+            return t
+
     def fake(pruned, dense, batches, *, layer_map):
-        seen.append((len(batches), layer_map))
+        seen.append((len(dense.batches), batches, layer_map))
         return [{"layer": i} for i in layer_map]
 
-    monkeypatch.setitem(sys.modules, "autoprune.reconstruct", types.SimpleNamespace(reconstruct_layers=fake))
+    monkeypatch.setitem(sys.modules, "autoprune.reconstruct",
+                        types.SimpleNamespace(reconstruct_layers=fake, DenseTargets=Targets))
     res = run_trial(cfg, PruningPolicy.uniform("l1", 3, heads=0.5, ffn=0.5, retrain_steps=0,
                                                reconstruct="least_squares", calibration={"batches": 3}))
-    assert seen == [(3, [0, 1, 2])] and res.prune_record["reconstruction"] == [{"layer": 0}, {"layer": 1}, {"layer": 2}]
+    assert seen == [(3, None, [0, 1, 2])]
+    assert res.prune_record["reconstruction"] == [{"layer": 0}, {"layer": 1}, {"layer": 2}]
 
 
 def test_an_unstructured_record_is_not_replayed(cfg):

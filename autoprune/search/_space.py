@@ -312,7 +312,9 @@ class SearchSpace(_Strict):
 
     def rung_policy(self, policy: Any, rung: int) -> Any:
         """The policy as rung ``rung`` runs it: its retraining budget cut to the rung's, its
-        reconstruction the rung's (structured policies). Without rungs: the policy itself.
+        reconstruction the rung's (structured policies); a rung without retraining cuts in one step
+        (an iterative schedule alternates cuts with retraining: with none, its steps would only repeat
+        the scoring and the reconstruction). Without rungs: the policy itself.
 
         Example:
             >>> from autoprune.policy import PruningPolicy
@@ -320,8 +322,10 @@ class SearchSpace(_Strict):
             ...     "retrain": {"steps": [300, 600]}, "rungs": [{"retrain_steps": 0, "reconstruct": "least_squares"},
             ...     {"retrain_steps": 100}, {"retrain_steps": "full"}]})
             >>> pol = PruningPolicy.uniform("l1", 2, heads=0.5, ffn=0.5, retrain_steps=600)
-            >>> [(space.rung_policy(pol, r).retrain.steps, space.rung_policy(pol, r).reconstruct) for r in range(3)]
-            [(0, 'least_squares'), (100, 'none'), (600, 'none')]
+            >>> pol = pol.model_copy(update={"iterative_steps": 2})
+            >>> [(space.rung_policy(pol, r).retrain.steps, space.rung_policy(pol, r).reconstruct,
+            ...   space.rung_policy(pol, r).iterative_steps) for r in range(3)]
+            [(0, 'least_squares', 1), (100, 'none', 2), (600, 'none', 2)]
         """
         if self.rungs is None:
             return policy
@@ -332,6 +336,8 @@ class SearchSpace(_Strict):
         steps = full if spec.retrain_steps == "full" else min(int(spec.retrain_steps), full)
         d = policy.to_dict()
         d["retrain"] = dict(d.get("retrain") or {}, steps=steps)
+        if steps == 0:
+            d["iterative_steps"] = 1
         if spec.reconstruct is not None and policy.granularity == "structured":
             d["reconstruct"] = spec.reconstruct
         return PruningPolicy.model_validate(d)
