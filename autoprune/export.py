@@ -293,8 +293,9 @@ def _readme(info: dict[str, Any]) -> str:
                      "mean`, recorded in `config.json`): load it with `autoprune.load_pruned` or use the ONNX file; "
                      "plain `AutoModelForSequenceClassification` would build the [CLS]-pooler head instead.")
     if info["quantized"]:
-        lines.append("The policy quantizes to dynamic int8: the float weights are stored and `load_pruned` "
-                     "re-quantizes them on load.")
+        lines.append("The policy quantizes to ONNX Runtime dynamic int8: the float weights are stored and "
+                     "`load_pruned` quantizes them again on load (an ONNX Runtime model called like the torch one; "
+                     "`as_float=True` gives the float weights).")
     lines += [
         "",
         "## Load",
@@ -312,6 +313,13 @@ def _readme(info: dict[str, Any]) -> str:
         if info["quantized"]:
             lines += ["`model.onnx` is ONNX Runtime dynamic int8 (`MatMulInteger`); score it one sentence at a time "
                       "(`autoprune.runtimes.onnx_accuracy`), as its activation scales span the batch.", ""]
+        chk = (info.get("onnx_meta") or {}).get("accuracy_check")
+        if chk:
+            rec = chk["trial_accuracy"]
+            lines += [f"Checked on export: `model.onnx` scores {chk['accuracy']:.4f} on {chk['split']} (n={chk['n']}), "
+                      f"the trial recorded {'nothing' if rec is None else f'{rec:.4f}'}"
+                      + ("" if chk["difference"] is None else f" ({chk['difference'] * 100:+.2f} points"
+                         f"{'' if chk['within_tolerance'] else ', beyond the tolerance'})") + ".", ""]
         lines += ["`model.onnx` (opset 17, dynamic batch and sequence; inputs "
                   f"{', '.join(info['onnx_inputs'])}; output `logits`) runs in onnxruntime:", "",
                   "```python", "import onnxruntime as ort",
@@ -333,9 +341,39 @@ def _targets_table(targets: dict[str, Any] | None) -> list[str]:
     for name, t in targets["targets"].items():
         star = " (search objective)" if name == targets.get("objective") else ""
         what = f"{t['runtime']} {t['device']}, {t['threads']} thr, {t['batch_size']}x{t['seq_len']}"
+        if t.get("skipped"):
+            lines.append(f"| {name}{star}: {what} | - | - | not measured: {t['skipped']} |")
+            continue
         lines.append(f"| {name}{star}: {what}{', int8' if t.get('int8') else ''} | {t['dense_ms']:.2f} | "
                      f"{t['pruned_ms']:.2f} | {t['speedup']:.2f}x ({t['speedup_q1']:.2f}-{t['speedup_q3']:.2f}) |")
     return lines + [""]
+
+
+#: points of accuracy an exported ONNX model may differ from what its trial recorded before export warns
+ONNX_ACCURACY_TOLERANCE = 0.005
+
+
+def check_onnx_accuracy(cfg: Any, onnx_path: Path, res: dict[str, Any]) -> dict[str, Any]:
+    """Score the exported ONNX file on the split its trial was scored on and hold it against the trial's
+    recorded accuracy (warning beyond :data:`ONNX_ACCURACY_TOLERANCE`); returns what the export records."""
+    from autoprune.runtimes import onnx_accuracy
+    from autoprune.train import load_task_data, load_tokenizer
+
+    task = load_task_data(cfg, load_tokenizer(cfg))
+    on_test = res.get("eval_split") not in (None, cfg.data.validation_split)
+    split = task.test if on_test and task.test is not None else task.validation
+    got = onnx_accuracy(onnx_path, split, pad_id=task.pad_token_id, num_labels=task.num_labels,
+                        batch_size=cfg.eval_batch_size)
+    recorded = res.get("accuracy")
+    diff = None if recorded is None else got.accuracy - float(recorded)
+    ok = diff is not None and abs(diff) <= ONNX_ACCURACY_TOLERANCE
+    (logger.info if ok else logger.warning)(
+        "ONNX model %s: accuracy %.4f on %s (n=%d), the trial recorded %s%s", onnx_path, got.accuracy,
+        res.get("eval_split"), got.n, "nothing" if recorded is None else f"{float(recorded):.4f}",
+        "" if ok or diff is None else f": {abs(diff) * 100:.2f} points apart (more than "
+                                      f"{ONNX_ACCURACY_TOLERANCE * 100:.1f})")
+    return {"split": res.get("eval_split"), "n": got.n, "accuracy": got.accuracy, "trial_accuracy": recorded,
+            "difference": diff, "within_tolerance": ok, "tolerance": ONNX_ACCURACY_TOLERANCE}
 
 
 def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = False) -> Path:
@@ -425,7 +463,8 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         export_onnx(model, out / "model.onnx", int8=policy.quantize)
         onnx_input_names = onnx_inputs(model)[1]
         doc["onnx"] = {"file": "model.onnx", "opset": 17, "inputs": onnx_input_names, "output": "logits",
-                       "int8": "onnxruntime dynamic" if policy.quantize else None}
+                       "int8": "onnxruntime dynamic" if policy.quantize else None,
+                       "accuracy_check": check_onnx_accuracy(cfg, out / "model.onnx", res)}
     (out / "policy.yaml").write_text(
         "# autoprune export: the policy under 'policy:', the units its pruning kept under 'record:', then "
         "provenance.\n"
@@ -433,6 +472,7 @@ def export_trial(study: Any, selector: Any, out_dir: str | Path, onnx: bool = Fa
         + yaml.safe_dump(json.loads(json.dumps(doc, default=str)), sort_keys=False), encoding="utf-8")
     id2label = json.loads((out / "config.json").read_text(encoding="utf-8")).get("id2label", {})
     (out / "README.md").write_text(_readme({**doc, "dir_name": out.name, "quantized": policy.quantize, "onnx": onnx,
+                                            "onnx_meta": doc.get("onnx"),
                                             "onnx_inputs": onnx_input_names, "id2label": id2label}), encoding="utf-8")
     logger.info("exported trial %d to %s (%s)", trial.number, out, source["kind"])
     return out

@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import logging
 import statistics
 import time
@@ -73,20 +72,14 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], num_l
     return classification_metrics(preds, labels, num_labels)
 
 
-def is_dynamic_int8(model: nn.Module) -> bool:
-    """Whether ``model`` holds dynamically quantized Linear layers (``torch.ao`` dynamic int8)."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-
-    return any(isinstance(m, DynamicLinear) for m in model.modules())
-
-
 def eval_batch_size(model: nn.Module, batch_size: int) -> int:
-    """The batch size to score ``model`` at: ``batch_size``, or 1 for a dynamic int8 model.
+    """The batch size to score ``model`` at: ``batch_size``, or 1 for an int8 model
+    (:class:`autoprune.onnx_export.OnnxClassifier`).
 
-    Dynamic int8 quantizes each Linear's input with one scale for the whole tensor, so in a batch a
+    Dynamic int8 quantizes each MatMul's input with one scale for the whole tensor, so in a batch a
     sentence's prediction depends on the other sentences and on their padding. Measured on the SST-2
-    baseline (dense, per-tensor int8, 872 test sentences): accuracy 0.868 at batch 128, 0.878 at 32,
-    0.882 at 1 (per-channel int8: 0.877, 0.891, 0.882).
+    baseline with torch's dynamic int8 (dense, per-tensor int8, 872 test sentences): accuracy 0.868 at
+    batch 128, 0.878 at 32, 0.882 at 1 (per-channel int8: 0.877, 0.891, 0.882).
     One sentence at a time is the only score that does not depend on how rows happen to be batched.
     A model being retrained quantization-aware (:func:`autoprune.quantize.fake_quantized`) scores in
     batches: in eval mode its simulated scale covers each sentence's own tokens, as at batch 1.
@@ -94,16 +87,15 @@ def eval_batch_size(model: nn.Module, batch_size: int) -> int:
     Example:
         >>> eval_batch_size(nn.Linear(2, 2), 128)
         128
-        >>> from torch.ao.quantization import quantize_dynamic
-        >>> eval_batch_size(quantize_dynamic(nn.Sequential(nn.Linear(2, 2)), {nn.Linear}), 128)
-        1
     """
-    return 1 if is_dynamic_int8(model) else batch_size
+    from autoprune.onnx_export import is_int8
+
+    return 1 if is_int8(model) else batch_size
 
 
 def evaluate_split(model: nn.Module, split: "Split", *, batch_size: int, pad_id: int, num_labels: int) -> EvalMetrics:
     """Score ``model`` on a tokenised split in length-sorted batches of ``batch_size`` (one row at a
-    time for a dynamic int8 model, see :func:`eval_batch_size`)."""
+    time for an int8 model, see :func:`eval_batch_size`)."""
     from autoprune.data import eval_batches
 
     return evaluate(model, eval_batches(split, eval_batch_size(model, batch_size), pad_id), num_labels)
@@ -125,15 +117,14 @@ def nonzero_params(model: nn.Module) -> int:
 
 
 def size_on_disk(model: nn.Module) -> int:
-    """Bytes of the model's state dict serialised (safetensors for float models, torch.save for quantized)."""
-    state = model.state_dict()
-    if all(isinstance(v, torch.Tensor) and not v.is_quantized for v in state.values()):
-        from safetensors.torch import save
+    """Bytes of the model's state dict serialised as safetensors (an int8 model: its ONNX file)."""
+    from autoprune.onnx_export import is_int8
 
-        return len(save({k: v.contiguous() for k, v in state.items()}))
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getbuffer().nbytes
+    if is_int8(model):
+        return model.path.stat().st_size
+    from safetensors.torch import save
+
+    return len(save({k: v.contiguous() for k, v in model.state_dict().items()}))
 
 
 # ----------------------------------------------------------------------------- FLOPs

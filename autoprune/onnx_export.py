@@ -1,7 +1,8 @@
 """ONNX export of a float pruned model, checked in ONNX Runtime, optionally as ONNX Runtime dynamic int8.
 
-Used by ``autoprune export --onnx``, ``autoprune export-onnx`` and the ``onnxruntime`` measurement
-target (:mod:`autoprune.runtimes`). The exporter is torch's TorchScript one (opset 17) with dynamic
+Used by ``autoprune export --onnx``, ``autoprune export-onnx``, the ``onnxruntime`` measurement
+target (:mod:`autoprune.runtimes`) and int8 trials: :func:`onnx_int8_model` turns a float model into
+an :class:`OnnxClassifier`, ONNX Runtime dynamic int8 called like the torch model. The exporter is torch's TorchScript one (opset 17) with dynamic
 batch and sequence axes; the output is ``logits``.
 """
 
@@ -10,7 +11,11 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import torch
+from torch import nn
 
 from autoprune.errors import AutopruneError
 
@@ -120,3 +125,79 @@ def _export_float_onnx(model: Any, out: Path, *, check: bool, atol: float) -> Pa
             raise OnnxExportError(f"ONNX check failed: logits differ from PyTorch by {diff:.2e} (> {atol:g})")
         logger.info("ONNX model %s matches PyTorch (max |diff| %.2e)", out, diff)
     return out
+
+
+def onnx_session(path: str | Path, *, threads: int = 1, device: str = "cpu") -> Any:
+    """An ONNX Runtime ``InferenceSession`` with ``threads`` intra-op threads (one inter-op thread,
+    sequential execution, all graph optimisations) on ``device``."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+
+
+class OnnxClassifier(nn.Module):
+    """An exported ONNX sequence classifier run by ONNX Runtime, called like the torch model it came from:
+    ``model(input_ids=..., attention_mask=..., token_type_ids=...)`` returns an object whose ``logits``
+    is a float tensor, so :func:`autoprune.measure.evaluate_split` scores it unchanged (an int8 file one
+    sentence at a time, :func:`autoprune.measure.eval_batch_size`).
+
+    ``path``: the ONNX file; ``threads``: ONNX Runtime's intra-op threads; ``int8``: whether the file is
+    dynamic int8 (read from it). It has no parameters; :func:`onnx_int8_model` builds an int8 one from a
+    float torch model.
+    """
+
+    def __init__(self, path: str | Path, *, threads: int = 1, keep: Any = None) -> None:
+        super().__init__()
+        from autoprune.quantize import is_onnx_int8
+
+        self.path = Path(path)
+        self.threads = threads
+        self.int8 = is_onnx_int8(self.path)
+        self._session = onnx_session(self.path, threads=threads)
+        self.inputs = [i.name for i in self._session.get_inputs()]
+        self._keep = keep  # what must live as long as the session (the temporary folder of the file)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **_: Any) -> SimpleNamespace:
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        if given["attention_mask"] is None:
+            given["attention_mask"] = torch.ones_like(input_ids)
+        if given["token_type_ids"] is None:
+            given["token_type_ids"] = torch.zeros_like(input_ids)
+        feed = {n: given[n].cpu().numpy() for n in self.inputs}
+        return SimpleNamespace(logits=torch.from_numpy(self._session.run(["logits"], feed)[0]))
+
+
+def onnx_int8_model(model: nn.Module, *, threads: int = 1, out_dir: str | Path | None = None) -> OnnxClassifier:
+    """Export the float ``model`` to ONNX, quantize it to ONNX Runtime dynamic int8 and return it as an
+    :class:`OnnxClassifier` (the file in ``out_dir``, else in a temporary folder that lives as long as
+    the returned model).
+
+    Example:
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        ...                  intermediate_size=32, num_labels=2)
+        >>> q = onnx_int8_model(BertForSequenceClassification(cfg))
+        >>> tuple(q(input_ids=torch.tensor([[5, 6, 7]])).logits.shape), is_int8(q)
+        ((1, 2), True)
+    """
+    keep = None
+    if out_dir is None:
+        keep = tempfile.TemporaryDirectory(prefix="autoprune_int8_")
+        out_dir = keep.name
+    was = model.training
+    path = export_onnx(model.cpu().eval(), Path(out_dir) / "model.int8.onnx", int8=True)
+    model.train(was)
+    return OnnxClassifier(path, threads=threads, keep=keep)
+
+
+def is_int8(model: Any) -> bool:
+    """Whether ``model`` is an int8 model (an int8 :class:`OnnxClassifier`), scored one sentence at a time."""
+    return isinstance(model, OnnxClassifier) and model.int8

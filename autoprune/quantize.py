@@ -1,31 +1,32 @@
-"""Dynamic int8 quantization of a pruned model, and quantization-aware retraining for it.
+"""int8 for ``quantize: true`` policies: ONNX Runtime dynamic int8, and quantization-aware retraining for it.
 
-Two functions, one per step of an int8 policy (``quantize: true``):
+An int8 policy runs where int8 survives deployment: ONNX Runtime. The pieces, one per step:
 
 * :func:`fake_quantized` wraps every ``nn.Linear`` for the duration of retraining so the forward
-  pass sees the rounding that dynamic int8 will apply (``qat: true``); gradients pass straight
-  through the rounding. The wrapped model keeps its float parameters, so the optimiser and
-  the state dict are unchanged and nothing is left behind when the context exits.
-* :func:`quantize_dynamic_int8` converts the retrained float model to ``torch.ao`` dynamic int8
-  for evaluation, timing and export.
+  pass sees the rounding that ONNX Runtime's dynamic int8 will apply (``qat: true``); gradients
+  pass straight through the rounding. The wrapped model keeps its float parameters, so the
+  optimiser and the state dict are unchanged and nothing is left behind when the context exits.
+* :func:`quantize_onnx_int8` quantizes an exported float ONNX model (``MatMulInteger`` with
+  per-channel int8 weights); :func:`autoprune.onnx_export.onnx_int8_model` exports a float torch
+  model and returns the int8 result as an :class:`~autoprune.onnx_export.OnnxClassifier`, which
+  trials score like any torch classifier.
 
-The simulation follows what torch's x86 (fbgemm) dynamic Linear computes: weights int8 symmetric
-with one scale per output channel (``per_channel_dynamic_qconfig``), inputs quantized on the fly
-to 7-bit unsigned (``reduce_range=True``: 0..127) with a scale from the tensor's min and max.
-At inference the input scale covers the whole batch; autoprune scores int8 models one sentence at
-a time (:func:`autoprune.measure.eval_batch_size`), so the simulation takes one scale per
-sentence (per row of the batch), the scale that sentence gets at inference.
+There is no torch int8 path: ``torch.ao`` dynamic quantization is deprecated, and torchao's int8
+gave no eager CPU speedup on MiniLM-L6 (0.94x at batch 32 x 64, 0.76x at 1 x 64, 1 thread;
+``benchmarks/runtimes.py``, docs/BENCHMARKS.md), so int8 policies are measured in an
+``onnxruntime`` target (:func:`autoprune.runtimes.check_int8`).
 
-When the wrapped model is scored (eval mode), that scale is taken over the sentence's own tokens
-only (the ``attention_mask`` of the model's call), so a padded batch predicts what one sentence at
-a time does and the mid-retraining checks of a ``qat`` policy run in batches. In training the row's
-scale also covers its padding positions, as it always has (training batches are length-bucketed, so
-there is little padding); this keeps the retraining of the reference run's ``qat`` trials unchanged.
+The simulation follows ONNX Runtime's dynamic MatMul: weights int8 symmetric with one scale per
+output channel, inputs quantized on the fly to unsigned 8-bit (0..255) with a scale and zero point
+from the tensor's min and max. The input scale covers the whole tensor, so autoprune scores int8
+models one sentence at a time (:func:`autoprune.measure.eval_batch_size`) and the simulation takes
+one scale per sentence (per row of the batch), the scale that sentence gets at inference. When the
+wrapped model is scored (eval mode), that scale is taken over the sentence's own tokens only (the
+``attention_mask`` of the model's call), so a padded batch predicts what one sentence at a time does.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,22 +35,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FakeQuantLinear", "fake_quantized", "has_fake_quant", "is_onnx_int8", "quantize_dynamic_int8",
-           "quantize_onnx_int8"]
+__all__ = ["FakeQuantLinear", "fake_quantized", "has_fake_quant", "is_onnx_int8", "quantize_onnx_int8"]
 
-_ACT_QMAX = 127  # fbgemm dynamic Linear quantizes inputs with reduce_range=True: uint8 0..127
+_ACT_QMAX = 255  # ONNX Runtime's DynamicQuantizeLinear: uint8 0..255
 
 
 def _fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
-    """Per-output-channel symmetric int8, as torch's ``default_per_channel_weight_observer``."""
+    """Per-output-channel symmetric int8 (the weights of ``quantize_onnx_int8(per_channel=True)``)."""
     amax = w.detach().abs().amax(dim=1).float()
-    scale = torch.clamp(amax / 127.5, min=torch.finfo(torch.float32).eps)
+    scale = torch.clamp(amax / 127.0, min=torch.finfo(torch.float32).eps)  # ONNX Runtime: -127..127
     zero = torch.zeros_like(scale, dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -128, 127)
+    return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127)
 
 
 def _fake_quant_input(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Asymmetric 7-bit unsigned with one scale per row of the batch (one sentence).
+    """Asymmetric unsigned 8-bit with one scale per row of the batch (one sentence).
 
     ``mask`` (batch x tokens, 1 for a real token), when given for a batch x tokens x features input,
     restricts each row's min and max to its real tokens: the scale the sentence gets on its own.
@@ -138,25 +138,6 @@ def has_fake_quant(model: nn.Module) -> bool:
     return any(isinstance(m, FakeQuantLinear) for m in model.modules())
 
 
-def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
-    """Dynamic int8 quantization of every Linear (a copy): int8 weights with one scale per output
-    channel, activations quantized on the fly.
-
-    Per-channel weights against torch's default per-tensor ones, on the dense SST-2 baseline (872
-    test sentences; float 0.894): accuracy 0.891 against 0.878 scored in batches of 32, 0.882 for
-    both one sentence at a time; speedup 1.78-2.00x against 1.67-2.06x over four runs
-    (benchmarks/int8.py, docs/BENCHMARKS.md).
-
-    Example:
-        >>> q = quantize_dynamic_int8(nn.Sequential(nn.Linear(4, 2)))
-        >>> type(q[0]).__module__
-        'torch.ao.nn.quantized.dynamic.modules.linear'
-    """
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-
-
 # ----------------------------------------------------------------------------- ONNX Runtime int8
 def quantize_onnx_int8(src: str | Path, dst: str | Path, *, per_channel: bool = True) -> Path:
     """ONNX Runtime dynamic int8 of a float ONNX model: every MatMul/Gemm weight int8 with one scale
@@ -169,7 +150,7 @@ def quantize_onnx_int8(src: str | Path, dst: str | Path, *, per_channel: bool = 
     (``quant_pre_process``) before per-tensor int8 did not help (0.8807, 1.98x / 2.24x).
 
     This is the int8 that survives export: the file runs in any ONNX Runtime (``MatMulInteger`` /
-    ``DynamicQuantizeLinear`` ops), unlike ``torch.ao`` dynamic int8, which has no ONNX mapping.
+    ``DynamicQuantizeLinear`` ops).
     As with every dynamic int8, an activation's scale covers the whole batch, so a sentence's logits
     depend on the other rows of its batch; autoprune scores int8 models one sentence at a time.
 

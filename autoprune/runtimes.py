@@ -32,14 +32,13 @@ import importlib.util
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 
 from autoprune.config import Target
 from autoprune.errors import AutopruneError
 
 if TYPE_CHECKING:
-    import torch
     import torch.nn as nn
 
     from autoprune.config import MeasureConfig
@@ -108,6 +107,21 @@ def check_targets(targets: Sequence[Target], *, devices: bool = True) -> None:
                 raise TargetError(f"{where}: onnxruntime has no CUDAExecutionProvider here (providers "
                                   f"{_onnxruntime().get_available_providers()}); install onnxruntime-gpu instead of "
                                   f"onnxruntime")
+
+
+INT8_SKIPPED = "int8 runs in ONNX Runtime only"
+
+
+def check_int8(measure: "MeasureConfig", where: str) -> None:
+    """Refuse int8 policies when the speed objective is not an ``onnxruntime`` target: int8 is ONNX
+    Runtime dynamic int8 (:mod:`autoprune.quantize`), and a torch speedup of it cannot be measured."""
+    objective = measure.objective_target()
+    if objective.runtime != "onnxruntime":
+        raise TargetError(
+            f"{where}: int8 policies (quantize: true) run in ONNX Runtime, but the speed objective "
+            f"'{objective.name}' is {objective.runtime}; add an onnxruntime target to measure.targets and name it in "
+            f"measure.objective (e.g. targets: [{{name: ort, runtime: onnxruntime}}], objective: ort), or leave int8 "
+            f"out (quantize: false)")
 
 
 def check_gpus(gpus_per_trial: float) -> None:
@@ -216,12 +230,8 @@ def _torch_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool)
     from autoprune.measure import interleaved_times, random_batch
 
     if int8:
-        if t.device == "cuda":
-            raise TargetError(f"measure target '{t.name}': int8 in torch is torch.ao dynamic quantization, which runs "
-                              f"on CPU only; measure int8 policies on cuda in onnxruntime or on cpu")
-        from autoprune.quantize import quantize_dynamic_int8
-
-        pruned = quantize_dynamic_int8(pruned)
+        raise TargetError(f"measure target '{t.name}': torch has no int8 path in autoprune (int8 policies run in "
+                          f"ONNX Runtime); measure them in an onnxruntime target")
     dev = torch.device(t.device)
     if dev.type == "cuda":
         dense, pruned = copy.deepcopy(dense).to(dev), copy.deepcopy(pruned).to(dev)
@@ -244,28 +254,13 @@ def _torch_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool)
         torch.set_num_threads(prev)
 
 
-def onnx_session(path: str | Path, *, threads: int = 1, device: str = "cpu") -> Any:
-    """An ONNX Runtime ``InferenceSession`` with ``threads`` intra-op threads (one inter-op thread,
-    sequential execution, all graph optimisations) on ``device``."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), sess_options=so, providers=providers)
-
-
 def _cpu(model: "nn.Module") -> "nn.Module":
     dev = next(model.parameters()).device
     return model if dev.type == "cpu" else copy.deepcopy(model).cpu()
 
 
 def _ort_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool) -> Iterator[tuple[str, list]]:
-    from autoprune.onnx_export import export_onnx, onnx_inputs
+    from autoprune.onnx_export import export_onnx, onnx_inputs, onnx_session
     from autoprune.measure import interleaved_times, random_batch
 
     vocab = int(getattr(dense.config, "vocab_size", 1000))
@@ -289,9 +284,8 @@ def _ort_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool) -
 def measure_target(dense: "nn.Module", pruned: "nn.Module", target: Target, *, int8: bool = False) -> dict[str, Any]:
     """Time ``dense`` against ``pruned`` (both float models) in ``target``'s runtime, interleaved.
 
-    ``int8`` times the pruned model quantized the way the runtime does it (ONNX Runtime dynamic
-    int8 of the exported model; in torch, ``torch.ao`` dynamic int8) against the float dense model
-    of the same runtime. Returns plain data: the target's settings, ``dense_ms`` / ``pruned_ms``
+    ``int8`` times the pruned model as ONNX Runtime dynamic int8 of the exported model against the
+    float dense model of the same runtime (``onnxruntime`` targets only: torch has no int8 path). Returns plain data: the target's settings, ``dense_ms`` / ``pruned_ms``
     (medians) with their interquartile ranges, ``speedup`` (ratio of the medians) with the quartiles
     ``speedup_q1`` / ``speedup_q3`` of the per-round ratios, and the same with ``_b1`` when the
     target also times batch 1.
@@ -312,7 +306,12 @@ def measure_target(dense: "nn.Module", pruned: "nn.Module", target: Target, *, i
 
 def _measure_all(dense: "nn.Module", pruned: "nn.Module", targets: list[dict[str, Any]], int8: bool) -> dict[str, Any]:
     """Body of the pinned measurement task (plain data in, plain data out)."""
-    results = {t["name"]: measure_target(dense, pruned, Target.model_validate(t), int8=int8) for t in targets}
+    results = {}
+    for t in targets:  # an int8 model has no torch form: its torch targets are recorded as skipped
+        if int8 and t["runtime"] == "torch":
+            results[t["name"]] = {**t, "int8": True, "skipped": INT8_SKIPPED}
+        else:
+            results[t["name"]] = measure_target(dense, pruned, Target.model_validate(t), int8=int8)
     placement: dict[str, Any] = {}
     try:
         import ray
@@ -371,36 +370,18 @@ def speed_report(rep: dict[str, Any]) -> "SpeedReport":
 
 
 # ----------------------------------------------------------------------------- exported models
-def onnx_evaluate(onnx_path: str | Path, batches: Iterable[dict[str, "torch.Tensor"]], num_labels: int, *,
-                  threads: int = 1) -> "EvalMetrics":
-    """Accuracy, macro-F1 and per-class recall of an ONNX classifier over labelled ``batches``
-    (the batches :func:`autoprune.data.eval_batches` yields), to compare with what a trial recorded."""
-    from autoprune.measure import classification_metrics
-
-    sess = onnx_session(onnx_path, threads=threads)
-    names = [i.name for i in sess.get_inputs()]
-    preds: list[int] = []
-    labels: list[int] = []
-    for b in batches:
-        feed = {n: b[n].numpy() if n in b else (b["input_ids"] * 0).numpy() for n in names}
-        logits = sess.run(["logits"], feed)[0]
-        preds += logits.argmax(-1).tolist()
-        labels += b["labels"].tolist()
-    return classification_metrics(preds, labels, num_labels)
-
-
 def onnx_accuracy(onnx_path: str | Path, split: "Split", *, pad_id: int, num_labels: int, batch_size: int = 128,
                   threads: int = 1) -> "EvalMetrics":
-    """Score an exported ONNX model on a tokenised split, in length-sorted batches of ``batch_size``,
-    one sentence at a time for an int8 model (its activation scales span the batch, as in
-    :func:`autoprune.measure.eval_batch_size`): the number to hold against the trial's accuracy."""
-    from autoprune.data import eval_batches
-    from autoprune.quantize import is_onnx_int8
+    """Score an exported ONNX model on a tokenised split as :func:`autoprune.measure.evaluate_split`
+    scores a torch model (length-sorted batches of ``batch_size``; one sentence at a time for an int8
+    file, whose activation scales span the batch): the number to hold against the trial's accuracy."""
+    from autoprune.measure import evaluate_split
+    from autoprune.onnx_export import OnnxClassifier
 
-    bs = 1 if is_onnx_int8(onnx_path) else batch_size
-    return onnx_evaluate(onnx_path, eval_batches(split, bs, pad_id), num_labels, threads=threads)
+    return evaluate_split(OnnxClassifier(onnx_path, threads=threads), split, batch_size=batch_size, pad_id=pad_id,
+                          num_labels=num_labels)
 
 
 __all__ = ["RESOURCE_SHARE", "RUNTIMES", "Target", "TargetError", "check_before_study", "check_cluster",
            "check_gpus", "check_targets", "measure_target", "measure_targets",
-           "onnx_accuracy", "onnx_evaluate", "onnx_session", "ray_trial_options", "speed_report"]
+           "onnx_accuracy", "ray_trial_options", "speed_report"]

@@ -9,9 +9,9 @@ the architecture's own config cannot say:
   config's depth attribute already counts the remaining layers; ``dropped_layers`` names the
   original layers that went);
 * ``pooling``: the classification head (``cls`` or ``mean``, see :mod:`autoprune.models._pooling`);
-* ``quantization``: ``dynamic_int8`` when the model is meant to run int8. The float weights are
-  stored and :func:`load_pruned` quantizes them again on load, so an int8 export never comes back
-  as a float model.
+* ``quantization``: ``dynamic_int8`` when the model is meant to run int8 (ONNX Runtime dynamic
+  int8). The float weights are stored and :func:`load_pruned` quantizes them again on load, so an
+  int8 export never comes back as a float model unless asked to (``as_float=True``).
 
 This is the one loader of pruned models: trials, export, ``autoprune apply`` and users all call
 :func:`load_pruned`; :func:`autoprune.models.load_model` loads base and dense checkpoints only.
@@ -42,11 +42,10 @@ import torch
 import torch.nn as nn
 
 from autoprune.errors import ModelError
-from autoprune.measure import is_dynamic_int8
 from autoprune.models import adapter_for_type, get_adapter
 from autoprune.models._pooling import POOLING_ATTR, build_from_config
 from autoprune.pruner import PruneRecord
-from autoprune.quantize import quantize_dynamic_int8
+from autoprune.onnx_export import is_int8
 from autoprune.surgery import prune_structured
 
 logger = logging.getLogger(__name__)
@@ -64,13 +63,13 @@ def save_pruned(model: nn.Module, out_dir: str | Path, tokenizer: Any = None, re
     """Save a pruned (float) model with its per-layer shape so :func:`load_pruned` rebuilds it.
 
     ``tokenizer`` is saved beside it when given; ``record`` (a :class:`~autoprune.pruner.PruneRecord`)
-    goes to ``prune_record.json``. ``quantized=True`` marks a model whose policy runs it as dynamic
-    int8: pass the float model, :func:`load_pruned` re-quantizes it. Masks of unstructured pruning
+    goes to ``prune_record.json``. ``quantized=True`` marks a model whose policy runs it as ONNX
+    Runtime dynamic int8: pass the float model, :func:`load_pruned` quantizes it again. Masks of unstructured pruning
     must be folded in first (:func:`autoprune.surgery.make_unstructured_permanent`).
     """
-    if is_dynamic_int8(model):
-        raise ModelError("save_pruned takes the float model: torch's dynamic int8 Linear has no safetensors form; "
-                         "save the model before quantize_dynamic_int8 and pass quantized=True")
+    if is_int8(model):
+        raise ModelError("save_pruned takes the float model (an int8 model is an ONNX Runtime file): save the "
+                         "model it was quantized from and pass quantized=True")
     if any(n.endswith("weight_orig") for n, _ in model.named_parameters()):
         raise ModelError("the model still carries unstructured pruning masks; fold them in with "
                          "autoprune.surgery.make_unstructured_permanent(model) before saving")
@@ -136,7 +135,8 @@ def load_pruned(path: str | Path, *, as_float: bool = False) -> nn.Module:
 
     The architecture is built from ``config.json`` (its depth already counts the remaining layers),
     each layer is cut to the recorded head count and FFN size, then the weights are read with
-    ``safetensors``. A model recorded as ``dynamic_int8`` comes back quantized to dynamic int8, unless
+    ``safetensors``. A model recorded as ``dynamic_int8`` comes back as ONNX Runtime dynamic int8 (an
+    :class:`~autoprune.onnx_export.OnnxClassifier`, called like the torch model), unless
     ``as_float=True`` asks for the float weights it is quantized from (what ONNX export quantizes itself).
 
     Example:
@@ -182,7 +182,9 @@ def load_pruned(path: str | Path, *, as_float: bool = False) -> nn.Module:
     setattr(model.config, CONFIG_KEY, meta)
     model.eval()
     if quantization == "dynamic_int8" and not as_float:
-        model = quantize_dynamic_int8(model)
+        from autoprune.onnx_export import onnx_int8_model
+
+        return onnx_int8_model(model, threads=torch.get_num_threads())
     return model
 
 

@@ -9,7 +9,8 @@ A trial is a short composition of named steps, each timed in ``phase_seconds``:
   process, so a worker that scores many policies without retraining loads them once);
 * ``prune`` (and ``reconstruct``): :func:`autoprune.pruner.prune`, once per step of the
   iterative schedule, each step followed by ``retrain`` (skipped when ``retrain.steps`` is 0);
-* ``quantize``: dynamic int8 for ``quantize: true`` policies;
+* ``quantize``: ONNX Runtime dynamic int8 for ``quantize: true`` policies (scored in ONNX Runtime,
+  timed in the run's ``onnxruntime`` targets);
 * ``evaluate``: the accuracy right after the first cut (``accuracy_pruned``) and the final one,
   on ``final_split``, plus the mid-retraining checks of the early-stop rule;
 * ``measure``: interleaved latency against the dense model, FLOPs, parameters, size.
@@ -31,7 +32,8 @@ import torch.nn as nn
 from autoprune.config import RunConfig
 from autoprune.policy import PruningPolicy
 from autoprune.pruner import PruneRecord
-from autoprune.quantize import fake_quantized, quantize_dynamic_int8
+from autoprune.onnx_export import onnx_int8_model
+from autoprune.quantize import fake_quantized
 from autoprune.results import EvalMetrics, TrialResult
 
 logger = logging.getLogger(__name__)
@@ -228,11 +230,12 @@ def _retrain_step(run: _Run, k: int, k_steps: int, steps: int, batches: Iterator
 
 
 def _quantize(run: _Run) -> nn.Module:
-    """The model the policy evaluates and times: dynamic int8 for ``quantize: true``, else the float one."""
+    """The model the policy is scored as: ONNX Runtime dynamic int8 for ``quantize: true`` (exported from the
+    float model, run with the trial's threads), else the float model itself."""
     if not run.policy.quantize:
         return run.model
     with run.timed("quantize"):
-        return quantize_dynamic_int8(run.model)
+        return onnx_int8_model(run.model, threads=torch.get_num_threads())
 
 
 def _speed_label(unstructured: bool, quantized: bool) -> str:
@@ -267,6 +270,10 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
         raise ValueError(f"final_split must be 'validation' or 'test', got {final_split!r}")
     if record is not None and record.granularity != "structured":
         raise PolicyError("an unstructured prune record holds no masks to re-apply; run the policy without a record")
+    if policy.quantize:  # before the baseline is loaded: a config that cannot time int8 fails at once
+        from autoprune.runtimes import check_int8
+
+        check_int8(config.measure, "run config 'measure'")
     t0 = time.perf_counter()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)

@@ -133,6 +133,18 @@ def hypervolume_first(study: Any, n: int, reference: tuple[float, float]) -> flo
     return hypervolume(counted_trials(study, first=n), reference)
 
 
+def torch_ao_int8(model: Any) -> Any:
+    """``torch.ao`` dynamic int8 of every Linear (per-channel weights), a copy: the int8 trials used before
+    it was dropped for ONNX Runtime's; benchmarks time it as a reference point, the product never runs it."""
+    import copy
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    return quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear: per_channel_dynamic_qconfig},
+                            dtype=torch.qint8)
+
+
 def run(main: Callable[[], None], log: logging.Logger) -> None:
     """Run a benchmark's ``main``: Ctrl-C keeps what finished (exit 130), bad input is one line (exit 2)."""
     try:

@@ -29,14 +29,13 @@ from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_q
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, add_results_option, run, write_results  # noqa: E402
+from benchmarks.common import ROOT, add_results_option, run, torch_ao_int8, write_results  # noqa: E402
 
 from autoprune.config import load_config  # noqa: E402
 from autoprune.data import eval_batches  # noqa: E402
 from autoprune.errors import AutopruneError, ModelError  # noqa: E402
 from autoprune.measure import evaluate, measure_speed  # noqa: E402
 from autoprune.models import load_model  # noqa: E402
-from autoprune.quantize import quantize_dynamic_int8  # noqa: E402
 from autoprune.train import baseline_dir, load_task_data, load_tokenizer  # noqa: E402
 
 log = logging.getLogger("benchmarks.int8")
@@ -75,7 +74,7 @@ def main() -> None:
     variants = {
         "float (dense)": dense,
         "int8 per-tensor": quantize(dense, per_channel=False),
-        "int8 per-channel (autoprune: quantize_dynamic_int8)": quantize_dynamic_int8(dense),
+        "int8 per-channel (torch.ao, as trials quantized before ONNX Runtime)": torch_ao_int8(dense),
         "int8 per-channel, FFN output float": quantize(dense, per_channel=True, keep_float=ffn_out),
         "int8 per-channel, FFN + attention output float": quantize(dense, per_channel=True,
                                                                    keep_float=ffn_out + attn_out),

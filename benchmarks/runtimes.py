@@ -6,7 +6,7 @@ only) and to the per-layer shapes of the reference run's structured front (docs/
 point runs as: eager PyTorch fp32; ONNX Runtime fp32 (the model exported by ``autoprune.onnx_export.export_onnx``,
 an ``InferenceSession`` with 1 intra-op thread); ONNX Runtime dynamic int8 of that export
 (``autoprune.quantize.quantize_onnx_int8``, per-channel); PyTorch ``torch.ao`` dynamic int8 (the path
-autoprune's trials use today). For each input shape (32 x 64 and 1 x 64 random tokens) the dense fp32 model
+autoprune's trials used until 2026-12-01, now a reference point only). For each input shape (32 x 64 and 1 x 64 random tokens) the dense fp32 model
 in both runtimes and every variant of the point are timed in one interleaved loop
 (``autoprune.measure.interleaved_times``: warm-up, then rounds in which every callable runs once, the first
 to run rotating), so each ratio compares medians of the same rounds; the per-round ratios' quartiles give
@@ -40,13 +40,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import torch_ao_int8  # noqa: E402
+
 from autoprune.config import RunConfig  # noqa: E402
 from autoprune.criteria import get_criterion, keep_top, n_removed  # noqa: E402
-from autoprune.onnx_export import export_onnx, onnx_inputs  # noqa: E402
+from autoprune.onnx_export import export_onnx, onnx_inputs, onnx_session  # noqa: E402
 from autoprune.measure import count_flops, evaluate_split, interleaved_times, random_batch, spread  # noqa: E402
 from autoprune.models import get_adapter, load_model  # noqa: E402
-from autoprune.quantize import quantize_dynamic_int8  # noqa: E402
-from autoprune.runtimes import onnx_accuracy, onnx_session  # noqa: E402
+from autoprune.runtimes import onnx_accuracy  # noqa: E402
 from autoprune.surgery import prune_structured  # noqa: E402
 from autoprune.train import load_task_data, load_tokenizer  # noqa: E402
 
@@ -139,7 +140,7 @@ def main() -> None:
         f_onnx = dense_onnx if model is dense else export_onnx(model, tmp / f"p{i}.onnx")
         q_onnx = export_onnx(model, tmp / f"p{i}_int8.onnx", int8=True)
         s_f, s_q = onnx_session(f_onnx, threads=1), onnx_session(q_onnx, threads=1)
-        tq = quantize_dynamic_int8(model)
+        tq = torch_ao_int8(model)
         row: dict[str, Any] = {"point": label, "heads_per_layer": get_adapter(model).shape(model)[0],
                                "ffn_per_layer": get_adapter(model).shape(model)[1],
                                "flops_reduction": count_flops(dense, 64, 32) / count_flops(model, 64, 32),
@@ -211,7 +212,7 @@ def torchao_dense(dense: torch.nn.Module, feeds: dict, warmup: int, repeats: int
     tao = copy.deepcopy(dense)
     quantize_(tao, Int8DynamicActivationInt8WeightConfig())
     tao.eval()
-    tq = quantize_dynamic_int8(dense)
+    tq = torch_ao_int8(dense)
     out: dict[str, Any] = {"version": torchao.__version__}
     for bs, sl in SHAPES:
         pt = feeds[bs][0]

@@ -128,6 +128,13 @@ def tiny_config_dict(tmp_path: Path, model_type: str = "bert", *, baseline_steps
     }
 
 
+def int8_measure(d: dict) -> dict:
+    """``d`` (a raw RunConfig mapping) timed in ONNX Runtime as its speed objective, where int8 policies
+    run, with eager PyTorch beside it."""
+    targets = [{"name": "ort", "runtime": "onnxruntime"}, {"name": "torch", "runtime": "torch"}]
+    return {**d, "measure": {**d["measure"], "targets": targets, "objective": "ort"}}
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     """A validated RunConfig for a tiny BERT on tiny local data."""

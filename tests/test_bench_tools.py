@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BENCHMARKS = ("common", "minilm_sst2", "surgery", "search_overhead", "samplers", "int8", "retraining_free", "runtimes",
-              "layer_dropping", "multifidelity", "gpu_search", "bad_input")
+              "layer_dropping", "multifidelity", "gpu_search", "bad_input", "int8_export")
 
 
 def bench(name: str):

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import make_tiny_model, tiny_config_dict
+from conftest import int8_measure, make_tiny_model, tiny_config_dict
 from typer.testing import CliRunner
 
 from autoprune import _study as S
@@ -80,7 +80,7 @@ def real_trials(factory) -> dict:
         from autoprune.trial import run_trial
 
         root = factory.mktemp("real_trials")
-        raw = tiny_config_dict(root, baseline_steps=40)
+        raw = int8_measure(tiny_config_dict(root, baseline_steps=40))  # timed in ONNX Runtime, where int8 runs
         cfg = config_from_dict(raw)
         results = {}
         for key, pol, keep in POLICIES:
@@ -235,20 +235,28 @@ def test_export_onnx_matches_pytorch(real, tmp_path):
         assert np.abs(got - ref).max() <= 1e-4
 
 
-def test_quantized_trial_exports_int8_and_int8_onnx(real, tmp_path):
+def test_quantized_trial_exports_int8_and_int8_onnx_checked_against_the_trial(real, tmp_path):
+    from autoprune.onnx_export import is_int8
+    from autoprune.quantize import is_onnx_int8
+
     n = real["numbers"]["l1q"]
+    res = real["results"]["l1q"]
     out = export_trial(real["study"], Selector(trial=n), tmp_path / "q")
     model = load_pruned(out)
-    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
-    ref = load_pruned(real["results"]["l1q"].model_dir)  # the trial's saved model, re-quantized on load
+    assert is_int8(model)  # ONNX Runtime dynamic int8, called like the torch model
+    ref = load_pruned(res.model_dir)  # the trial's saved model, quantized again on load
     b = _batch()
     with torch.no_grad():
         assert torch.allclose(model(**b).logits, ref(**b).logits, atol=1e-6)
-    from autoprune.quantize import is_onnx_int8
 
     q2 = export_trial(real["study"], Selector(trial=n), tmp_path / "q2", onnx=True)
     assert is_onnx_int8(q2 / "model.onnx")
-    assert yaml.safe_load((q2 / "policy.yaml").read_text())["onnx"]["int8"] == "onnxruntime dynamic"
+    onnx_doc = yaml.safe_load((q2 / "policy.yaml").read_text())["onnx"]
+    chk = onnx_doc["accuracy_check"]
+    assert onnx_doc["int8"] == "onnxruntime dynamic" and chk["split"] == res.eval_split and chk["n"] == res.eval_n
+    # the trial scored the same int8 file ONNX Runtime makes of the same float weights
+    assert chk["trial_accuracy"] == res.accuracy and chk["accuracy"] == pytest.approx(res.accuracy, abs=1e-9)
+    assert chk["within_tolerance"] and "Checked on export: `model.onnx` scores" in (q2 / "README.md").read_text()
 
 
 def test_unstructured_trial_exports_with_its_zeros(real, tmp_path):

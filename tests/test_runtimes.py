@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 
 from autoprune.config import MeasureConfig, RunConfig, config_from_dict
 from autoprune.errors import ConfigError
-from autoprune.onnx_export import export_onnx, onnx_inputs
+from autoprune.onnx_export import export_onnx, onnx_inputs, onnx_session
 from autoprune.measure import interleaved_times
 from autoprune.models import get_adapter, load_model
 from autoprune.quantize import is_onnx_int8
 from autoprune.runtimes import (RESOURCE_SHARE, Target, TargetError, check_before_study, check_cluster, check_gpus,
-                                check_targets, measure_target, measure_targets, onnx_accuracy, onnx_session)
+                                check_targets, measure_target, measure_targets, onnx_accuracy)
 from autoprune.surgery import prune_structured
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error; this machine has a GPU")

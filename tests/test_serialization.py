@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from autoprune.errors import ModelError
-from autoprune.measure import is_dynamic_int8
 from autoprune.models import get_adapter, load_model
 from autoprune.policy import PruningPolicy
 from autoprune.pruner import prune
-from autoprune.quantize import quantize_dynamic_int8
+from autoprune.onnx_export import is_int8, onnx_int8_model
 from autoprune.serialization import load_pruned, load_record, save_pruned
 from autoprune.surgery import drop_layers, prune_structured
 from conftest import REPO, make_tiny_model, token_batch
@@ -74,11 +73,12 @@ def test_int8_is_rebuilt_never_returned_as_float(tmp_path):
     model = load_model(str(make_tiny_model(tmp_path / "m"))).eval()
     prune_structured(model, [[0, 2], [1, 3]], [list(range(32)), list(range(48))])
     with pytest.raises(ModelError, match="takes the float model"):
-        save_pruned(quantize_dynamic_int8(model), tmp_path / "q")
+        save_pruned(onnx_int8_model(model), tmp_path / "q")
     out = save_pruned(model, tmp_path / "q", quantized=True)
     again = load_pruned(out)
-    assert is_dynamic_int8(again)
-    torch.testing.assert_close(_logits(again), _logits(quantize_dynamic_int8(model)))
+    assert is_int8(again)  # ONNX Runtime dynamic int8 of the saved float weights
+    torch.testing.assert_close(_logits(again), _logits(onnx_int8_model(model)))
+    torch.testing.assert_close(_logits(load_pruned(out, as_float=True)), _logits(model))
 
     # a model saved with the older flag is rebuilt as int8 too; an unknown quantization is refused
     cfg_file = out / "config.json"
@@ -87,7 +87,7 @@ def test_int8_is_rebuilt_never_returned_as_float(tmp_path):
     cfg["autoprune"] = {"heads_per_layer": meta["heads_per_layer"], "ffn_per_layer": meta["ffn_per_layer"],
                         "quantized": True}
     cfg_file.write_text(json.dumps(cfg))
-    assert is_dynamic_int8(load_pruned(out))
+    assert is_int8(load_pruned(out))
     cfg["autoprune"] = {**meta, "quantization": "int4_awq"}
     cfg_file.write_text(json.dumps(cfg))
     with pytest.raises(ModelError, match="quantization 'int4_awq' is not one autoprune can rebuild"):

@@ -23,6 +23,14 @@ def cfg(tmp_path_factory):
     return RunConfig.model_validate(tiny_config_dict(tmp_path_factory.mktemp("trial"), layers=3, baseline_steps=60))
 
 
+@pytest.fixture(scope="module")
+def cfg8(cfg):
+    """The same run timed in ONNX Runtime, where int8 policies run (the same cached baseline)."""
+    from conftest import int8_measure
+
+    return RunConfig.model_validate(int8_measure(cfg.model_dump(mode="json")))
+
+
 def test_baseline_is_cached_and_keyed(cfg):
     path = ensure_baseline(cfg, progress=False)
     metrics = json.loads((path / "metrics.json").read_text())
@@ -202,44 +210,40 @@ def test_distillation_loss_moves_student_towards_teacher():
     assert kl() < 0.2 * before
 
 
-def test_distilled_and_quantized_trial(cfg, tmp_path):
-    from autoprune.measure import is_dynamic_int8
-    from autoprune.serialization import load_pruned
+def test_distilled_and_quantized_trial(cfg8, tmp_path):
+    from autoprune.onnx_export import is_int8
+    from autoprune.serialization import load_pruned, saved_quantization
 
     pol = PruningPolicy.uniform("l1", 3, heads=0.5, ffn=0.5, retrain_steps=4, distillation={"weight": 0.5},
                                 quantize=True)
-    res = run_trial(cfg, pol, save_dir=str(tmp_path / "q"))
-    fp32 = run_trial(cfg, pol.model_copy(update={"quantize": False}))
-    # half the units; at this toy width the per-channel int8 scales outweigh the int8 savings
-    # (on MiniLM-L6 int8 takes the state dict from 90.9 MB to 59.0 MB)
-    assert max(res.size_bytes, fp32.size_bytes) < res.dense_size_bytes
-    assert res.heads_per_layer == fp32.heads_per_layer
-    saved = load_pruned(tmp_path / "q")  # an int8 policy's model comes back int8
-    assert is_dynamic_int8(saved) and saved.config.autoprune["quantization"] == "dynamic_int8"
-    assert saved.config.autoprune["heads_per_layer"] == [2, 2, 2]
+    res = run_trial(cfg8, pol, save_dir=str(tmp_path / "q"))
+    fp32 = run_trial(cfg8, pol.model_copy(update={"quantize": False}))
+    assert res.heads_per_layer == fp32.heads_per_layer and res.targets["targets"]["ort"]["int8"]
+    assert not fp32.targets["targets"]["ort"]["int8"] and fp32.targets["targets"]["torch"]["speedup"] > 0
+    assert is_int8(load_pruned(tmp_path / "q"))  # an int8 policy's model comes back int8 (ONNX Runtime)
+    assert saved_quantization(tmp_path / "q") == "dynamic_int8"
+    assert load_pruned(tmp_path / "q", as_float=True).config.autoprune["heads_per_layer"] == [2, 2, 2]
 
 
-def test_int8_policy_is_evaluated_after_quantization(cfg, monkeypatch):
+def test_int8_policy_is_evaluated_after_quantization(cfg8, monkeypatch):
     # a stand-in "quantizer" whose model always answers label 1: the trial's accuracy must be that
     # model's accuracy, not the float model's (int8 is not free on the objective)
+    import types
+
     import autoprune.trial as trial_mod
 
-    real = trial_mod.quantize_dynamic_int8
-
-    def always_one(model):
-        q = real(model)
-        q.classifier.register_forward_hook(
-            lambda mod, inp, out: torch.stack([torch.full_like(out[..., 0], -10.0), torch.full_like(out[..., 0], 10.0)], -1))
-        return q
+    class AlwaysOne(torch.nn.Module):
+        def forward(self, input_ids, **_):
+            return types.SimpleNamespace(logits=torch.tensor([[-10.0, 10.0]]).expand(len(input_ids), 2))
 
     pol = PruningPolicy.uniform("l1", 3, heads=0.25, ffn=0.25, retrain_steps=0, quantize=True)
-    rows = Path(cfg.data.files["validation"]).read_text().splitlines()[1:]
+    rows = Path(cfg8.data.files["validation"]).read_text().splitlines()[1:]
     labels = [int(line.rsplit("\t", 1)[1]) for line in rows]
     constant = labels.count(1) / len(labels)
-    float_acc = run_trial(cfg, pol.model_copy(update={"quantize": False})).accuracy
+    float_acc = run_trial(cfg8, pol.model_copy(update={"quantize": False})).accuracy
     assert float_acc != pytest.approx(constant)  # otherwise this test could not tell the two apart
-    monkeypatch.setattr(trial_mod, "quantize_dynamic_int8", always_one)
-    res = run_trial(cfg, pol)
+    monkeypatch.setattr(trial_mod, "onnx_int8_model", lambda model, threads: AlwaysOne())
+    res = run_trial(cfg8, pol)
     assert res.accuracy == pytest.approx(constant)
     assert res.accuracy_drop == pytest.approx(res.dense_accuracy - constant)
 
@@ -288,21 +292,24 @@ def test_final_split_test_reports_test_accuracy_for_both_models(cfg):
     assert res.accuracy_pruned == res.accuracy  # the accuracy after pruning is on the reported split too
 
 
-def test_int8_scores_depend_on_batch_companions_so_int8_is_scored_one_row_at_a_time(cfg, monkeypatch):
+def test_int8_scores_depend_on_batch_companions_so_int8_is_scored_one_row_at_a_time(cfg8, monkeypatch):
     # dynamic int8 picks one activation scale per tensor: a row's logits change with what it is batched with
     import autoprune.data as data_mod
     from autoprune.measure import eval_batch_size
     from autoprune.models import load_model
-    from autoprune.quantize import quantize_dynamic_int8
+    from autoprune.onnx_export import onnx_int8_model
     from autoprune.train import ensure_baseline
 
-    q = quantize_dynamic_int8(load_model(str(ensure_baseline(cfg, progress=False))))
-    assert eval_batch_size(q, 128) == 1 and eval_batch_size(load_model(str(ensure_baseline(cfg))), 128) == 128
+    cfg = cfg8
+    model = load_model(str(ensure_baseline(cfg, progress=False)))
     g = torch.Generator().manual_seed(0)
     row = torch.randint(5, 30, (1, 8), generator=g)
     loud = torch.randint(5, 30, (1, 8), generator=g)
     with torch.no_grad():
-        q.bert.embeddings.word_embeddings.weight[loud[0, 0]] *= 50  # a row with an outlier activation
+        model.bert.embeddings.word_embeddings.weight[loud[0, 0]] *= 50  # a row with an outlier activation
+    q = onnx_int8_model(model)
+    assert eval_batch_size(q, 128) == 1 and eval_batch_size(model, 128) == 128
+    with torch.no_grad():
         alone = q(input_ids=row, attention_mask=torch.ones_like(row)).logits
         batched = q(input_ids=torch.cat([row, loud]), attention_mask=torch.ones(2, 8, dtype=torch.long)).logits[:1]
     assert not torch.allclose(alone, batched, atol=1e-4)

@@ -307,10 +307,12 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
     if resume_only and url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         open_study(url, name)  # "no study storage at ..." without creating an empty database
     prepare_sqlite(url, create_folder=storage is None)  # a read-only location: one clear error, nothing written
-    from autoprune.runtimes import check_before_study  # runtimes installed, GPUs present: before any study exists
+    from autoprune.runtimes import check_before_study, check_int8  # runtimes, GPUs, int8: before any study exists
 
     check_before_study(config.measure, space.gpus_per_trial,
                        joining_cluster=bool(address or os.environ.get("RAY_ADDRESS")))
+    if True in (space.quantize if isinstance(space.quantize, list) else [space.quantize]):
+        check_int8(config.measure, f"{space.source}: 'quantize' includes true, and its run config's 'measure'")
     if dense_metrics is None:  # the baseline will be trained: check data and model before a study exists
         from autoprune.train import check_config
 
