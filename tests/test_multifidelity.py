@@ -433,6 +433,9 @@ def test_benchmark_scores_arms_at_equal_wall_time(tiny, tmp_path):
     corr = doc["correlation"]["results"]
     assert corr["n"] == len(full) >= 3 and -1 <= corr["spearman"] <= 1
     assert sorted(tuple(p["source"]) for p in corr["pairs"]) == sorted((n, r.number) for n, r in full)
+    # apart: the policies the mf arms carried to the top rung, rung 0 against the top
+    tops = [t for s in (1, 2) for t in open_study(storage, f"mf_seed{s}").trials if t.state.name == "COMPLETE"]
+    assert corr["promoted"]["n"] == len(tops)
     rung0 = optuna.load_study(study_name="correlation", storage=storage).trials
     assert all(t.user_attrs["policy"]["retrain"]["steps"] == 0 and t.user_attrs["policy"]["reconstruct"] ==
                "least_squares" for t in rung0)
