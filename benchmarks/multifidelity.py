@@ -83,6 +83,7 @@ REFERENCE_HV = 0.0648
 ATTR_SEGMENTS = "bench_segments"
 ATTR_BUDGET = "bench_minutes"
 ARCHIVE = ROOT / "docs" / "data" / "multifidelity_studies.db"
+DEFAULT_MINUTES = 60.0
 UNBOUNDED = 1_000_000  # n_trials of a timed arm: its wall time is what ends it
 
 
@@ -203,9 +204,10 @@ def _segments(storage: str, name: str) -> list[list[float]]:
 
 
 # ----------------------------------------------------------------------------- report
-def arm_result(storage: str, arm: str, seed: int, minutes: float) -> dict[str, Any] | None:
-    """One arm's numbers: hypervolume of its top-rung front within its minutes, trials per rung, time to
-    the reference hypervolume; None when the arm has not run."""
+def arm_result(storage: str, arm: str, seed: int, minutes: float | None) -> dict[str, Any] | None:
+    """One arm's numbers: hypervolume of its top-rung front within its minutes (None: the minutes the arm
+    was run with, stored on its study), trials per rung, time to the reference hypervolume; None when
+    the arm has not run."""
     import optuna
 
     from autoprune.search import open_study
@@ -218,16 +220,18 @@ def arm_result(storage: str, arm: str, seed: int, minutes: float) -> dict[str, A
     ref = study_reference(st)
     levels = rungs(st)
     records = levels[-1].records if levels else trial_records(st)
+    if minutes is None:
+        minutes = float(st.user_attrs.get(ATTR_BUDGET) or DEFAULT_MINUTES)
     pts = scored(records, segments, minutes * 60.0)
     t_ref = time_to(pts, ref, REFERENCE_HV)
-    return {"arm": arm, "seed": seed, "study": name, "arm_minutes": round(arm_seconds(segments) / 60, 2),
+    return {"arm": arm, "seed": seed, "study": name, "budget_minutes": minutes, "arm_minutes": round(arm_seconds(segments) / 60, 2),
             "hypervolume": hypervolume([r for _, r in pts], ref), "reference_point": list(ref),
             "top_rung_completed": len(pts),
             "per_rung_finished": [len(lvl.finished) for lvl in levels] if levels else [len(counted_trials(records))],
             "minutes_to_reference_hv": None if t_ref is None else round(t_ref / 60, 2)}
 
 
-def search_report(storage: str, seeds: list[int], minutes: float) -> tuple[str, dict[str, Any]]:
+def search_report(storage: str, seeds: list[int], minutes: float | None) -> tuple[str, dict[str, Any]]:
     """The search table (per seed: both arms' hypervolumes and their ratio) and its numbers."""
     rows = ["| seed | mf hypervolume | random hypervolume | mf / random | mf top-rung trials (rung 0, ...) | "
             "random trials | mf minutes to 0.0648 |", "|---:|---:|---:|---:|---|---:|---:|"]
@@ -244,7 +248,8 @@ def search_report(storage: str, seeds: list[int], minutes: float) -> tuple[str, 
                     f"{'-' if ratio is None else f'{ratio:.2f}x'} | {mf['top_rung_completed']} "
                     f"({', '.join(map(str, mf['per_rung_finished']))}) | {rnd['top_rung_completed']} | "
                     f"{'-' if mf['minutes_to_reference_hv'] is None else mf['minutes_to_reference_hv']} |")
-    summary = {"minutes_per_arm": minutes, "seeds": [p["seed"] for p in per_seed], "per_seed": per_seed,
+    summary = {"minutes_per_arm": minutes if minutes is not None else sorted({p[a]["budget_minutes"] for p in per_seed
+                                                                             for a in ARMS}), "seeds": [p["seed"] for p in per_seed], "per_seed": per_seed,
                "mean_ratio": statistics.mean(ratios) if ratios else None,
                "ratio_of_means": (statistics.mean(p["mf"]["hypervolume"] for p in per_seed)
                                   / statistics.mean(p["random"]["hypervolume"] for p in per_seed))
@@ -402,7 +407,9 @@ def main(argv: list[str] | None = None, trial_fn: Callable[..., Any] | None = No
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-c", "--space", default=str(ROOT / "search_spaces" / "minilm_sst2.yaml"))
     ap.add_argument("--phases", default="search,correlation,report,archive", help=f"from {', '.join(PHASES)}")
-    ap.add_argument("--minutes", type=float, default=60.0, help="wall time of each arm at each seed")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help=f"wall time of each arm at each seed (search: default {DEFAULT_MINUTES:g}; report: default "
+                         f"the minutes each arm was run with)")
     ap.add_argument("--seeds", default="1,2,3", help="sampler seeds (at least 3 for the protocol)")
     ap.add_argument("--arms", default=",".join(ARMS), help="the arms the search phase runs (default: both)")
     ap.add_argument("--side-by-side", action="store_true",
@@ -420,7 +427,9 @@ def main(argv: list[str] | None = None, trial_fn: Callable[..., Any] | None = No
                              f"choose from {', '.join(PHASES)}")
     seeds = parse_ints(args.seeds, "--seeds")
     arms = tuple(a for a in args.arms.split(",") if a)
-    if not seeds or not args.minutes > 0 or not arms or set(arms) - set(ARMS):
+    if "search" in phases and args.minutes is None:
+        args.minutes = DEFAULT_MINUTES
+    if not seeds or (args.minutes is not None and not args.minutes > 0) or not arms or set(arms) - set(ARMS):
         raise AutopruneError(f"give --seeds (e.g. 1,2,3), --minutes > 0 and --arms from {', '.join(ARMS)}")
     space = load_search_space(args.space)
     if args.config:
