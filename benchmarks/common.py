@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as `python benchmarks/x.py` from a checkout: import this checkout's autoprune
@@ -117,6 +117,21 @@ def parse_ints(text: str, flag: str) -> list[int]:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise AutopruneError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1000,2000") from None
+
+
+def rotated_plan(seeds: list[int], names: Sequence[str]) -> list[tuple[int, str]]:
+    """(seed, name) in run order: seed by seed, the names rotated by one place per seed, so each takes
+    each place in the order as often as the others (a shared machine's drifting load falls on all alike).
+
+    >>> rotated_plan([1, 2], ["random", "tpe", "gp"])
+    [(1, 'random'), (1, 'tpe'), (1, 'gp'), (2, 'tpe'), (2, 'gp'), (2, 'random')]
+    """
+    names = list(names)
+    out = []
+    for i, seed in enumerate(seeds):
+        k = i % len(names)
+        out += [(seed, n) for n in names[k:] + names[:k]]
+    return out
 
 
 def study_reference(study: Any) -> tuple[float, float]:

@@ -65,7 +65,8 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, add_results_option, parse_ints, run, study_reference, write_results  # noqa: E402
+from benchmarks.common import (ROOT, add_results_option, parse_ints, rotated_plan, run, study_reference,  # noqa: E402
+                               write_results)
 from benchmarks.minilm_sst2 import archive  # noqa: E402
 
 from autoprune.errors import AutopruneError  # noqa: E402
@@ -99,19 +100,6 @@ def arm_space(space: SearchSpace, arm: str, seed: int, trials_in_flight: int | N
     if arm == "random":
         update.update(sampler="random", rungs=None)
     return space.model_copy(update=update)
-
-
-def plan(seeds: list[int], arms: tuple[str, ...] = ARMS) -> list[tuple[int, str]]:
-    """(seed, arm) in run order, the arms rotated by one place per seed.
-
-    >>> plan([1, 2, 3])
-    [(1, 'mf'), (1, 'random'), (2, 'random'), (2, 'mf'), (3, 'mf'), (3, 'random')]
-    """
-    out = []
-    for i, seed in enumerate(seeds):
-        k = i % len(arms)
-        out += [(seed, a) for a in arms[k:] + arms[:k]]
-    return out
 
 
 def study_name(arm: str, seed: int) -> str:
@@ -457,7 +445,7 @@ def main(argv: list[str] | None = None, trial_fn: Callable[..., Any] | None = No
         for seed in seeds:
             run_side_by_side(base, seed, run_dir, Path(storage[len("sqlite:///"):]))
     elif "search" in phases:
-        for seed, arm in plan(seeds, arms):
+        for seed, arm in rotated_plan(seeds, arms):
             run_arm(space, arm, seed, storage, args.minutes, trial_fn=trial_fn, executor=executor,
                     trials_in_flight=args.trials_in_flight)
     if "correlation" in phases:

@@ -49,8 +49,8 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (ROOT, add_results_option, hypervolume_first, parse_ints, run, study_reference,  # noqa: E402
-                               write_results)
+from benchmarks.common import (ROOT, add_results_option, hypervolume_first, parse_ints, rotated_plan, run,  # noqa: E402
+                               study_reference, write_results)
 
 from autoprune.errors import AutopruneError  # noqa: E402
 from autoprune.search import load_search_space, make_sampler, policy_key, run_search  # noqa: E402
@@ -86,19 +86,6 @@ def summarise(hv: dict[str, dict[int, float]], baseline: str = "random") -> list
 
 
 # ----------------------------------------------------------------------------- real trials
-def plan(seeds: list[int], samplers: list[str]) -> list[tuple[int, str]]:
-    """(seed, sampler) in run order: seed by seed, the samplers rotated by one place per seed.
-
-    >>> plan([1, 2], ["random", "tpe", "gp"])
-    [(1, 'random'), (1, 'tpe'), (1, 'gp'), (2, 'tpe'), (2, 'gp'), (2, 'random')]
-    """
-    out = []
-    for i, seed in enumerate(seeds):
-        k = i % len(samplers)
-        out += [(seed, s) for s in samplers[k:] + samplers[:k]]
-    return out
-
-
 def run_real(args: argparse.Namespace) -> None:
     seeds = parse_ints(args.seeds, "--seeds")
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
@@ -114,7 +101,7 @@ def run_real(args: argparse.Namespace) -> None:
     storage = args.storage or f"sqlite:///{run_dir / 'bench_samplers_real.db'}"
 
     wall: dict[str, float] = {s: 0.0 for s in samplers}
-    for seed, sampler in plan(seeds, samplers):
+    for seed, sampler in rotated_plan(seeds, samplers):
         sp = space.model_copy(update={"sampler": sampler, "seed": seed, "startup_trials": startup})
         t = time.perf_counter()
         log.info("seed %d: %s", seed, sampler)
