@@ -180,14 +180,13 @@ def _prune_step(run: _Run, k: int, k_steps: int, replay: PruneRecord | None) -> 
     scores_need = replay is None and get_criterion(pol.criterion).needs_gradients
     t = time.perf_counter()
     key = _calibration_key(run)
-    calib = run.ctx.calibration_batches(*key) if scores_need else None
-    dense: Any = run.ctx.dense
-    if pol.reconstruct != "none":
-        # the dense targets do not depend on the policy: on CPU they are computed once per process
-        # (every rung-0 policy of a worker reuses them); on a GPU the fit runs against the dense model
-        on_cpu = next(run.model.parameters()).device.type == "cpu"
-        dense = run.ctx.dense_targets(*key) if on_cpu else run.ctx.dense
-        calib = calib if on_cpu else run.ctx.calibration_batches(*key)
+    # the dense targets of the reconstruction do not depend on the policy: on CPU they are computed once
+    # per process (every rung-0 policy of a worker reuses them); on a GPU the fit runs against the dense
+    # model, on the calibration batches
+    reconstruct_on_cpu = pol.reconstruct != "none" and next(run.model.parameters()).device.type == "cpu"
+    dense: Any = run.ctx.dense_targets(*key) if reconstruct_on_cpu else run.ctx.dense
+    needs_batches = scores_need or (pol.reconstruct != "none" and not reconstruct_on_cpu)
+    calib = run.ctx.calibration_batches(*key) if needs_batches else None
     before = run.record.timings["reconstruction"] if run.record is not None else 0.0
     run.record = prune(run.model, pol, calib, dense=dense, fraction=k / k_steps, previous=run.record,
                        replay=replay)
