@@ -2,8 +2,8 @@
 
 Used by ``autoprune export --onnx``, ``autoprune export-onnx``, the ``onnxruntime`` measurement
 target (:mod:`autoprune.runtimes`) and int8 trials: :func:`onnx_int8_model` turns a float model into
-an :class:`OnnxClassifier`, ONNX Runtime dynamic int8 called like the torch model. The exporter is torch's TorchScript one (opset 17) with dynamic
-batch and sequence axes; the output is ``logits``.
+an :class:`OnnxClassifier`, ONNX Runtime dynamic int8 called like the torch model. The exporter is
+torch's TorchScript one (opset 17) with dynamic batch and sequence axes; the output is ``logits``.
 """
 
 from __future__ import annotations
@@ -82,10 +82,7 @@ def export_onnx(model: Any, out_path: str | Path, *, int8: bool = False, check: 
 
 def _onnx_vs_torch(model: Any, onnx_path: Path) -> tuple[Any, Any]:
     """Logits of the ONNX model and of ``model`` on a fresh batch of another shape than the export's."""
-    import onnxruntime as ort
-    import torch
-
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = onnx_session(onnx_path)
     test, names = onnx_inputs(model, seq_len=11, batch=3)
     got = sess.run(["logits"], {n: test[n].numpy() for n in names})[0]
     with torch.no_grad():

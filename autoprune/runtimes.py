@@ -285,10 +285,11 @@ def measure_target(dense: "nn.Module", pruned: "nn.Module", target: Target, *, i
     """Time ``dense`` against ``pruned`` (both float models) in ``target``'s runtime, interleaved.
 
     ``int8`` times the pruned model as ONNX Runtime dynamic int8 of the exported model against the
-    float dense model of the same runtime (``onnxruntime`` targets only: torch has no int8 path). Returns plain data: the target's settings, ``dense_ms`` / ``pruned_ms``
-    (medians) with their interquartile ranges, ``speedup`` (ratio of the medians) with the quartiles
-    ``speedup_q1`` / ``speedup_q3`` of the per-round ratios, and the same with ``_b1`` when the
-    target also times batch 1.
+    float dense model of the same runtime (``onnxruntime`` targets only: torch has no int8 path).
+    Returns plain data: the target's settings, ``dense_ms`` / ``pruned_ms`` (medians) with their
+    interquartile ranges, ``speedup`` (ratio of the medians) with the quartiles ``speedup_q1`` /
+    ``speedup_q3`` of the per-round ratios, and the same with ``_b1`` when the target also times
+    batch 1.
 
     Example (a tiny model; see tests/test_runtimes.py):
         >>> # measure_target(dense, pruned, Target(runtime="onnxruntime"))["speedup"]
