@@ -292,6 +292,24 @@ class MeasureConfig(_Strict):
         targets = self.resolved_targets()
         return next((t for t in targets if t.name == self.objective), targets[0])
 
+    def screening(self, repeats: int = 5) -> "MeasureConfig":
+        """This measurement cut to what a multi-fidelity rung below the top times: the objective's target
+        alone, batch ``batch_size`` only, one warm-up round and ``repeats`` timed rounds (no re-timing of
+        a noisy one). The promotion reads only the objective's speedup; the top rung times every target
+        in full.
+
+        Example:
+            >>> m = MeasureConfig.model_validate({"targets": [{"runtime": "onnxruntime"}, {"runtime": "torch"}]})
+            >>> s = m.screening()
+            >>> [(t.name, t.repeats, t.batch1) for t in s.resolved_targets()], s.objective
+            ([('onnxruntime-cpu', 5, False)], 'onnxruntime-cpu')
+        """
+        cut = {"warmup": min(self.warmup, 1), "repeats": repeats, "batch1": False}
+        if self.targets is None:
+            return self.model_copy(update={**cut, "max_repeats": repeats})
+        target = self.objective_target().model_copy(update=cut)
+        return self.model_copy(update={"targets": [target], "objective": target.name})
+
 
 class RunConfig(_Strict):
     """Everything a trial needs besides the policy."""

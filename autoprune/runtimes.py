@@ -31,6 +31,7 @@ import copy
 import importlib.util
 import logging
 import tempfile
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -224,7 +225,8 @@ def _summary(prefix: str, dense: list[float], pruned: list[float]) -> dict[str, 
             f"speedup_q1{prefix}": rq1, f"speedup_q3{prefix}": rq3}
 
 
-def _torch_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool) -> Iterator[tuple[str, list]]:
+def _torch_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool,
+                 onnx_file: Path | None = None) -> Iterator[tuple[str, list]]:
     import torch
 
     from autoprune.measure import interleaved_times, random_batch
@@ -259,14 +261,34 @@ def _cpu(model: "nn.Module") -> "nn.Module":
     return model if dev.type == "cpu" else copy.deepcopy(model).cpu()
 
 
-def _ort_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool) -> Iterator[tuple[str, list]]:
+#: the dense model's ONNX export per process: a worker times every policy against the same dense model
+_DENSE_ONNX: "weakref.WeakKeyDictionary[Any, tuple[Any, Any, Path]]" = weakref.WeakKeyDictionary()
+
+
+def _dense_onnx(dense: "nn.Module") -> Path:
+    """``dense`` exported to ONNX once per process and reused; exported again when its weights changed
+    (a parameter's storage or in-place version counter) or for another model object."""
+    from autoprune.onnx_export import export_onnx
+
+    stamp = tuple((p.data_ptr(), p._version) for p in dense.parameters())
+    hit = _DENSE_ONNX.get(dense)
+    if hit is not None and hit[0] == stamp and hit[2].is_file():
+        return hit[2]
+    tmp = tempfile.TemporaryDirectory(prefix="autoprune_dense_onnx_")  # removed with its cache entry
+    path = export_onnx(_cpu(dense), Path(tmp.name) / "dense.onnx")
+    _DENSE_ONNX[dense] = (stamp, tmp, path)
+    return path
+
+
+def _ort_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool,
+               onnx_file: Path | None = None) -> Iterator[tuple[str, list]]:
     from autoprune.onnx_export import export_onnx, onnx_inputs, onnx_session
     from autoprune.measure import interleaved_times, random_batch
 
     vocab = int(getattr(dense.config, "vocab_size", 1000))
     with tempfile.TemporaryDirectory(prefix="autoprune_ort_") as tmp:
-        d_path = export_onnx(_cpu(dense), Path(tmp) / "dense.onnx")
-        p_path = export_onnx(_cpu(pruned), Path(tmp) / "pruned.onnx", int8=int8)
+        d_path = _dense_onnx(dense)
+        p_path = onnx_file or export_onnx(_cpu(pruned), Path(tmp) / "pruned.onnx", int8=int8)
         sd = onnx_session(d_path, threads=t.threads, device=t.device)
         sp = onnx_session(p_path, threads=t.threads, device=t.device)
         names = onnx_inputs(dense)[1]
@@ -281,11 +303,14 @@ def _ort_timer(dense: "nn.Module", pruned: "nn.Module", t: Target, int8: bool) -
             yield suffix, [td, tp]
 
 
-def measure_target(dense: "nn.Module", pruned: "nn.Module", target: Target, *, int8: bool = False) -> dict[str, Any]:
+def measure_target(dense: "nn.Module", pruned: "nn.Module", target: Target, *, int8: bool = False,
+                   onnx_file: str | Path | None = None) -> dict[str, Any]:
     """Time ``dense`` against ``pruned`` (both float models) in ``target``'s runtime, interleaved.
 
     ``int8`` times the pruned model as ONNX Runtime dynamic int8 of the exported model against the
     float dense model of the same runtime (``onnxruntime`` targets only: torch has no int8 path).
+    ``onnx_file``: the pruned model already exported (and, with ``int8``, quantized) to this ONNX file,
+    timed as it is in ``onnxruntime`` targets instead of exporting ``pruned`` again.
     Returns plain data: the target's settings, ``dense_ms`` / ``pruned_ms`` (medians) with their
     interquartile ranges, ``speedup`` (ratio of the medians) with the quartiles ``speedup_q1`` /
     ``speedup_q3`` of the per-round ratios, and the same with ``_b1`` when the target also times
@@ -297,7 +322,7 @@ def measure_target(dense: "nn.Module", pruned: "nn.Module", target: Target, *, i
     check_targets([target])
     timer = _ort_timer if target.runtime == "onnxruntime" else _torch_timer
     out: dict[str, Any] = {**target.model_dump(), "int8": bool(int8)}
-    for suffix, (td, tp) in timer(dense, pruned, target, int8):
+    for suffix, (td, tp) in timer(dense, pruned, target, int8, None if onnx_file is None else Path(onnx_file)):
         out.update(_summary(suffix, td, tp))
     logger.info("%s: dense %.2f ms, pruned%s %.2f ms -> %.2fx (per-round quartiles %.2f-%.2f)", target.describe(),
                 out["dense_ms"], " int8" if int8 else "", out["pruned_ms"], out["speedup"], out["speedup_q1"],
@@ -305,14 +330,15 @@ def measure_target(dense: "nn.Module", pruned: "nn.Module", target: Target, *, i
     return out
 
 
-def _measure_all(dense: "nn.Module", pruned: "nn.Module", targets: list[dict[str, Any]], int8: bool) -> dict[str, Any]:
+def _measure_all(dense: "nn.Module", pruned: "nn.Module", targets: list[dict[str, Any]], int8: bool,
+                 onnx_file: str | Path | None = None) -> dict[str, Any]:
     """Body of the pinned measurement task (plain data in, plain data out)."""
     results = {}
     for t in targets:  # an int8 model has no torch form: its torch targets are recorded as skipped
         if int8 and t["runtime"] == "torch":
             results[t["name"]] = {**t, "int8": True, "skipped": INT8_SKIPPED}
         else:
-            results[t["name"]] = measure_target(dense, pruned, Target.model_validate(t), int8=int8)
+            results[t["name"]] = measure_target(dense, pruned, Target.model_validate(t), int8=int8, onnx_file=onnx_file)
     placement: dict[str, Any] = {}
     try:
         import ray
@@ -326,14 +352,16 @@ def _measure_all(dense: "nn.Module", pruned: "nn.Module", targets: list[dict[str
 
 
 def measure_targets(dense: "nn.Module", pruned: "nn.Module", measure: "MeasureConfig", *,
-                    int8: bool = False) -> dict[str, Any]:
+                    int8: bool = False, onnx_file: str | Path | None = None) -> dict[str, Any]:
     """Measure every target of a run config's ``measure`` section.
 
     Returns ``{"targets": {name: measure_target(...)}, "objective": name, "placement": {...}}``.
     With ``measure.resource`` and Ray running, the timing runs as one Ray task that asks for
     ``RESOURCE_SHARE`` of that custom resource (and the largest target's threads as CPUs), so it
     lands on a node that carries it; ``placement`` records the node and the resources Ray assigned.
-    Without Ray the targets are timed here (the resource only pins work inside a Ray search).
+    Without Ray the targets are timed here (the resource only pins work inside a Ray search), and
+    ``onnx_file`` (the pruned model's ONNX file, see :func:`measure_target`) is used; a pinned task,
+    perhaps on another node, exports the model it receives.
     """
     targets = [t.model_dump() for t in measure.resolved_targets()]
     name = measure.resource
@@ -354,7 +382,7 @@ def measure_targets(dense: "nn.Module", pruned: "nn.Module", measure: "MeasureCo
                                                 max_retries=1, name="autoprune-measure")
         out = ray.get(task.remote(dense, pruned, targets, int8))
     else:
-        out = _measure_all(dense, pruned, targets, int8)
+        out = _measure_all(dense, pruned, targets, int8, onnx_file)
     out["objective"] = measure.objective_target().name
     return out
 

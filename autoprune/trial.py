@@ -32,7 +32,7 @@ import torch.nn as nn
 from autoprune.config import RunConfig
 from autoprune.policy import PruningPolicy
 from autoprune.pruner import PruneRecord
-from autoprune.onnx_export import onnx_int8_model
+from autoprune.onnx_export import is_int8, onnx_int8_model
 from autoprune.quantize import fake_quantized
 from autoprune.results import EvalMetrics, TrialResult
 
@@ -114,7 +114,7 @@ def _context(config: RunConfig, *, progress: bool) -> _Context:
     from autoprune.models import get_adapter, load_model
     from autoprune.train import ensure_baseline, load_task_data, load_tokenizer
 
-    key = config.model_dump_json()
+    key = config.model_dump_json(exclude={"measure"})  # how speed is timed shapes no part of the context
     if key in _CONTEXTS:
         return _CONTEXTS[key]
     bdir = ensure_baseline(config, progress=progress)
@@ -295,12 +295,15 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     if teacher is not None and device.type != "cpu":
         teacher = copy.deepcopy(teacher).to(device)
     pruned: EvalMetrics | None = None
+    # a cut with no retraining after it is the final model: an int8 policy is then scored once, in int8
+    # (its accuracy after pruning is the int8 model's), not also in float
+    score_cut = not (policy.quantize and budget.steps == 0 and k_steps == 1)
     for k in range(1, k_steps + 1):
         _prune_step(run, k, k_steps, record)
-        if k == 1:
+        if k == 1 and score_cut:
             pruned = run.evaluate(final_split)  # before any retraining
         _retrain_step(run, k, k_steps, per_step[k - 1], batches, teacher)
-    assert run.record is not None and pruned is not None
+    assert run.record is not None
 
     run.model = run.model.cpu()  # int8, timing and saving run on CPU copies (a cuda target moves its own)
     if policy.granularity == "unstructured":
@@ -310,7 +313,8 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     # quantize before the final evaluation: an int8 policy's accuracy is the int8 model's accuracy
     model = _quantize(run)
     nothing_since = run.done_steps == 0 and k_steps == 1 and model is run.model
-    final = pruned if nothing_since else run.evaluate(final_split, model)
+    final = pruned if nothing_since and pruned is not None else run.evaluate(final_split, model)
+    pruned = final if pruned is None else pruned
     run.history.append([run.done_steps, final.accuracy])
     with run.timed("evaluate"):
         dense_final = ctx.dense_on(final_split, config.eval_batch_size)
@@ -341,7 +345,9 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
     if m.targets is not None or m.resource:  # measurement targets: the objective's speedup is the trial's
         from autoprune.runtimes import measure_targets, speed_report
 
-        targets = measure_targets(ctx.dense, float_model, m, int8=policy.quantize)
+        # an int8 policy's ONNX Runtime file is the one it was scored with: timed as it is, not re-made
+        onnx_file = model.path if is_int8(model) else None
+        targets = measure_targets(ctx.dense, float_model, m, int8=policy.quantize, onnx_file=onnx_file)
         speed = speed_report(targets["targets"][targets["objective"]])
     else:
         speed = measure_speed(ctx.dense, model, batch_size=m.batch_size, seq_len=m.seq_len, threads=m.threads,

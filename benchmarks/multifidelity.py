@@ -282,6 +282,7 @@ def score_rung0(space: SearchSpace, storage: str, seeds: list[int], trial_fn: Ca
     config = space.run_config()
     if config.torch_threads is None:
         config = config.model_copy(update={"torch_threads": max(1, int(space.cpus_per_trial))})
+    config = config.model_copy(update={"measure": config.measure.screening()})  # as the search's rung 0 times
     st = optuna.create_study(study_name=CORRELATION, storage=storage, directions=["maximize", "maximize"], load_if_exists=True)
     done = {(t.user_attrs.get("source_study"), t.user_attrs.get("source_trial")) for t in st.trials}
     todo = [(n, r) for n, r in full_budget_policies(storage, seeds) if (n, r.number) not in done]

@@ -512,16 +512,27 @@ def _promoted_job(state: DriverState, lvl: Level) -> tuple[Slot, TrialJob] | Non
     return _job(state, lvl.index, trial, policy)
 
 
+def _lower_rung_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The run config of a rung below the top: speed screened in the objective's target
+    (:meth:`~autoprune.config.MeasureConfig.screening`)."""
+    from autoprune.config import MeasureConfig
+
+    measure = MeasureConfig.model_validate(config.get("measure") or {}).screening()
+    return {**config, "measure": measure.model_dump()}
+
+
 def _job(state: DriverState, level: int, trial: Any, policy: Any) -> tuple[Slot, TrialJob]:
     """Record the policy a trial runs and build its job. Only the top level saves models (when the space
-    asks) and stops trials early: below it the promotion rule is the filter, and the floor is set for the
-    full budget, which a short rung's mid-way accuracy says little about."""
+    asks), stops trials early and times speed in full in every measurement target: below it the
+    promotion rule is the filter, it reads the objective's speedup only (screened in fewer rounds), and the floor is set for the full budget, which
+    a short rung's mid-way accuracy says little about."""
     trial.set_user_attr(S.T_POLICY, policy.to_dict())
     trial.set_user_attr(S.T_SUMMARY, policy.summary())
     top = level == len(state.levels) - 1
     save_dir = (str(Path(state.config["run_dir"]) / "models" / state.study.study_name / f"trial_{trial.number}")
                 if state.space.save_models and top else None)
-    job = TrialJob(number=trial.number, config=state.config, policy=policy.to_dict(),
+    config = state.config if top else _lower_rung_config(state.config)
+    job = TrialJob(number=trial.number, config=config, policy=policy.to_dict(),
                    floor=state.floor if top else None,
                    early_stop=state.early_stop, num_cpus=state.space.cpus_per_trial,
                    num_gpus=state.space.gpus_per_trial, save_dir=save_dir,
