@@ -166,6 +166,25 @@ def test_rungs_promote_by_the_rule_and_only_the_top_rung_is_on_the_front(tiny, t
     assert open_study(url_of(tmp_path), None).study_name == "s"
 
 
+def test_rungs_below_the_top_screen_speed_in_the_objective_target_only(tiny, tmp_path):
+    from autoprune.config import MeasureConfig
+
+    targets = [{"name": "ort", "runtime": "onnxruntime"}, {"name": "eager", "runtime": "torch"}]
+    config = dict(tiny, run_dir=str(tmp_path / "runs"), measure=dict(tiny["measure"], targets=targets, objective="eager"))
+    ex = InProcessExecutor()
+    search(make_space(tiny, tmp_path, config=config, n_trials=6), ex)
+    seen: dict[bool, set[str]] = {}  # full budget or not: the distinct measure sections the jobs carried
+    for j in ex.submitted:
+        seen.setdefault(j.policy["retrain"]["steps"] in (100, 200), set()).add(json.dumps(j.config["measure"]))
+    assert len(seen[False]) == len(seen[True]) == 1  # rung 0 and rung 1 (20 steps) alike; the top rung alike
+    screened, top = (MeasureConfig.model_validate(json.loads(seen[k].pop())) for k in (False, True))
+    assert [(t.name, t.repeats, t.warmup, t.batch1) for t in screened.resolved_targets()] == [("eager", 5, 1, False)]
+    assert screened.objective == "eager"
+    assert [t.name for t in top.resolved_targets()] == ["ort", "eager"] and top.objective == "eager"
+    assert top == MeasureConfig.model_validate(config["measure"])  # the top rung times as the config says
+    assert {j.config["run_dir"] for j in ex.submitted} == {config["run_dir"]}  # nothing else differs
+
+
 def test_a_lower_rung_result_never_reaches_the_front_or_an_export(tiny, tmp_path):
     from autoprune.dashboard import build_dashboard
     from autoprune.export import ExportError, Selector, select_trial

@@ -79,6 +79,27 @@ def test_int8_target_times_the_onnxruntime_int8_model(wide):
     assert rep["speedup"] > 1.0, rep  # the same weights, int8 MatMulInteger against float MatMul
 
 
+def test_dense_export_is_made_once_and_again_when_its_weights_change(tiny, monkeypatch, tmp_path):
+    import autoprune.onnx_export as ox
+
+    dense, made = copy.deepcopy(tiny), []
+    real = ox.export_onnx
+    monkeypatch.setattr(ox, "export_onnx", lambda model, path, **kw: made.append(Path(path).name) or real(model, path, **kw))
+    t = Target(runtime="onnxruntime", batch_size=2, seq_len=8, warmup=0, repeats=3)
+    for _ in range(2):
+        measure_target(dense, _cut(dense, 1, 16), t)
+    assert made == ["dense.onnx", "pruned.onnx", "pruned.onnx"]  # the dense twin exported once
+    with torch.no_grad():  # an in-place change of the dense weights is seen: exported again
+        next(dense.parameters()).add_(1.0)
+    measure_target(dense, _cut(dense, 1, 16), t)
+    assert made[3:] == ["dense.onnx", "pruned.onnx"]
+    # a pruned model's ONNX file given as it is is timed, not exported again
+    given = ox.export_onnx(_cut(dense, 1, 16), tmp_path / "given.onnx", int8=True)
+    made.clear()
+    rep = measure_target(dense, _cut(dense, 1, 16), t, int8=True, onnx_file=given)
+    assert made == [] and rep["int8"] is True
+
+
 # ----------------------------------------------------------------------------- int8 export
 def test_int8_onnx_export_loads_and_stays_close_to_float(tiny, tmp_path):
     path = export_onnx(tiny, tmp_path / "q.onnx", int8=True)

@@ -248,6 +248,31 @@ def test_int8_policy_is_evaluated_after_quantization(cfg8, monkeypatch):
     assert res.accuracy_drop == pytest.approx(res.dense_accuracy - constant)
 
 
+def test_int8_policy_without_retraining_is_scored_once_and_timed_as_scored(cfg8, monkeypatch):
+    import autoprune.measure as measure_mod
+    import autoprune.onnx_export as ox
+
+    scored, exported = [], []
+    real_eval, real_export = measure_mod.evaluate_split, ox.export_onnx
+    monkeypatch.setattr(measure_mod, "evaluate_split", lambda model, *a, **kw: scored.append(type(model).__name__)
+                        or real_eval(model, *a, **kw))
+    monkeypatch.setattr(ox, "export_onnx", lambda model, path, **kw: exported.append((Path(path).name, kw.get("int8")))
+                        or real_export(model, path, **kw))
+    pol = PruningPolicy.uniform("l1", 3, heads=0.25, ffn=0.25, retrain_steps=0, quantize=True)
+    run_trial(cfg8, pol)  # loads and scores the dense baseline once per process
+    scored.clear()
+    exported.clear()
+    res = run_trial(cfg8, pol)
+    assert scored == ["OnnxClassifier"]  # no float scoring after the cut (the dense metrics are cached)
+    assert res.accuracy_pruned == res.accuracy
+    assert [e for e in exported if e[1]] == [("model.int8.onnx", True)]  # the ort target timed that same file
+    assert res.targets["targets"]["ort"]["int8"] is True
+    # with retraining the cut is scored in float first, then the int8 model
+    scored.clear()
+    run_trial(cfg8, pol.model_copy(update={"retrain": pol.retrain.model_copy(update={"steps": 4})}))
+    assert scored == ["BertForSequenceClassification", "OnnxClassifier"]
+
+
 def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path):
     from autoprune.data import Split, train_batches
     from autoprune.models import load_model
