@@ -300,9 +300,10 @@ def score_rung0(space: SearchSpace, storage: str, seeds: list[int], trial_fn: Ca
     return len(todo)
 
 
-def promoted_pairs(storage: str, seeds: list[int]) -> list[tuple[str, float, float]]:
-    """(summary, rung-0 accuracy, top-rung accuracy) of every policy the mf arms carried to the top rung:
-    a sample chosen by the promotion rule (the best of rung 0), so its correlation is range-restricted."""
+def promoted_pairs(storage: str, seeds: list[int]) -> list[dict[str, Any]]:
+    """Every policy the mf arms carried to the top rung: its summary, rung-0 and top-rung accuracy and
+    speedup (screened at rung 0, timed in full at the top). A sample chosen by the promotion rule (the
+    best of rung 0), so its accuracy correlation is range-restricted."""
     import optuna
 
     from autoprune.search import open_study
@@ -317,8 +318,37 @@ def promoted_pairs(storage: str, seeds: list[int]) -> list[tuple[str, float, flo
         levels = rungs(open_study(storage, name))
         for c in rung_chains(levels):
             if len(c) == len(levels) and c[0].complete and c[-1].complete:
-                out.append((c[0].summary, float(c[0].accuracy), float(c[-1].accuracy)))
+                out.append({"policy": c[0].summary, "rung0_accuracy": float(c[0].accuracy),
+                            "full_accuracy": float(c[-1].accuracy), "rung0_speedup": float(c[0].speedup),
+                            "full_speedup": float(c[-1].speedup)})
     return out
+
+
+def rung0_seconds(storage: str, seeds: list[int]) -> list[float]:
+    """Wall seconds of every complete rung-0 trial of the mf arms, without the first trial's one-off load."""
+    import optuna
+
+    from autoprune.search import open_study
+
+    names = set(optuna.get_all_study_names(storage))
+    out = []
+    for seed in seeds:
+        if study_name("mf", seed) in names:
+            levels = rungs(open_study(storage, study_name("mf", seed)))
+            for r in levels[0].finished if levels else []:
+                ph = (r.result or {}).get("phase_seconds") or {}
+                if r.complete and "total" in ph:
+                    out.append(float(ph["total"]) - float(ph.get("load", 0.0)))
+    return out
+
+
+def speed_error(pairs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Relative error of the screened rung-0 speedup against the top rung's full measurement of the same
+    policy: median and worst of ``|rung0 / full - 1|``."""
+    errs = [abs(p["rung0_speedup"] / p["full_speedup"] - 1.0) for p in pairs if p["full_speedup"] > 0]
+    if not errs:
+        return None
+    return {"n": len(errs), "median": statistics.median(errs), "worst": max(errs), "target_median": 0.05}
 
 
 def _rank_corr(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -342,20 +372,32 @@ def correlation_report(storage: str, seeds: list[int]) -> tuple[str, dict[str, A
     rho, tau = _rank_corr(a0, af)
     secs = [sum(v for k, v in (t.user_attrs.get("phase_seconds") or {}).items() if k != "total") for t in trials]
     promoted = promoted_pairs(storage, seeds)
+    searched = rung0_seconds(storage, seeds)
     numbers: dict[str, Any] = {
         "n": len(trials), "spearman": rho, "kendall": tau, "target_spearman": 0.8, "target_n": 30,
         "rung0_seconds_median": statistics.median(secs) if secs else None,
+        "search_rung0_seconds": {"n": len(searched), "median": statistics.median(searched),
+                                 "quartiles": statistics.quantiles(searched, n=4)[::2] if len(searched) > 1 else None,
+                                 "target": 10.0} if searched else None,
+        "screened_speed_error": speed_error(promoted),
         "pairs": [{"policy": t.user_attrs["summary"], "source": [t.user_attrs["source_study"],
                                                                  t.user_attrs["source_trial"]],
                    "rung0_accuracy": t.values[0], "full_accuracy": t.user_attrs["full_accuracy"],
                    "full_speedup": t.user_attrs["full_speedup"]} for t in trials],
-        "promoted": {"n": len(promoted), "pairs": [{"policy": p, "rung0_accuracy": x, "full_accuracy": y}
-                                                   for p, x, y in promoted]}}
+        "promoted": {"n": len(promoted), "pairs": promoted}}
     text = (f"rank correlation of rung-0 and full-budget validation accuracy over {len(trials)} random-arm policies: "
             f"Spearman {rho:+.3f} (target >= 0.8 over >= 30), Kendall {tau:+.3f}")
+    if searched:
+        text += (f"\nrung 0 in the mf arms: median {statistics.median(searched):.1f} s per policy over {len(searched)} "
+                 f"(target <= 10 s)")
+    err = numbers["screened_speed_error"]
+    if err:
+        text += (f"\nscreened rung-0 speedup against the top rung's full measurement, over {err['n']} promoted "
+                 f"policies: median error {err['median']:.1%}, worst {err['worst']:.1%} (target median <= 5%)")
     if len(promoted) >= 3:
-        prho, ptau = _rank_corr([x for _, x, _ in promoted], [y for _, _, y in promoted])
-        both = _rank_corr(a0 + [x for _, x, _ in promoted], af + [y for _, _, y in promoted])
+        x0, xf = [p["rung0_accuracy"] for p in promoted], [p["full_accuracy"] for p in promoted]
+        prho, ptau = _rank_corr(x0, xf)
+        both = _rank_corr(a0 + x0, af + xf)
         numbers["promoted"].update(spearman=prho, kendall=ptau)
         numbers["pooled"] = {"n": len(trials) + len(promoted), "spearman": both[0], "kendall": both[1]}
         text += (f"\nover the {len(promoted)} policies the mf arms promoted to the top rung (chosen by rung 0): "

@@ -100,6 +100,37 @@ def test_quota_grows_asynchronously_and_rounds_up_when_closed():
 
 
 # ----------------------------------------------------------------------------- rungs in the space
+def test_promotion_ranks_policies_far_below_the_floor_last():
+    # the fastest policy of the rung is far below the floor: without a floor it is promoted, with one
+    # every policy at or above the floor goes first, and the short ones follow by accuracy
+    pool = [cand(0, (0.9, 1.2)), cand(1, (0.5, 4.0)), cand(2, (0.85, 1.5)), cand(3, (0.6, 3.0)), cand(4, (0.88, 1.1))]
+    assert 1 in {c.number for c in P.select(pool, 0.4, closed=False)}
+    assert [c.number for c in P.select(pool, 0.4, closed=False, floor=0.8)] == [0, 2]
+    assert [c.number for c in P.select(pool, 1.0, closed=False, floor=0.8)] == [0, 2, 4]  # open: none below
+    assert [c.number for c in P.select(pool, 1.0, closed=True, floor=0.8)][3:] == [3, 1]  # closed: they follow
+    assert P.select(pool, 0.4, closed=False, floor=0.95) == []
+    assert [c.number for c in P.select(pool, 0.4, closed=True, floor=0.95)] == [0, 4]  # none above: by accuracy
+
+
+def test_the_floor_slack_keeps_hopeless_policies_off_the_top_rung(tiny, tmp_path):
+    promoted = {}
+    for slack in (None, 0.1):  # the floor is 0.9 - 0.05; l2 policies score 0.3 at every rung
+        ex = InProcessExecutor()
+        path = tmp_path / str(slack)
+        space = make_space(tiny, path, accuracy_drop_floor=0.05, promote_floor_slack=slack, rungs=RUNGS[::2])
+        top = search(space, ex, trial_fn=functools.partial(FAKE, low_accuracy_criterion="l2"))
+        levels = rungs(top)
+        promoted[slack] = [r.policy["criterion"] for r in sorted(levels[-1].records, key=lambda r: r.number)]
+        n_l1 = sum(r.policy["criterion"] == "l1" for r in levels[0].finished)
+    assert "l2" in promoted[None][:-1]  # fast and inaccurate: on rung 0's front, the rank alone promotes it early
+    # with the slack every l1 policy goes up first; l2 ones only fill the closed rung's quota, last
+    quota = math.ceil(12 / 3)
+    assert 0 < n_l1 and promoted[0.1] == ["l1"] * min(n_l1, quota) + ["l2"] * max(0, quota - n_l1)
+    for over in ({"accuracy_drop_floor": None}, {"rungs": None}):  # no floor to be below, no rungs to promote to
+        with pytest.raises(ConfigError, match="promote_floor_slack"):
+            make_space(tiny, tmp_path, promote_floor_slack=0.1, **over)
+
+
 @pytest.mark.parametrize("rungs_, needle", [
     ([{"retrain_steps": 0}], "at least two levels"),
     ([{"retrain_steps": 0}, {"retrain_steps": 50}], "last of 'rungs' must be 'retrain_steps: full'"),

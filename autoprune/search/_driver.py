@@ -253,7 +253,7 @@ class DriverState:
 
     def promote(self) -> int:
         """Enqueue the promotions the rule allows now (multi-fidelity searches); returns how many."""
-        return promote(self.levels, self.space, self.closed) if self.rungs else 0
+        return promote(self.levels, self.space, self.closed, self.floor) if self.rungs else 0
 
 
 def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None, storage: str | None = None,
@@ -524,8 +524,8 @@ def _lower_rung_config(config: dict[str, Any]) -> dict[str, Any]:
 def _job(state: DriverState, level: int, trial: Any, policy: Any) -> tuple[Slot, TrialJob]:
     """Record the policy a trial runs and build its job. Only the top level saves models (when the space
     asks), stops trials early and times speed in full in every measurement target: below it the
-    promotion rule is the filter, it reads the objective's speedup only (screened in fewer rounds), and the floor is set for the full budget, which
-    a short rung's mid-way accuracy says little about."""
+    promotion rule is the filter, it reads the objective's speedup only (screened in fewer rounds),
+    and the floor is set for the full budget, which a short rung's mid-way accuracy says little about."""
     trial.set_user_attr(S.T_POLICY, policy.to_dict())
     trial.set_user_attr(S.T_SUMMARY, policy.summary())
     top = level == len(state.levels) - 1

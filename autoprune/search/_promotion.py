@@ -11,6 +11,13 @@ will not come back), the top ``promote_fraction`` are the ones worth a larger bu
    one crowded corner;
 3. remaining ties by trial number, earlier first (the order is deterministic).
 
+With a ``floor`` on the first objective (accuracy), the policies below it rank after every policy at or
+above it, most accurate first, whatever their other objectives (feasibility first, as constrained
+NSGA-II ranks: Deb's constrained domination), and while the rung can still grow they are not promoted
+at all; once it is closed they may fill what is left of the quota. A multi-fidelity search sets the
+floor a slack below its accuracy floor (``promote_floor_slack``), so a very fast policy whose accuracy
+retraining is unlikely to bring back to the floor does not take the full budget from one that may.
+
 The quota is ``floor(n * fraction)`` of the ``n`` finished policies while the rung can still grow
 (asynchronous successive halving: a policy is promoted as soon as it is in the top of what finished
 so far, and no worker waits for a rung to fill). Once nothing more can arrive at the rung (the
@@ -120,9 +127,19 @@ def crowding_distances(points: Sequence[Point], members: Iterable[int]) -> dict[
     return out
 
 
-def order(points: Sequence[Point]) -> list[int]:
+def order(points: Sequence[Point], floor: float | None = None) -> list[int]:
     """Point indices best first: by non-dominated rank, then crowding distance (larger first) within
-    a rank, then index."""
+    a rank, then index. With ``floor``, the points whose first value is below it come last, by that
+    value (larger first).
+
+    Example (the fastest point is far below the floor 0.8):
+        >>> order([(0.9, 1.2), (0.5, 3.0), (0.85, 1.1)]), order([(0.9, 1.2), (0.5, 3.0), (0.85, 1.1)], floor=0.8)
+        ([0, 1, 2], [0, 2, 1])
+    """
+    if floor is not None:
+        ok = [i for i, p in enumerate(points) if p[0] >= floor]
+        short = sorted((i for i, p in enumerate(points) if p[0] < floor), key=lambda i: (-points[i][0], i))
+        return [ok[j] for j in order([points[i] for i in ok])] + short
     ranks = non_dominated_ranks(points)
     crowd: dict[int, float] = {}
     for r in set(ranks):
@@ -140,16 +157,18 @@ def quota(finished: int, fraction: float, *, closed: bool) -> int:
 
 
 def select(candidates: Sequence[Candidate], fraction: float, promoted: set[str] | frozenset[str] = frozenset(),
-           *, closed: bool) -> list[Candidate]:
+           *, closed: bool, floor: float | None = None) -> list[Candidate]:
     """The candidates to promote now: those in the top ``quota`` of the rung whose key is not in
-    ``promoted`` (already at the next rung), best first; one per key.
+    ``promoted`` (already at the next rung), best first (:func:`order`, with ``floor``); one per key.
 
     ``candidates`` are all policies finished at the rung; those without values rank below every
-    complete one and are never selected.
+    complete one and are never selected, nor, while the rung is open, those below ``floor``.
     """
     complete = [c for c in candidates if c.values is not None]
     k = quota(len(candidates), fraction, closed=closed)
-    best = [complete[i] for i in order([c.values for c in complete])[:k]]  # type: ignore[misc]
+    best = [complete[i] for i in order([c.values for c in complete], floor)[:k]]  # type: ignore[misc]
+    if floor is not None and not closed:
+        best = [c for c in best if c.values[0] >= floor]  # type: ignore[index]
     out, seen = [], set(promoted)
     for c in best:
         if c.key not in seen:

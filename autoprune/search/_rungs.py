@@ -192,18 +192,22 @@ def enqueue_promotion(upper: Level, source: Any, space: SearchSpace) -> None:
              source.user_attrs.get(S.T_SUMMARY, ""))
 
 
-def promote(levels: list[Level], space: SearchSpace, closed: Callable[[int], bool]) -> int:
+def promote(levels: list[Level], space: SearchSpace, closed: Callable[[int], bool],
+            floor: float | None = None) -> int:
     """Enqueue every promotion the rule allows now, rung by rung from the bottom; returns how many.
 
     ``closed(r)`` says whether rung ``r`` can still grow (called after the promotions into ``r`` of
-    this pass, so a rung closes in the same pass as the one below it).
+    this pass, so a rung closes in the same pass as the one below it). ``floor``: the search's accuracy
+    floor (dense accuracy - ``accuracy_drop_floor``); with the space's ``promote_floor_slack``, policies
+    more than that slack below it rank after all others (:func:`~autoprune.search._promotion.order`).
     """
+    below = None if floor is None or space.promote_floor_slack is None else floor - space.promote_floor_slack
     n = 0
     for r in range(len(levels) - 1):
         lower, upper = levels[r], levels[r + 1]
         cands = finished_candidates(lower.study)
         chosen = P.select([c for c, _ in cands], space.promote_fraction, promoted_keys(upper.study),
-                          closed=closed(r))
+                          closed=closed(r), floor=below)
         by_number = {c.number: t for c, t in cands}
         for c in chosen:
             enqueue_promotion(upper, by_number[c.number], space)

@@ -234,6 +234,9 @@ class SearchSpace(_Strict):
                                      "first, the last one 'full' (absent: every trial runs the full budget)")
     promote_fraction: float = Field(1 / 3, gt=0, le=1, description="the top fraction of the policies finished "
                                     "at a rung that moves on to the next one")
+    promote_floor_slack: float | None = Field(
+        None, ge=0, description="with accuracy_drop_floor: a policy whose accuracy at its rung lies more than this "
+        "below the search's accuracy floor ranks for promotion after every policy that does not (absent: rank alone)")
     timeout_s: float | None = Field(None, gt=0, description="wall-time budget of one run of the search in seconds: "
                                     "no new trial starts after it (`search --timeout` overrides)")
     save_models: bool = Field(False, description="save every completed trial's pruned model under "
@@ -290,6 +293,9 @@ class SearchSpace(_Strict):
 
     @model_validator(mode="after")
     def _rungs(self) -> "SearchSpace":
+        if self.promote_floor_slack is not None and (self.rungs is None or self.accuracy_drop_floor is None):
+            raise ValueError("'promote_floor_slack' ranks promotions against the accuracy floor: it needs 'rungs' and "
+                             "'accuracy_drop_floor'; set both or leave it out")
         if self.rungs is None:
             return self
         if len(self.rungs) < 2:
