@@ -212,7 +212,8 @@ def arm_result(storage: str, arm: str, seed: int, minutes: float | None) -> dict
         minutes = float(st.user_attrs.get(ATTR_BUDGET) or DEFAULT_MINUTES)
     pts = scored(records, segments, minutes * 60.0)
     t_ref = time_to(pts, ref, REFERENCE_HV)
-    return {"arm": arm, "seed": seed, "study": name, "budget_minutes": minutes, "arm_minutes": round(arm_seconds(segments) / 60, 2),
+    return {"arm": arm, "seed": seed, "study": name, "budget_minutes": minutes,
+            "arm_minutes": round(arm_seconds(segments) / 60, 2),
             "hypervolume": hypervolume([r for _, r in pts], ref), "reference_point": list(ref),
             "top_rung_completed": len(pts),
             "per_rung_finished": [len(lvl.finished) for lvl in levels] if levels else [len(counted_trials(records))],
@@ -236,8 +237,9 @@ def search_report(storage: str, seeds: list[int], minutes: float | None) -> tupl
                     f"{'-' if ratio is None else f'{ratio:.2f}x'} | {mf['top_rung_completed']} "
                     f"({', '.join(map(str, mf['per_rung_finished']))}) | {rnd['top_rung_completed']} | "
                     f"{'-' if mf['minutes_to_reference_hv'] is None else mf['minutes_to_reference_hv']} |")
-    summary = {"minutes_per_arm": minutes if minutes is not None else sorted({p[a]["budget_minutes"] for p in per_seed
-                                                                             for a in ARMS}), "seeds": [p["seed"] for p in per_seed], "per_seed": per_seed,
+    stored = sorted({p[a]["budget_minutes"] for p in per_seed for a in ARMS})  # the minutes each arm ran with
+    summary = {"minutes_per_arm": minutes if minutes is not None else stored,
+               "seeds": [p["seed"] for p in per_seed], "per_seed": per_seed,
                "mean_ratio": statistics.mean(ratios) if ratios else None,
                "ratio_of_means": (statistics.mean(p["mf"]["hypervolume"] for p in per_seed)
                                   / statistics.mean(p["random"]["hypervolume"] for p in per_seed))
