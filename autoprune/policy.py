@@ -38,7 +38,13 @@ _OMIT_AT_DEFAULT = {"drop_layer_count": 0, "reconstruct": "none"}
 
 
 class RetrainBudget(BaseModel):
-    """Fine-tuning after pruning: total optimiser steps (split across the iterative schedule)."""
+    """Fine-tuning after pruning: total optimiser steps (split across the iterative schedule).
+
+    ``keep_best``: score the model on the validation split before its last retraining phase and after
+    it, and keep the better of the two (the retraining is undone when it lowered validation accuracy,
+    as ``load_best_model_at_end`` does in a Hugging Face ``Trainer``); a trial the early-stop rule stops
+    stays stopped.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -46,6 +52,7 @@ class RetrainBudget(BaseModel):
     learning_rate: float = Field(3e-5, gt=0, le=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     batch_size: int = Field(32, ge=1)
+    keep_best: bool = False
 
 
 class Distillation(BaseModel):
@@ -230,6 +237,8 @@ class PruningPolicy(BaseModel):
         elif self.drop_layer_count:
             s += f" drop{self.drop_layer_count}"
         s += f" x{self.iterative_steps} {self.retrain.steps}st"
+        if self.retrain.keep_best and self.retrain.steps:
+            s += "-best"
         if self.reconstruct != "none":
             s += " lsq"
         if self.distillation:
@@ -244,6 +253,8 @@ class PruningPolicy(BaseModel):
         for k, default in _OMIT_AT_DEFAULT.items():
             if d.get(k) == default:
                 del d[k]
+        if not d["retrain"]["keep_best"]:  # left out at its default, as the fields above
+            del d["retrain"]["keep_best"]
         return d
 
     def to_json(self) -> str:

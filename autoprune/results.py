@@ -89,6 +89,8 @@ class TrialResult:
     speedup_quartiles: list[float] | None = None
     # every measurement target's numbers (autoprune.runtimes.measure_targets) when measure.targets is set
     targets: dict[str, Any] | None = None
+    # retrain.keep_best: whether the last retraining phase was undone (it lowered validation accuracy)
+    retrain_undone: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -8,7 +8,8 @@ A trial is a short composition of named steps, each timed in ``phase_seconds``:
 * ``load``: the dense baseline, its tokenised data and the calibration batches (all cached per
   process, so a worker that scores many policies without retraining loads them once);
 * ``prune`` (and ``reconstruct``): :func:`autoprune.pruner.prune`, once per step of the
-  iterative schedule, each step followed by ``retrain`` (skipped when ``retrain.steps`` is 0);
+  iterative schedule, each step followed by ``retrain`` (skipped when ``retrain.steps`` is 0;
+  with ``retrain.keep_best`` the last phase is undone when it lowered validation accuracy);
 * ``quantize``: ONNX Runtime dynamic int8 for ``quantize: true`` policies (scored in ONNX Runtime,
   timed in the run's ``onnxruntime`` targets);
 * ``evaluate``: the accuracy right after the first cut (``accuracy_pruned``) and the final one,
@@ -145,6 +146,7 @@ class _Run:
     history: list[list[float]] = field(default_factory=list)
     record: PruneRecord | None = None
     done_steps: int = 0
+    retrain_undone: bool | None = None  # keep_best only: whether the last retraining phase was undone
 
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -228,6 +230,31 @@ def _retrain_step(run: _Run, k: int, k_steps: int, steps: int, batches: Iterator
     run.done_steps += steps
 
 
+def _retrain_keeping_best(run: _Run, k: int, k_steps: int, steps: int, batches: Iterator[dict[str, torch.Tensor]],
+                          teacher: nn.Module | None, before: EvalMetrics | None) -> EvalMetrics:
+    """The last retraining phase under ``retrain.keep_best``: score the model on validation before and
+    after it (as the retraining sees it: with int8 rounding simulated for ``qat``) and keep the better
+    one; a tie keeps the retrained model. ``before`` is a validation score of the model as it is, when
+    one was taken. Returns the kept model's validation score; ``run.retrain_undone`` says which was kept."""
+
+    def score() -> EvalMetrics:
+        with fake_quantized(run.model) if run.policy.qat else contextlib.nullcontext():
+            return run.evaluate("validation")
+
+    before = before or score()
+    state = {n: t.detach().clone() for n, t in run.model.state_dict().items()}
+    _retrain_step(run, k, k_steps, steps, batches, teacher)
+    after = score()
+    run.history.append([run.done_steps, after.accuracy])
+    run.retrain_undone = after.accuracy < before.accuracy
+    if run.retrain_undone:
+        run.model.load_state_dict(state)
+        logger.info("trial %s: retraining lowered validation accuracy %.4f -> %.4f; the model before it is kept",
+                    run.policy.summary(), before.accuracy, after.accuracy)
+    del state
+    return before if run.retrain_undone else after
+
+
 def _quantize(run: _Run) -> nn.Module:
     """The model the policy is scored as: ONNX Runtime dynamic int8 for ``quantize: true`` (exported from the
     float model, run with the trial's threads), else the float model itself."""
@@ -298,11 +325,16 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     # a cut with no retraining after it is the final model: an int8 policy is then scored once, in int8
     # (its accuracy after pruning is the int8 model's), not also in float
     score_cut = not (policy.quantize and budget.steps == 0 and k_steps == 1)
+    kept: EvalMetrics | None = None  # keep_best: the validation score of the model kept
     for k in range(1, k_steps + 1):
         _prune_step(run, k, k_steps, record)
         if k == 1 and score_cut:
             pruned = run.evaluate(final_split)  # before any retraining
-        _retrain_step(run, k, k_steps, per_step[k - 1], batches, teacher)
+        if k == k_steps and budget.keep_best and per_step[-1] > 0:
+            reuse = pruned if k_steps == 1 and final_split == "validation" and not policy.qat else None
+            kept = _retrain_keeping_best(run, k, k_steps, per_step[-1], batches, teacher, reuse)
+        else:
+            _retrain_step(run, k, k_steps, per_step[k - 1], batches, teacher)
     assert run.record is not None
 
     run.model = run.model.cpu()  # int8, timing and saving run on CPU copies (a cuda target moves its own)
@@ -313,7 +345,12 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     # quantize before the final evaluation: an int8 policy's accuracy is the int8 model's accuracy
     model = _quantize(run)
     nothing_since = run.done_steps == 0 and k_steps == 1 and model is run.model
-    final = pruned if nothing_since and pruned is not None else run.evaluate(final_split, model)
+    if nothing_since and pruned is not None:
+        final = pruned
+    elif kept is not None and final_split == "validation" and model is run.model and not policy.qat:
+        final = kept  # the kept model's validation score is its final one
+    else:
+        final = run.evaluate(final_split, model)
     pruned = final if pruned is None else pruned
     run.history.append([run.done_steps, final.accuracy])
     with run.timed("evaluate"):
@@ -379,4 +416,5 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
         weight_sparsity=encoder_weight_sparsity(float_model), retrain_steps=run.done_steps,
         phase_seconds=run.phases, history=run.history, measure=run.config.measure.model_dump(),
         accuracy_pruned=pruned.accuracy, prune_record=rec.to_dict(), targets=targets,
+        retrain_undone=run.retrain_undone,
     )

@@ -25,7 +25,8 @@ def _draw(raw: dict, n: int = 6) -> list[tuple[dict, object]]:
 
 def test_defaults_add_no_parameter():
     for params, pol in _draw(BASE):
-        assert "drop_layers" not in params and "reconstruct" not in params
+        assert "drop_layers" not in params and "reconstruct" not in params and "keep_best" not in params
+        assert pol.retrain.keep_best is False
         assert pol.drop_layer_count == 0 and pol.reconstruct == "none"
         assert "drop_layer_count" not in pol.to_dict() and "reconstruct" not in pol.to_dict()
 
@@ -42,3 +43,13 @@ def test_drop_layers_and_reconstruct_are_searched_when_asked():
         space.check_depth(2)
     with pytest.raises(ConfigError, match="min 3 is above max 2"):
         space_from_dict({**BASE, "structured": {"drop_layers": {"min": 3, "max": 2}}})
+
+
+def test_keep_best_is_fixed_or_searched():
+    fixed = _draw({**BASE, "retrain": {"keep_best": True}})
+    assert all(pol.retrain.keep_best is True and "keep_best" not in params for params, pol in fixed)
+    searched = _draw({**BASE, "retrain": {"keep_best": [False, True]}}, 12)
+    assert {pol.retrain.keep_best for _, pol in searched} == {False, True}
+    assert all(params["keep_best"] == pol.retrain.keep_best for params, pol in searched)
+    with pytest.raises(ConfigError, match="keep_best"):
+        space_from_dict({**BASE, "retrain": {"keep_best": []}})

@@ -169,6 +169,60 @@ def test_on_eval_can_stop_a_trial(cfg):
     assert seen and exc.value.history[0][0] == 5
 
 
+def _minority_label(cfg) -> int:
+    rows = Path(cfg.data.files["validation"]).read_text().splitlines()[1:]
+    labels = [int(line.rsplit("\t", 1)[1]) for line in rows]
+    return min((0, 1), key=labels.count)
+
+
+def _wrecking_finetune(minority: int, wreck_call: int):
+    """A stand-in retraining that does nothing until its ``wreck_call``-th call, which makes the
+    classifier answer the validation split's minority label for every sentence."""
+    calls = []
+
+    def finetune(model, batches, *, steps, **_):
+        calls.append(steps)
+        if len(calls) == wreck_call:
+            head = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 2][-1]
+            with torch.no_grad():
+                head.weight.zero_()
+                head.bias.copy_(torch.tensor([10.0, -10.0] if minority == 0 else [-10.0, 10.0]))
+        return [0.0] * steps
+    return finetune
+
+
+@pytest.mark.parametrize("iterative", [1, 2])
+def test_keep_best_undoes_a_retraining_that_lowered_accuracy(cfg, monkeypatch, iterative):
+    import autoprune.train as train_mod
+
+    pol = PruningPolicy.uniform("l1", 3, heads=0.25, ffn=0.25, retrain_steps=10)
+    pol = pol.model_copy(update={"iterative_steps": iterative})
+    best = pol.model_copy(update={"retrain": pol.retrain.model_copy(update={"keep_best": True})})
+    cut = run_trial(cfg, pol.model_copy(update={"retrain": RetrainBudget(steps=0), "iterative_steps": 1}))
+    monkeypatch.setattr(train_mod, "finetune", _wrecking_finetune(_minority_label(cfg), iterative))
+    wrecked = run_trial(cfg, pol)
+    assert wrecked.accuracy < cut.accuracy  # otherwise this test could not tell the two models apart
+    assert wrecked.retrain_undone is None
+    monkeypatch.setattr(train_mod, "finetune", _wrecking_finetune(_minority_label(cfg), iterative))
+    res = run_trial(cfg, best)
+    # the model kept is the one before the last retraining phase: the full cut, as if never retrained
+    assert res.retrain_undone is True and res.retrain_steps == 10
+    assert res.accuracy == cut.accuracy > wrecked.accuracy
+    assert best.summary().endswith("10st-best") and best.to_dict()["retrain"]["keep_best"] is True
+    assert "keep_best" not in pol.to_dict()["retrain"]  # left out at its default
+
+
+def test_keep_best_keeps_a_retraining_that_did_not_lower_accuracy(cfg8, monkeypatch):
+    import autoprune.train as train_mod
+
+    calls = []
+    monkeypatch.setattr(train_mod, "finetune", lambda model, batches, *, steps, **_: calls.append(steps) or [0.0])
+    pol = PruningPolicy.uniform("l1", 3, heads=0.25, ffn=0.25, retrain_steps=10, quantize=True)
+    pol = pol.model_copy(update={"qat": True, "retrain": pol.retrain.model_copy(update={"keep_best": True})})
+    res = run_trial(cfg8, pol)  # a tie (nothing changed) keeps the retrained model
+    assert calls == [10] and res.retrain_undone is False
+
+
 def test_nan_loss_fails_the_trial(cfg, monkeypatch):
     import autoprune.train as train_mod
 

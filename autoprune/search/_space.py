@@ -146,10 +146,11 @@ class RetrainSpace(_Strict):
     warmup_ratio: float | list[float] = 0.1
     batch_size: int | list[int] = 32
     iterative_steps: int | list[int] = 1
+    keep_best: bool | list[bool] = False  # the better of before and after the last retraining phase
 
     @model_validator(mode="after")
     def _non_empty(self) -> "RetrainSpace":
-        for name in ("steps", "learning_rate", "warmup_ratio", "batch_size", "iterative_steps"):
+        for name in ("steps", "learning_rate", "warmup_ratio", "batch_size", "iterative_steps", "keep_best"):
             v = getattr(self, name)
             if isinstance(v, list) and not v:
                 raise ValueError(f"'retrain.{name}' is an empty list; give at least one choice")
@@ -397,7 +398,8 @@ class SearchSpace(_Strict):
             kw["weight_sparsity"] = self.unstructured.weights.sample(trial, "weights", num_layers)
         r = self.retrain
         retrain = RetrainBudget(steps=pick("retrain_steps", r.steps), learning_rate=pick("learning_rate", r.learning_rate),
-                                warmup_ratio=pick("warmup_ratio", r.warmup_ratio), batch_size=pick("batch_size", r.batch_size))
+                                warmup_ratio=pick("warmup_ratio", r.warmup_ratio), batch_size=pick("batch_size", r.batch_size),
+                                keep_best=bool(pick("keep_best", r.keep_best)))
         distill = None
         if pick("distill", self.distillation.enabled):
             distill = Distillation(weight=pick("distill_weight", self.distillation.weight),
