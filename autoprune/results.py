@@ -71,8 +71,6 @@ class TrialResult:
     dense_size_bytes: int
     heads_per_layer: list[int]
     ffn_per_layer: list[int]
-    kept_heads: list[list[int]] | None
-    kept_neurons: list[list[int]] | None
     weight_sparsity: float
     retrain_steps: int
     phase_seconds: dict[str, float]
@@ -81,7 +79,8 @@ class TrialResult:
     model_dir: str | None = None
     # accuracy on the reported split right after the (first) cut, before any retraining
     accuracy_pruned: float | None = None
-    # what the pruning kept (autoprune.pruner.PruneRecord.to_dict()); kept_heads/kept_neurons above repeat it
+    # what the pruning kept (autoprune.pruner.PruneRecord.to_dict(); results stored before it give
+    # ``kept_heads`` / ``kept_neurons`` instead, which autoprune.export still reads)
     prune_record: dict[str, Any] | None = None
     # warnings on the measured speedup (autoprune.measure.speed_flags): noisy, implausibly slow or fast
     speed_flags: list[str] = field(default_factory=list)
@@ -91,6 +90,16 @@ class TrialResult:
     targets: dict[str, Any] | None = None
     # retrain.keep_best: whether the last retraining phase was undone (it lowered validation accuracy)
     retrain_undone: bool | None = None
+
+    @property
+    def kept_heads(self) -> list[list[int]] | None:
+        """The heads each layer kept (indices into the dense layer), read from ``prune_record``."""
+        return (self.prune_record or {}).get("kept_heads")
+
+    @property
+    def kept_neurons(self) -> list[list[int]] | None:
+        """The FFN neurons each layer kept, read from ``prune_record``."""
+        return (self.prune_record or {}).get("kept_neurons")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -412,7 +412,6 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
         params=nonzero_params(float_model) if unstructured else count_params(float_model),
         dense_params=count_params(ctx.dense), size_bytes=size_on_disk(model),
         dense_size_bytes=size_on_disk(ctx.dense), heads_per_layer=heads, ffn_per_layer=ffn,
-        kept_heads=rec.kept_heads, kept_neurons=rec.kept_neurons,
         weight_sparsity=encoder_weight_sparsity(float_model), retrain_steps=run.done_steps,
         phase_seconds=run.phases, history=run.history, measure=run.config.measure.model_dump(),
         accuracy_pruned=pruned.accuracy, prune_record=rec.to_dict(), targets=targets,

@@ -175,7 +175,8 @@ def test_export_copies_the_trial_model_and_load_pruned_matches(real, tmp_path):
     assert doc["trial"] == n and doc["source"]["kind"] == "copied"
     # the policy as a user writes it, and beside it the record of the units its pruning kept
     assert "kept_heads" not in doc["policy"] and doc["record"] == res.prune_record
-    assert doc["record"]["kept_heads"] == res.kept_heads and doc["record"]["kept_neurons"] == res.kept_neurons
+    assert [len(h) for h in doc["record"]["kept_heads"]] == res.heads_per_layer
+    assert [len(n) for n in doc["record"]["kept_neurons"]] == res.ffn_per_layer
     assert doc["metrics"]["accuracy"] == pytest.approx(res.accuracy)
     assert doc["metrics"]["speedup"] == pytest.approx(res.speedup)
     assert re.fullmatch(r"[0-9a-f]{64}", doc["base_model"]["sha256"])
@@ -353,7 +354,7 @@ def test_an_export_written_before_prune_records_still_applies(real, tmp_path, ca
     assert "read as the prune record" in caplog.text
     assert rec.kept_heads == record["kept_heads"] and "kept_heads" not in pol.to_dict()
     rep = apply_policy(old, real["cfg"])
-    assert rep["kept_indices"] is True and rep["result"]["kept_heads"] == record["kept_heads"]
+    assert rep["kept_indices"] is True and rep["result"]["prune_record"]["kept_heads"] == record["kept_heads"]
     assert abs(rep["result"]["accuracy"] - rep["stored"]["accuracy"]) <= 0.005
 
 
@@ -394,3 +395,17 @@ def test_cli_export_and_errors(real, tmp_path):
 
 def test_errors_are_autoprune_errors():
     assert issubclass(ExportError, AutopruneError) and issubclass(StudyError, AutopruneError)
+
+
+def test_a_result_stored_before_prune_records_gives_its_kept_indices():
+    from autoprune.export import _trial_record
+    from autoprune.policy import PruningPolicy
+
+    pol = PruningPolicy(criterion="l1", head_sparsity=[0.5, 0.0], ffn_sparsity=[0.5, 0.0])
+    old = {"kept_heads": [[0, 3], [0, 1, 2, 3]], "kept_neurons": [[1, 2], [0, 1, 2, 3]]}
+    rec = _trial_record(old, pol, "trial 3")
+    assert rec.kept_heads == old["kept_heads"] and rec.kept_neurons == old["kept_neurons"]
+    assert rec.heads_per_layer == [2, 4]
+    new = {"prune_record": rec.to_dict(), "kept_heads": [[9]]}  # the record wins over the old fields
+    assert _trial_record(new, pol, "trial 3").kept_heads == old["kept_heads"]
+    assert _trial_record({}, pol, "trial 3") is None

@@ -46,7 +46,7 @@ def fake_result(policy: Any, accuracy: float, speedup: float, seconds: float = 0
         speedup=speedup, latency_ms=10.0 / speedup, dense_latency_ms=10.0, speedup_b1=None, latency_b1_ms=None,
         dense_latency_b1_ms=None, speed_label="measured", flops=int(1e9 / speedup), dense_flops=int(1e9),
         flops_reduction=speedup, params=int(1e6 / speedup), dense_params=int(1e6), size_bytes=int(4e6 / speedup),
-        dense_size_bytes=int(4e6), heads_per_layer=[], ffn_per_layer=[], kept_heads=None, kept_neurons=None,
+        dense_size_bytes=int(4e6), heads_per_layer=[], ffn_per_layer=[],
         weight_sparsity=0.0, retrain_steps=policy.retrain.steps, phase_seconds={"fake": seconds},
     )
 
