@@ -136,13 +136,31 @@ def test_the_floor_slack_keeps_hopeless_policies_off_the_top_rung(tiny, tmp_path
     ([{"retrain_steps": 0}, {"retrain_steps": 50}], "last of 'rungs' must be 'retrain_steps: full'"),
     ([{"retrain_steps": "full"}, {"retrain_steps": "full"}], "only the last"),
     ([{"retrain_steps": 50}, {"retrain_steps": 10}, {"retrain_steps": "full"}], "must increase"),
-    ([{"retrain_steps": 0}, {"retrain_steps": 100}, {"retrain_steps": "full"}], "not below the smallest retraining"),
+    ([{"retrain_steps": 0}, {"retrain_steps": 200}, {"retrain_steps": "full"}], "not below the largest retraining"),
     ([{"retrain_steps": -1}, {"retrain_steps": "full"}], "must be 0 or more"),
 ])
 def test_bad_rungs_are_one_clear_error(tiny, tmp_path, rungs_, needle):
     with pytest.raises(ConfigError, match="space.yaml") as ei:
         make_space(tiny, tmp_path, rungs=rungs_)
     assert needle in str(ei.value) and "\n" not in str(ei.value).strip()
+
+
+def test_policies_without_retraining_run_their_budget_at_rung_0_and_again_at_the_top(tiny, tmp_path):
+    two = [RUNGS[0], {"retrain_steps": "full", "reconstruct": "least_squares"}]  # as the shipped spaces
+    space = make_space(tiny, tmp_path, retrain={"steps": [0, 100]}, rungs=two, n_trials=16, promote_fraction=0.5)
+    ex = InProcessExecutor()
+    top = search(space, ex)
+    levels = rungs(top)
+    zero = [r for r in levels[-1].records if r.target_policy["retrain"]["steps"] == 0]
+    assert zero and len(zero) < len(levels[-1].records)  # both kinds were promoted
+    full_measure = space.run_config().measure.model_dump()
+    for r in zero:  # the top rung runs the policy's own (empty) budget, timed in full
+        assert r.policy["retrain"]["steps"] == 0 and r.policy.get("reconstruct") == "least_squares"
+        job = next(j for j in ex.submitted if j.number == r.number and j.config["measure"] == full_measure)
+        assert job.policy == r.policy
+        below = next(b for b in levels[0].records if b.number == r.source_trial)
+        assert below.policy == r.policy and below.accuracy == r.accuracy  # the same run, timed apart
+    assert {r.rung for r in front(top)} == {1}
 
 
 def test_shipped_spaces_use_rungs():

@@ -170,7 +170,10 @@ class Rung(_Strict):
 
     * ``retrain_steps``: the retraining budget of the rung, or ``full``: the steps the policy itself
       asks for (the space's ``retrain.steps``). Only the last rung is ``full``; the others run
-      ``min(retrain_steps, the policy's steps)`` and must lie below every choice of ``retrain.steps``.
+      ``min(retrain_steps, the policy's steps)`` and must lie below the largest choice of
+      ``retrain.steps``. A policy whose own budget is at or below a rung's (``retrain.steps``
+      choices may include 0) runs its whole budget there; promoted, it runs it again above, and at
+      the top rung its speed is timed in full like every other final result.
     * ``reconstruct``: the layer reconstruction structured policies get at this rung (``none`` or
       ``least_squares``); absent: the policy's own. Unstructured policies always run their own.
 
@@ -311,10 +314,10 @@ class SearchSpace(_Strict):
         if any(b <= a for a, b in zip(steps, steps[1:])):  # type: ignore[operator]
             raise ValueError(f"the retrain_steps of 'rungs' must increase from rung to rung, got {steps}")
         choices = self.retrain.steps if isinstance(self.retrain.steps, list) else [self.retrain.steps]
-        if steps[-1] >= min(choices):  # type: ignore[operator]
-            raise ValueError(f"'rungs' retrain_steps {steps[-1]} is not below the smallest retraining budget the "
-                             f"space can choose (retrain.steps {self.retrain.steps}): that rung would run the full "
-                             f"budget; use fewer steps or drop the rung")
+        if steps[-1] >= max(choices):  # type: ignore[operator]
+            raise ValueError(f"'rungs' retrain_steps {steps[-1]} is not below the largest retraining budget the "
+                             f"space can choose (retrain.steps {self.retrain.steps}): that rung would run every "
+                             f"policy's full budget; use fewer steps or drop the rung")
         return self
 
     def rung_policy(self, policy: Any, rung: int) -> Any:
