@@ -245,9 +245,9 @@ def _retrain_keeping_best(run: _Run, k: int, k_steps: int, steps: int, batches: 
     state = {n: t.detach().clone() for n, t in run.model.state_dict().items()}
     _retrain_step(run, k, k_steps, steps, batches, teacher)
     after = score()
-    run.history.append([run.done_steps, after.accuracy])
     run.retrain_undone = after.accuracy < before.accuracy
-    if run.retrain_undone:
+    if run.retrain_undone:  # the history keeps the score the undone retraining reached
+        run.history.append([run.done_steps, after.accuracy])
         run.model.load_state_dict(state)
         logger.info("trial %s: retraining lowered validation accuracy %.4f -> %.4f; the model before it is kept",
                     run.policy.summary(), before.accuracy, after.accuracy)
@@ -347,8 +347,9 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     nothing_since = run.done_steps == 0 and k_steps == 1 and model is run.model
     if nothing_since and pruned is not None:
         final = pruned
-    elif kept is not None and final_split == "validation" and model is run.model and not policy.qat:
-        final = kept  # the kept model's validation score is its final one
+    elif kept is not None and final_split == "validation" and model is run.model and not policy.qat \
+            and device.type == "cpu":
+        final = kept  # the kept model's validation score, taken on this device, is its final one
     else:
         final = run.evaluate(final_split, model)
     pruned = final if pruned is None else pruned
