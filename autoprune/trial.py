@@ -231,11 +231,11 @@ def _retrain_step(run: _Run, k: int, k_steps: int, steps: int, batches: Iterator
 
 
 def _retrain_keeping_best(run: _Run, k: int, k_steps: int, steps: int, batches: Iterator[dict[str, torch.Tensor]],
-                          teacher: nn.Module | None, before: EvalMetrics | None) -> EvalMetrics:
+                          teacher: nn.Module | None, before: EvalMetrics | None) -> None:
     """The last retraining phase under ``retrain.keep_best``: score the model on validation before and
     after it (as the retraining sees it: with int8 rounding simulated for ``qat``) and keep the better
     one; a tie keeps the retrained model. ``before`` is a validation score of the model as it is, when
-    one was taken. Returns the kept model's validation score; ``run.retrain_undone`` says which was kept."""
+    one was taken; ``run.retrain_undone`` says which model was kept."""
 
     def score() -> EvalMetrics:
         with fake_quantized(run.model) if run.policy.qat else contextlib.nullcontext():
@@ -251,8 +251,6 @@ def _retrain_keeping_best(run: _Run, k: int, k_steps: int, steps: int, batches: 
         run.model.load_state_dict(state)
         logger.info("trial %s: retraining lowered validation accuracy %.4f -> %.4f; the model before it is kept",
                     run.policy.summary(), before.accuracy, after.accuracy)
-    del state
-    return before if run.retrain_undone else after
 
 
 def _quantize(run: _Run) -> nn.Module:
@@ -325,14 +323,13 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     # a cut with no retraining after it is the final model: an int8 policy is then scored once, in int8
     # (its accuracy after pruning is the int8 model's), not also in float
     score_cut = not (policy.quantize and budget.steps == 0 and k_steps == 1)
-    kept: EvalMetrics | None = None  # keep_best: the validation score of the model kept
     for k in range(1, k_steps + 1):
         _prune_step(run, k, k_steps, record)
         if k == 1 and score_cut:
             pruned = run.evaluate(final_split)  # before any retraining
-        if k == k_steps and budget.keep_best and per_step[-1] > 0:
+        if k == k_steps and budget.keep_best and per_step[k - 1] > 0:
             reuse = pruned if k_steps == 1 and final_split == "validation" and not policy.qat else None
-            kept = _retrain_keeping_best(run, k, k_steps, per_step[-1], batches, teacher, reuse)
+            _retrain_keeping_best(run, k, k_steps, per_step[k - 1], batches, teacher, reuse)
         else:
             _retrain_step(run, k, k_steps, per_step[k - 1], batches, teacher)
     assert run.record is not None
@@ -345,13 +342,7 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     # quantize before the final evaluation: an int8 policy's accuracy is the int8 model's accuracy
     model = _quantize(run)
     nothing_since = run.done_steps == 0 and k_steps == 1 and model is run.model
-    if nothing_since and pruned is not None:
-        final = pruned
-    elif kept is not None and final_split == "validation" and model is run.model and not policy.qat \
-            and device.type == "cpu":
-        final = kept  # the kept model's validation score, taken on this device, is its final one
-    else:
-        final = run.evaluate(final_split, model)
+    final = pruned if nothing_since and pruned is not None else run.evaluate(final_split, model)
     pruned = final if pruned is None else pruned
     run.history.append([run.done_steps, final.accuracy])
     with run.timed("evaluate"):
