@@ -34,7 +34,8 @@ RECONSTRUCTIONS = ("none", "least_squares")
 LEGACY_KEPT_KEYS = ("kept_heads", "kept_neurons")
 # fields left out of to_dict() while at their default, so policies written before they existed keep
 # the same dict (and the same search-space key)
-_OMIT_AT_DEFAULT = {"drop_layer_count": 0, "reconstruct": "none"}
+# (a path of keys into the dict)
+_OMIT_AT_DEFAULT = {("drop_layer_count",): 0, ("reconstruct",): "none", ("retrain", "keep_best"): False}
 
 
 class RetrainBudget(BaseModel):
@@ -250,11 +251,12 @@ class PruningPolicy(BaseModel):
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json", exclude_none=True)
-        for k, default in _OMIT_AT_DEFAULT.items():
-            if d.get(k) == default:
-                del d[k]
-        if not d["retrain"]["keep_best"]:  # left out at its default, as the fields above
-            del d["retrain"]["keep_best"]
+        for (*parents, k), default in _OMIT_AT_DEFAULT.items():
+            part = d
+            for name in parents:
+                part = part.get(name) or {}
+            if k in part and part[k] == default:
+                del part[k]
         return d
 
     def to_json(self) -> str:
