@@ -1,0 +1,106 @@
+"""Read across the archived multi-fidelity protocol runs: the top rung's re-fit against the same policy
+as sampled, and the rank correlation over every distinct random policy.
+
+No trial runs here; it reads the committed studies (``docs/data/multifidelity*_studies.db``):
+
+* ``refit``: where both arms of a seed ran the same policy (the mf arm's top rung, re-fitted by least
+  squares before the full retraining; the random arm as sampled), the two validation accuracies.
+  Trials are deterministic on one CPU, so the difference is the re-fit's.
+* ``correlation``: the ``correlation`` studies of the runs (rung-0 against full-budget accuracy of the
+  random arms' policies), one pair per distinct policy (the latest run's, where seeds repeat a draw).
+
+    .venv/bin/python benchmarks/mf_archives.py docs/data/multifidelity_studies.db \\
+        docs/data/multifidelity2_studies.db docs/data/multifidelity3_studies.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import add_results_option, run, write_results  # noqa: E402
+from autoprune.errors import AutopruneError  # noqa: E402
+
+log = logging.getLogger("benchmarks.mf_archives")
+
+
+def _key(policy: dict[str, Any]) -> str:
+    """A policy without its seed and reconstruction: what both arms share when they ran the same draw."""
+    return json.dumps({k: v for k, v in policy.items() if k not in ("seed", "reconstruct")}, sort_keys=True)
+
+
+def refit_pairs(url: str) -> list[dict[str, Any]]:
+    import optuna
+
+    names = set(optuna.get_all_study_names(url))
+    out = []
+    for name in sorted(n for n in names if n.startswith("mf_seed") and "." not in n):
+        seed = name[len("mf_seed"):]
+        if f"random_seed{seed}" not in names:
+            continue
+        rnd = optuna.load_study(study_name=f"random_seed{seed}", storage=url)
+        by_key = {_key(t.user_attrs["policy"]): t for t in rnd.trials if t.values}
+        for t in optuna.load_study(study_name=name, storage=url).trials:
+            r = by_key.get(_key(t.user_attrs.get("target_policy") or {})) if t.values else None
+            if r is not None and t.user_attrs["policy"].get("reconstruct", "none") != "none":
+                out.append({"seed": int(seed), "policy": t.user_attrs["policy_summary"], "refit": t.values[0],
+                            "as_sampled": r.values[0], "difference": t.values[0] - r.values[0]})
+    return out
+
+
+def correlation_pairs(url: str) -> dict[str, tuple[float, float]]:
+    import optuna
+
+    if "correlation" not in optuna.get_all_study_names(url):
+        return {}
+    st = optuna.load_study(study_name="correlation", storage=url)
+    # keyed by the full-budget policy's summary (the stored policy is its rung-0 form, without retraining)
+    return {t.user_attrs["summary"]: (t.values[0], t.user_attrs["full_accuracy"]) for t in st.trials}
+
+
+def main(argv: list[str] | None = None) -> None:
+    from scipy.stats import kendalltau, spearmanr
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("archives", nargs="+", type=Path, help="archived protocol studies, oldest first")
+    add_results_option(ap, "mf_archives")
+    args = ap.parse_args(argv)
+    for p in args.archives:
+        if not p.is_file():
+            raise AutopruneError(f"{p}: no such study file; give the docs/data/multifidelity*_studies.db files")
+    pairs, corr = [], {}
+    for p in args.archives:
+        url = f"sqlite:///{p}"
+        pairs += [dict(x, run=p.name) for x in refit_pairs(url)]
+        corr.update(correlation_pairs(url))  # a later run's pair replaces an earlier one's
+    diffs = [x["difference"] for x in pairs]
+    a0, af = [v[0] for v in corr.values()], [v[1] for v in corr.values()]
+    numbers = {
+        "refit": {"n": len(pairs), "mean": statistics.mean(diffs) if diffs else None,
+                  "median": statistics.median(diffs) if diffs else None, "pairs": pairs},
+        "correlation": {"n_distinct": len(corr), "spearman": float(spearmanr(a0, af)[0]) if len(corr) > 2 else None,
+                        "kendall": float(kendalltau(a0, af)[0]) if len(corr) > 2 else None},
+    }
+    print("| run | seed | policy | re-fit, retrained | as sampled, retrained | difference |\n|---|---:|---|---:|---:|---:|")
+    for x in pairs:
+        print(f"| {x['run']} | {x['seed']} | {x['policy'][:60]} | {x['refit']:.4f} | {x['as_sampled']:.4f} | "
+              f"{x['difference']:+.4f} |")
+    if diffs:
+        print(f"re-fit at the top rung: {len(diffs)} pairs, mean {statistics.mean(diffs):+.4f}, "
+              f"median {statistics.median(diffs):+.4f}")
+    c = numbers["correlation"]
+    if c["spearman"] is not None:
+        print(f"rung 0 against full budget over {c['n_distinct']} distinct random policies: Spearman "
+              f"{c['spearman']:+.3f}, Kendall {c['kendall']:+.3f}")
+    write_results(args, "archives", numbers)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(main, log)
