@@ -6,6 +6,10 @@ No trial runs here; it reads the committed studies (``docs/data/multifidelity*_s
 * ``refit``: where both arms of a seed ran the same policy (the mf arm's top rung, re-fitted by least
   squares before the full retraining; the random arm as sampled), the two validation accuracies.
   Trials are deterministic on one CPU, so the difference is the re-fit's.
+* ``replay``: the order in which each mf arm would have promoted its rung-0 policies with the
+  hypervolume contribution above the reference point as the tie-break instead of crowding distance
+  (runs with two rungs; the rung-0 sequence does not depend on the promotion rule; a policy the run did not promote has no
+  top-rung result, so only the changed promotions are listed);
 * ``correlation``: the ``correlation`` studies of the runs (rung-0 against full-budget accuracy of the
   random arms' policies), one pair per distinct policy (the latest run's, where seeds repeat a draw).
 
@@ -54,6 +58,56 @@ def refit_pairs(url: str) -> list[dict[str, Any]]:
     return out
 
 
+def _order_by_hv_contribution(points: list[tuple[float, ...]], ref: tuple[float, float]) -> list[int]:
+    from autoprune.search import _promotion as P
+    from autoprune.study import hypervolume
+
+    ranks = P.non_dominated_ranks(points)
+    crowd: dict[int, float] = {}
+    contrib: dict[int, float] = {}
+    for r in set(ranks):
+        members = [i for i, x in enumerate(ranks) if x == r]
+        crowd.update(P.crowding_distances(points, members))
+        full = hypervolume([points[i] for i in members], ref)
+        contrib.update({i: full - hypervolume([points[j] for j in members if j != i], ref) for i in members})
+    return sorted(range(len(points)), key=lambda i: (ranks[i], -contrib[i], -crowd[i], i))
+
+
+def replay_promotions(url: str) -> list[dict[str, Any]]:
+    import optuna
+
+    from autoprune.search import _promotion as P
+    from autoprune.study import reference_point
+
+    names = set(optuna.get_all_study_names(url))
+    out = []
+    for name in sorted(n for n in names if n.startswith("mf_seed") and "." not in n):
+        top = optuna.load_study(study_name=name, storage=url)
+        if len(top.user_attrs.get("rung_studies") or []) != 1:  # two rungs only: rung 0 promotes to the top
+            continue
+        ref = reference_point(top.user_attrs["dense"]["validation_accuracy"])
+        r0 = sorted((t for t in optuna.load_study(study_name=f"{name}.rung0", storage=url).trials if t.values),
+                    key=lambda t: t.datetime_complete)
+        ran = [t for t in top.trials if t.state.name in ("COMPLETE", "PRUNED")]
+        outcome = {t.user_attrs["source_trial"]: (t.values[0] if t.values else "stopped") for t in ran}
+        fraction = top.user_attrs["space"]["promote_fraction"]
+        picked: dict[str, list[int]] = {}
+        for rule, order in (("crowding", P.order), ("hypervolume", lambda pts: _order_by_hv_contribution(pts, ref))):
+            seen: list[int] = []
+            for n in range(1, len(r0) + 1):
+                pts = [tuple(t.values) for t in r0[:n]]
+                for i in order(pts)[:P.quota(n, fraction, closed=False)]:
+                    if r0[i].number not in seen:
+                        seen.append(r0[i].number)
+            picked[rule] = seen[:len(ran)]
+        values = {t.number: t.values for t in r0}
+        out.append({"study": name, "top_rung_trials": len(ran), **picked,
+                    "dropped": [{"rung0": values[n], "top": outcome.get(n)}
+                                for n in picked["crowding"] if n not in picked["hypervolume"]],
+                    "added": [{"rung0": values[n]} for n in picked["hypervolume"] if n not in picked["crowding"]]})
+    return out
+
+
 def correlation_pairs(url: str) -> dict[str, tuple[float, float]]:
     import optuna
 
@@ -74,16 +128,18 @@ def main(argv: list[str] | None = None) -> None:
     for p in args.archives:
         if not p.is_file():
             raise AutopruneError(f"{p}: no such study file; give the docs/data/multifidelity*_studies.db files")
-    pairs, corr = [], {}
+    pairs, corr, replays = [], {}, []
     for p in args.archives:
         url = f"sqlite:///{p}"
         pairs += [dict(x, run=p.name) for x in refit_pairs(url)]
+        replays += [dict(x, run=p.name) for x in replay_promotions(url)]
         corr.update(correlation_pairs(url))  # a later run's pair replaces an earlier one's
     diffs = [x["difference"] for x in pairs]
     a0, af = [v[0] for v in corr.values()], [v[1] for v in corr.values()]
     numbers = {
         "refit": {"n": len(pairs), "mean": statistics.mean(diffs) if diffs else None,
                   "median": statistics.median(diffs) if diffs else None, "pairs": pairs},
+        "replay": replays,
         "correlation": {"n_distinct": len(corr), "spearman": float(spearmanr(a0, af)[0]) if len(corr) > 2 else None,
                         "kendall": float(kendalltau(a0, af)[0]) if len(corr) > 2 else None},
     }
@@ -98,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     if c["spearman"] is not None:
         print(f"rung 0 against full budget over {c['n_distinct']} distinct random policies: Spearman "
               f"{c['spearman']:+.3f}, Kendall {c['kendall']:+.3f}")
+    for x in replays:
+        drops = ", ".join(f"{d['rung0'][0]:.3f} -> {d['top'] if isinstance(d['top'], str) else round(d['top'], 4)}"
+                          for d in x["dropped"])
+        print(f"{x['run']} {x['study']}: hypervolume tie-break drops [{drops}], adds "
+              f"{[round(a['rung0'][0], 3) for a in x['added']]} (rung-0 accuracy -> top rung)")
     write_results(args, "archives", numbers)
 
 
