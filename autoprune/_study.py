@@ -21,7 +21,9 @@ Trial
     ``target_policy`` (the policy at its full budget: what promotion carries up; ``policy`` is the
     policy as the rung ran it) and, above rung 0, ``source_trial`` (the number of the trial at the
     rung below it was promoted from; finished trials cannot be changed, so the link is stored once,
-    on the promoted trial).
+    on the promoted trial). A top-rung trial that runs a lower rung's policy as that rung ran it (a
+    rung with ``also_final``) carries ``final_of`` ({rung, trial}: where it ran first) instead of
+    ``source_trial``; its ``target_policy`` is that policy.
 
 Read a study through :mod:`autoprune.study`, not through these names.
 """
@@ -52,6 +54,7 @@ T_RUNG = "rung"              # fidelity level of a multi-fidelity search (absent
 T_BUDGET = "budget"          # what the rung ran: {"retrain_steps": int, "reconstruct": str}
 T_TARGET_POLICY = "target_policy"  # the policy at its full budget (multi-fidelity)
 T_SOURCE = "source_trial"    # number of the trial at the rung below this one was promoted from
+T_FINAL_OF = "final_of"      # top-rung trial of a lower rung's policy as that rung ran it: {"rung", "trial"}
 
 ATTR_RUNGS = "rungs"                # top study: the space's rung list
 ATTR_RUNG_STUDIES = "rung_studies"  # top study: names of the lower rungs' studies, rung 0 first

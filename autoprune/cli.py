@@ -223,7 +223,7 @@ def _status_table(rows: list[dict[str, Any]], title: str = "") -> Table:
     t = Table(title=title)
     cols = [("#", "right"), ("policy", "left"), ("accuracy", "right"), ("speedup", "right"), ("state", "left"),
             ("front", "center")]
-    promoted = any(r.get("promoted_to") is not None for r in rows)
+    promoted = any(r.get("promoted_to") is not None or r.get("final_as") is not None for r in rows)
     if rungs:
         cols[1:1] = [("rung", "right")]
     if promoted:
@@ -239,7 +239,9 @@ def _status_table(rows: list[dict[str, Any]], title: str = "") -> Table:
         if rungs:
             cells[1:1] = ["" if r.get("rung") is None else str(r["rung"])]
         if promoted:
-            cells.append("" if r.get("promoted_to") is None else f"rung {r['rung'] + 1} #{r['promoted_to']}")
+            went = [] if r.get("promoted_to") is None else [f"rung {r['rung'] + 1} #{r['promoted_to']}"]
+            went += [] if r.get("final_as") is None else [f"top, as run, #{r['final_as']}"]
+            cells.append("; ".join(went))
         t.add_row(*cells, (r.get("reason") or "; ".join(r.get("speed_flags") or []))[:80])
     return t
 
@@ -287,7 +289,9 @@ def _locate(space: Optional[Path], study: Optional[str], storage: Optional[str])
 def _status_rows(st: Any, rung: Optional[int] = None, all_rungs: bool = False) -> list[dict[str, Any]]:
     """One plain dict per trial (what ``status --json`` prints): the study's trials, or with ``rung`` /
     ``all_rungs`` those of one or every rung of a multi-fidelity search. ``on_front`` is only ever true
-    for top-rung trials; ``promoted_to`` is the trial number at the next rung a lower-rung trial went on as."""
+    for top-rung trials; ``promoted_to`` is the trial number at the next rung a lower-rung trial went on as,
+    ``final_as`` the top-rung trial that ran its policy as it ran (a rung with ``also_final``), and a
+    top-rung trial's ``final_of`` the ``[rung, trial]`` that policy ran at first."""
     from autoprune import _study as S
     from autoprune.errors import ConfigError
     from autoprune.study import front, rungs, trial_records
@@ -300,18 +304,20 @@ def _status_rows(st: Any, rung: Optional[int] = None, all_rungs: bool = False) -
                           f"({', '.join(lvl.label for lvl in levels)})")
     lower = st.user_attrs.get(S.ATTR_RUNG_OF) is not None  # opened a lower rung's study by its name: no front
     if not levels:
-        picked = [(None, trial_records(st), {})]
+        picked = [(None, trial_records(st), {}, {})]
     else:
         chosen = levels if all_rungs else [levels[-1 if rung is None else rung]]
-        picked = [(lvl, lvl.records, lvl.promoted_to) for lvl in chosen]
+        picked = [(lvl, lvl.records, lvl.promoted_to, lvl.finals) for lvl in chosen]
     rows = []
-    for lvl, records, promoted in picked:
+    for lvl, records, promoted, finals in picked:
         on_front = {r.number for r in front(records)} if (lvl is None and not lower) or (lvl and lvl.top) else set()
         rows += [{"number": r.number, "rung": r.rung if lvl is None else lvl.index,
                   "study": st.study_name if lvl is None else lvl.study_name, "state": r.state, "counted": r.counted,
                   "policy_summary": r.summary, "accuracy": r.accuracy, "speedup": r.speedup,
                   "macro_f1": (r.result or {}).get("macro_f1"), "latency_ms": (r.result or {}).get("latency_ms"),
-                  "on_front": r.number in on_front, "promoted_to": promoted.get(r.number), "budget": r.budget,
+                  "on_front": r.number in on_front, "promoted_to": promoted.get(r.number),
+                  "final_as": finals.get(r.number), "final_of": None if r.final_of is None else list(r.final_of),
+                  "budget": r.budget,
                   "speed_flags": (r.result or {}).get("speed_flags") or [],
                   "reason": r.reason, "node_id": r.node_id, "duration_s": r.duration_s} for r in records]
     return rows

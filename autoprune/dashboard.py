@@ -91,7 +91,8 @@ def _rung_table(levels: list[RungInfo]) -> str:
         recs = lvl.records
         n = {lab: sum(1 for r in recs if r.label == lab) for lab in ("complete", "pruned", "fail", "running", "waiting")}
         best = max((r.accuracy for r in recs if r.complete), default=None)
-        promoted = "-" if lvl.top else str(len(lvl.promoted_to))
+        promoted = "-" if lvl.top else str(len(lvl.promoted_to)) + (f" (+{len(lvl.finals)} to the top as run)"
+                                                                   if lvl.finals else "")
         rows.append(f"<tr><td class=l>{_html.escape(lvl.label)}{' (top: the front above)' if lvl.top else ''}</td>"
                     f"<td class=l><code>{_html.escape(lvl.study_name)}</code></td><td>{len(lvl.finished)}</td>"
                     f"<td>{n['complete']}</td><td>{n['pruned']}</td><td>{n['fail']}</td>"

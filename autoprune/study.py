@@ -153,6 +153,13 @@ class TrialRecord:
         return int(v) if isinstance(v, (int, float)) else None
 
     @property
+    def final_of(self) -> tuple[int, int] | None:
+        """``(rung, trial)`` for a top-rung trial that runs a lower rung's policy as that rung ran it
+        (a rung with ``also_final``); None otherwise."""
+        v = self.user_attrs.get(S.T_FINAL_OF)
+        return (int(v["rung"]), int(v["trial"])) if isinstance(v, dict) else None
+
+    @property
     def target_policy(self) -> dict[str, Any]:
         """The policy at its full budget (what a multi-fidelity search promotes); ``policy`` otherwise."""
         v = self.user_attrs.get(S.T_TARGET_POLICY)
@@ -363,7 +370,8 @@ class RungInfo:
     ``index`` (0 = cheapest), ``study_name`` (the top rung is the study the search was named for),
     ``spec`` (the rung as the space gives it: ``retrain_steps`` (a number or ``full``), ``reconstruct``),
     ``records`` (its trials), ``promoted_to`` (trial number here -> trial number at the next rung; empty
-    at the top).
+    at the top), ``finals`` (trial number here -> the top-rung trial that ran its policy as it ran here:
+    a rung with ``also_final``).
     """
 
     index: int
@@ -372,6 +380,7 @@ class RungInfo:
     top: bool
     records: list[TrialRecord]
     promoted_to: dict[int, int]
+    finals: dict[int, int] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -380,6 +389,8 @@ class RungInfo:
         what = "full budget" if steps == "full" else f"{steps} steps"
         if self.spec.get("reconstruct"):
             what += f", {self.spec['reconstruct']}"
+        if self.spec.get("also_final"):
+            what += ", also final"
         return f"rung {self.index} ({what})"
 
     @property
@@ -415,12 +426,15 @@ def rungs(study: Any) -> list[RungInfo]:
                              f"study along)") from None
     studies.append(study)
     recs = [trial_records(st) for st in studies]
+    live_top = [r for r in recs[-1] if r.final_of is not None and r.label != S.LABEL_ORPHANED]
     out = []
     for k, st in enumerate(studies):
         up = recs[k + 1] if k + 1 < len(studies) else []
         promoted = {r.source_trial: r.number for r in up if r.source_trial is not None and r.label != S.LABEL_ORPHANED}
+        finals = {r.final_of[1]: r.number for r in live_top if r.final_of[0] == k}  # type: ignore[index]
         out.append(RungInfo(index=k, study_name=st.study_name, spec=dict(specs[k]), top=k == len(studies) - 1,
-                            records=recs[k], promoted_to={int(a): b for a, b in sorted(promoted.items())}))
+                            records=recs[k], promoted_to={int(a): b for a, b in sorted(promoted.items())},
+                            finals=dict(sorted(finals.items()))))
     return out
 
 

@@ -353,7 +353,8 @@ def plot_rungs(study: Any) -> Any:
     (red: on the top rung's Pareto front; blue: reached the top rung; orange: promoted, stopped
     below), grey points are the policies that were not promoted. Right: every rung-0 result as
     accuracy against measured speedup (promoted ones blue), joined to the top-rung result each
-    promoted policy reached (red diamonds), so the gain of the full budget shows per policy.
+    promoted policy reached (red diamonds), so the gain of the full budget shows per policy; green
+    squares: rung-0 cuts run again at the top rung as they ran (a rung 0 with ``also_final``).
 
     Raises :class:`~autoprune.errors.StudyError` for a study searched without rungs.
     """
@@ -411,6 +412,13 @@ def plot_rungs(study: Any) -> Any:
                                  marker=dict(color="#d62728", size=10, symbol="diamond"),
                                  hovertext=[f"{labels[-1]}<br>{hover_text(c[-1])}" for c in reached], hoverinfo="text"),
                       row=1, col=2)
+    at_top = {r.number: r for r in levels[-1].records}
+    finals = [at_top[b] for b in levels[0].finals.values() if b in at_top and at_top[b].complete]
+    if finals:  # rung 0's cuts, run again at the top rung as they ran (also_final): timed in full there
+        fig.add_trace(go.Scatter(**_xy(finals), mode="markers", name="top rung, as run at rung 0",
+                                 marker=dict(color="#2ca02c", size=10, symbol="square"),
+                                 hovertext=[f"{labels[-1]}, as run at rung 0<br>{hover_text(t)}" for t in finals],
+                                 hoverinfo="text"), row=1, col=2)
     fig.update_xaxes(tickmode="array", tickvals=list(range(len(levels))), ticktext=labels, row=1, col=1)
     fig.update_xaxes(title_text="measured speedup (x)", row=1, col=2)
     fig.update_yaxes(title_text="validation accuracy", row=1, col=1)

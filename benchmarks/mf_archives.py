@@ -10,6 +10,13 @@ No trial runs here; it reads the committed studies (``docs/data/multifidelity*_s
   hypervolume contribution above the reference point as the tie-break instead of crowding distance
   (runs with two rungs; the rung-0 sequence does not depend on the promotion rule; a policy the run did not promote has no
   top-rung result, so only the changed promotions are listed);
+* ``also_final``: each two-rung mf arm's hypervolume with its promoted cuts also on its front as rung 0
+  ran them (``also_final``): for every policy it promoted whose full-budget run started within the
+  arm's minutes and whose rung-0 accuracy met the search's floor, the point (rung-0 accuracy, the top
+  rung's measured speedup of the same architecture; the screened one where the top rung was stopped),
+  beside the arm's own top-rung results, against the random arm's hypervolume. It leaves out what
+  those extra trials would cost (seconds each: no retraining, but a full timing) and cannot replay
+  what the sampler would then have done;
 * ``correlation``: the ``correlation`` studies of the runs (rung-0 against full-budget accuracy of the
   random arms' policies), one pair per distinct policy (the latest run's, where seeds repeat a draw).
 
@@ -108,6 +115,44 @@ def replay_promotions(url: str) -> list[dict[str, Any]]:
     return out
 
 
+def replay_also_final(url: str) -> list[dict[str, Any]]:
+    import optuna
+
+    from autoprune import _study as S
+    from autoprune.search import open_study
+    from autoprune.study import hypervolume, rungs, trial_records
+    from benchmarks import multifidelity as M
+
+    out = []
+    names = set(optuna.get_all_study_names(url))
+    for name in sorted(n for n in names if n.startswith("mf_seed") and "." not in n):
+        st = open_study(url, name)
+        levels = rungs(st)
+        seed = int(name[len("mf_seed"):])
+        if len(levels) != 2 or f"random_seed{seed}" not in names:
+            continue
+        segments, budget_s = st.user_attrs[M.ATTR_SEGMENTS], float(st.user_attrs[M.ATTR_BUDGET]) * 60
+        ref, floor = M.study_reference(st), float(st.user_attrs[S.ATTR_FLOOR])
+        own = [r for _, r in M.scored(levels[1].records, segments, budget_s)]
+        below = {r.number: r for r in levels[0].records}
+        cuts = []
+        for r in levels[1].records:
+            src = below.get(r.source_trial) if r.source_trial is not None else None
+            if (src is None or not src.complete or src.accuracy < floor or r.datetime_start is None
+                    or M.arm_seconds(segments, M._epoch(r.datetime_start)) > budget_s):
+                continue
+            cuts.append((src.accuracy, r.speedup if r.complete else src.speedup))
+        pts = [(r.accuracy, r.speedup) for r in own]
+        rnd = open_study(url, f"random_seed{seed}")
+        rnd_pts = M.scored(trial_records(rnd), rnd.user_attrs[M.ATTR_SEGMENTS],
+                           float(rnd.user_attrs[M.ATTR_BUDGET]) * 60)
+        hv_rnd = hypervolume([r for _, r in rnd_pts], ref)
+        hv_own, hv_with = hypervolume(pts, ref), hypervolume(pts + cuts, ref)
+        out.append({"study": name, "seed": seed, "cuts": cuts, "hypervolume": hv_own, "with_cuts": hv_with,
+                    "random": hv_rnd, "ratio": hv_own / hv_rnd, "ratio_with_cuts": hv_with / hv_rnd})
+    return out
+
+
 def correlation_pairs(url: str) -> dict[str, tuple[float, float]]:
     import optuna
 
@@ -128,11 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     for p in args.archives:
         if not p.is_file():
             raise AutopruneError(f"{p}: no such study file; give the docs/data/multifidelity*_studies.db files")
-    pairs, corr, replays = [], {}, []
+    pairs, corr, replays, finals = [], {}, [], []
     for p in args.archives:
         url = f"sqlite:///{p}"
         pairs += [dict(x, run=p.name) for x in refit_pairs(url)]
         replays += [dict(x, run=p.name) for x in replay_promotions(url)]
+        finals += [dict(x, run=p.name) for x in replay_also_final(url)]
         corr.update(correlation_pairs(url))  # a later run's pair replaces an earlier one's
     diffs = [x["difference"] for x in pairs]
     a0, af = [v[0] for v in corr.values()], [v[1] for v in corr.values()]
@@ -140,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         "refit": {"n": len(pairs), "mean": statistics.mean(diffs) if diffs else None,
                   "median": statistics.median(diffs) if diffs else None, "pairs": pairs},
         "replay": replays,
+        "also_final": {"seeds": finals,
+                       "mean_ratio": statistics.mean(x["ratio"] for x in finals) if finals else None,
+                       "mean_ratio_with_cuts": statistics.mean(x["ratio_with_cuts"] for x in finals) if finals else None},
         "correlation": {"n_distinct": len(corr), "spearman": float(spearmanr(a0, af)[0]) if len(corr) > 2 else None,
                         "kendall": float(kendalltau(a0, af)[0]) if len(corr) > 2 else None},
     }
@@ -159,6 +208,13 @@ def main(argv: list[str] | None = None) -> None:
                           for d in x["dropped"])
         print(f"{x['run']} {x['study']}: hypervolume tie-break drops [{drops}], adds "
               f"{[round(a['rung0'][0], 3) for a in x['added']]} (rung-0 accuracy -> top rung)")
+    if finals:
+        print("| run | seed | mf / random as run | with the promoted cuts as rung 0 ran them | cuts added |\n"
+              "|---|---:|---:|---:|---:|")
+        for x in finals:
+            print(f"| {x['run']} | {x['seed']} | {x['ratio']:.2f}x | {x['ratio_with_cuts']:.2f}x | {len(x['cuts'])} |")
+        a = numbers["also_final"]
+        print(f"mean ratio {a['mean_ratio']:.2f}x as run, {a['mean_ratio_with_cuts']:.2f}x with the cuts")
     write_results(args, "archives", numbers)
 
 

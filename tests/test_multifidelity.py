@@ -138,6 +138,7 @@ def test_the_floor_slack_keeps_hopeless_policies_off_the_top_rung(tiny, tmp_path
     ([{"retrain_steps": 50}, {"retrain_steps": 10}, {"retrain_steps": "full"}], "must increase"),
     ([{"retrain_steps": 0}, {"retrain_steps": 200}, {"retrain_steps": "full"}], "not below the largest retraining"),
     ([{"retrain_steps": -1}, {"retrain_steps": "full"}], "must be 0 or more"),
+    ([{"retrain_steps": 0}, {"retrain_steps": "full", "also_final": True}], "'also_final' belongs to a rung below"),
 ])
 def test_bad_rungs_are_one_clear_error(tiny, tmp_path, rungs_, needle):
     with pytest.raises(ConfigError, match="space.yaml") as ei:
@@ -161,6 +162,93 @@ def test_policies_without_retraining_run_their_budget_at_rung_0_and_again_at_the
         below = next(b for b in levels[0].records if b.number == r.source_trial)
         assert below.policy == r.policy and below.accuracy == r.accuracy  # the same run, timed apart
     assert {r.rung for r in front(top)} == {1}
+
+
+ALSO_FINAL = [{"retrain_steps": 0, "reconstruct": "least_squares", "also_final": True}, {"retrain_steps": "full"}]
+
+
+def _finals_invariants(levels, floor):
+    """Each policy promoted from rung 0 whose result there meets ``floor`` also ran at the top rung as
+    rung 0 ran it, exactly once and before its full-budget promotion; none of the others did."""
+    below = {r.number: r for r in levels[0].records}
+    top = {r.number: r for r in levels[-1].records if r.label != S.LABEL_ORPHANED}
+    finals = {n: r for n, r in top.items() if r.final_of is not None}
+    assert levels[0].finals == {r.final_of[1]: n for n, r in finals.items()}
+    assert len(finals) == len(levels[0].finals)  # once per source
+    eligible = {a for a in levels[0].promoted_to if below[a].complete and below[a].accuracy >= floor}
+    assert set(levels[0].finals) == eligible
+    for a, b in levels[0].finals.items():
+        src, fin = below[a], top[b]
+        assert fin.final_of == (0, a) and fin.source_trial is None and fin.rung == len(levels) - 1
+        assert fin.policy == src.policy == fin.target_policy  # the cut as rung 0 ran it, unchanged
+        assert fin.policy["retrain"]["steps"] == 0 and fin.policy["reconstruct"] == "least_squares"
+        assert b < levels[0].promoted_to[a]  # seconds of work queued before the full budget's minutes
+    return finals
+
+
+def test_a_rung_also_final_sends_its_promoted_cuts_to_the_top_as_they_ran(tiny, tmp_path):
+    space = make_space(tiny, tmp_path, rungs=ALSO_FINAL, accuracy_drop_floor=0.15, n_trials=16,
+                       promote_fraction=0.5)
+    ex = InProcessExecutor()
+    top = search(space, ex)
+    levels = rungs(top)
+    floor = 0.9 - 0.15
+    finals = _finals_invariants(levels, floor)
+    below = {r.number: r for r in levels[0].records}
+    assert finals and any(below[a].accuracy < floor for a in levels[0].promoted_to)  # both kinds were promoted
+    full_measure = space.run_config().measure.model_dump()
+    for n, r in finals.items():  # timed in full like every final result, stopped against the floor like them
+        job = next(j for j in ex.submitted if j.number == n and j.config["measure"] == full_measure)
+        assert job.policy == r.policy and job.floor == pytest.approx(floor)
+    # the fake's rung 0 lacks 0.1 of accuracy that retraining brings back: the cut stands beside its
+    # retrained policy at the same speed, below it, so only the retrained one is on the front
+    fr = {r.number for r in front(top)}
+    assert fr and not fr & set(finals) and {r.rung for r in front(top)} == {1}
+    stored = top.user_attrs[S.ATTR_RUNGS]  # also_final is recorded only where it is set
+    assert stored == [ALSO_FINAL[0], {"retrain_steps": "full", "reconstruct": None}]
+    rows = json.loads(CliRunner().invoke(app, ["status", "--storage", url_of(tmp_path), "--all-rungs",
+                                               "--json"]).stdout)
+    assert {r["number"]: r["final_as"] for r in rows if r["rung"] == 0 and r["final_as"] is not None} == levels[0].finals
+    assert all(r["final_of"] == [0, r_src] for r in rows for r_src, n in levels[0].finals.items()
+               if r["rung"] == 1 and r["number"] == n)
+    from autoprune.dashboard import build_dashboard
+
+    page = build_dashboard(top, storage=url_of(tmp_path))
+    assert "rung 0 (0 steps, least_squares, also final)" in page and f"(+{len(finals)} to the top as run)" in page
+    assert "top rung, as run at rung 0" in page
+
+
+def test_a_cut_that_retraining_makes_worse_reaches_the_front_as_it_ran(tiny, tmp_path):
+    # the fake loses 0.1 of accuracy per retraining here (a fine-tuned model retrained at a fresh
+    # learning rate): the cuts run as they ran at rung 0 are the front, their retrained policies are not
+    worse = functools.partial(fake_trial, sleep=0.0, step_gain=-0.1)
+    top = search(make_space(tiny, tmp_path, rungs=ALSO_FINAL, accuracy_drop_floor=0.3, promote_fraction=0.5),
+                 trial_fn=worse)
+    levels = rungs(top)
+    finals = _finals_invariants(levels, 0.9 - 0.3)
+    assert {r.number for r in front(top)} <= set(finals) and front(top)
+
+
+def test_a_driver_killed_between_a_cut_and_its_promotion_resumes_both_once(tiny, tmp_path, monkeypatch):
+    import autoprune.search._rungs as R
+
+    space = make_space(tiny, tmp_path, rungs=ALSO_FINAL, accuracy_drop_floor=0.3, trials_in_flight=1)
+    real, calls = R.enqueue_promotion, {"n": 0}
+
+    def dies_once(upper, source, sp):  # the cut is enqueued at the top, its full-budget promotion is not
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(upper, source, sp)
+
+    monkeypatch.setattr(R, "enqueue_promotion", dies_once)
+    with pytest.raises(KeyboardInterrupt):
+        search(space)
+    monkeypatch.setattr(R, "enqueue_promotion", real)
+    search(space)
+    levels = _promotion_invariants(url_of(tmp_path), space)
+    _finals_invariants(levels, 0.9 - 0.3)
+    assert len(levels[0].finals) >= 2
 
 
 def test_shipped_spaces_use_rungs():
@@ -281,7 +369,9 @@ def _promotion_invariants(url, space):
         keys = [policy_key(r.target_policy) for r in live]
         assert len(keys) == len(set(keys)), f"rung {k}: a policy promoted twice"
         if k:
-            assert all(r.source_trial in {x.number for x in levels[k - 1].records} for r in live)
+            assert all(r.source_trial in {x.number for x in levels[k - 1].records} for r in live if r.final_of is None)
+            assert all(r.final_of[1] in {x.number for x in levels[r.final_of[0]].records}
+                       for r in live if r.final_of is not None)
         if not lvl.top:
             st = open_study(url, lvl.study_name)
             final = P.select([c for c, _ in finished_candidates(st)], space.promote_fraction, closed=True)

@@ -504,7 +504,9 @@ def _promoted_job(state: DriverState, lvl: Level) -> tuple[Slot, TrialJob] | Non
         if not isinstance(target, dict):
             raise ValueError("the trial carries no target_policy (it was not enqueued by a promotion)")
         state.space.sample_policy(trial, state.depth)  # records the enqueued params on this trial
-        policy = state.space.rung_policy(PruningPolicy.model_validate(target), lvl.index)
+        policy = PruningPolicy.model_validate(target)
+        if S.T_FINAL_OF not in trial.user_attrs:  # a lower rung's policy as it ran there runs unchanged
+            policy = state.space.rung_policy(policy, lvl.index)
     except Exception as exc:  # noqa: BLE001 - a promotion the space can no longer build must not stop the search
         trial.set_user_attr(S.T_FAIL, f"cannot build the promoted policy: {exc}")
         state.levels[lvl.index].study.tell(trial, state=TrialState.FAIL)

@@ -26,6 +26,14 @@ Where the results live (one Optuna study per rung, in the same storage):
   ``target_policy`` (the full-budget policy) and ``source_trial``. Optuna forbids changing a finished
   trial, so the link is stored once, on the promoted trial; :func:`autoprune.study.rungs` reads it
   both ways (``promoted_to``);
+* a rung with ``also_final`` (the reference space's rung 0) also sends each policy it promotes to the
+  top rung *as it ran it there* (cut and re-fit, no retraining), when that result meets the search's
+  accuracy floor: a policy of its own, whose budget is that rung's, timed in full at the top and on
+  the front like any other final result (``final_of`` names where it ran first). It is enqueued
+  before the full-budget promotion (it takes seconds, the full budget minutes). The reason is what a
+  fine-tuned model does: retraining at a fresh learning rate lowered the best cuts of rung 0 (the
+  multi-fidelity protocol runs in docs/BENCHMARKS.md), so the cut itself is often the better final
+  policy;
 * **nothing is promoted twice**: before enqueueing, the policy's key (:func:`policy_key`) is looked
   up among the next rung's trials (waiting, running, finished; an orphan counts through its re-run);
 * **resume**: promotions are recomputed from storage whenever a driver starts, so a driver killed
@@ -58,7 +66,7 @@ from autoprune.search._space import SearchSpace
 log = logging.getLogger("autoprune.search")
 
 #: user attrs a re-run of an interrupted trial keeps (its rung, budget, full policy, source)
-CARRIED = (S.T_RUNG, S.T_BUDGET, S.T_TARGET_POLICY, S.T_SOURCE)
+CARRIED = (S.T_RUNG, S.T_BUDGET, S.T_TARGET_POLICY, S.T_SOURCE, S.T_FINAL_OF)
 
 
 @dataclass
@@ -91,7 +99,7 @@ def target_key(trial: Any) -> str | None:
 
 def rungs_raw(space: SearchSpace) -> list[dict[str, Any]]:
     """The space's rungs as stored on the top study."""
-    return [r.model_dump(mode="json") for r in space.rungs or []]
+    return [r.stored() for r in space.rungs or []]
 
 
 def budget(policy: Any) -> dict[str, Any]:
@@ -192,6 +200,19 @@ def enqueue_promotion(upper: Level, source: Any, space: SearchSpace) -> None:
              source.user_attrs.get(S.T_SUMMARY, ""))
 
 
+def enqueue_final(top: Level, source: Any, rung: int) -> None:
+    """Enqueue at the top rung the policy ``source`` ran at rung ``rung``, as it ran it (``also_final``)."""
+    from autoprune.policy import PruningPolicy
+
+    ran = source.user_attrs[S.T_POLICY]
+    top.study.enqueue_trial(dict(source.params), user_attrs={
+        S.T_RUNG: top.index, S.T_BUDGET: budget(PruningPolicy.model_validate(ran)), S.T_TARGET_POLICY: ran,
+        S.T_FINAL_OF: {"rung": rung, "trial": source.number}})
+    top.waiting += 1
+    log.info("trial %d of rung %d also runs at the top rung as it ran: %s", source.number, rung,
+             source.user_attrs.get(S.T_SUMMARY, ""))
+
+
 def promote(levels: list[Level], space: SearchSpace, closed: Callable[[int], bool],
             floor: float | None = None) -> int:
     """Enqueue every promotion the rule allows now, rung by rung from the bottom; returns how many.
@@ -200,15 +221,28 @@ def promote(levels: list[Level], space: SearchSpace, closed: Callable[[int], boo
     this pass, so a rung closes in the same pass as the one below it). ``floor``: the search's accuracy
     floor (dense accuracy - ``accuracy_drop_floor``); with the space's ``promote_floor_slack``, policies
     more than that slack below it rank after all others (:func:`~autoprune.search._promotion.order`).
+    A rung with ``also_final`` sends every policy it promoted (now or before: a driver stopped in
+    between catches up here) whose result there meets ``floor`` to the top rung as it ran it, once.
     """
     below = None if floor is None or space.promote_floor_slack is None else floor - space.promote_floor_slack
     n = 0
+    top = levels[-1]
     for r in range(len(levels) - 1):
         lower, upper = levels[r], levels[r + 1]
         cands = finished_candidates(lower.study)
-        chosen = P.select([c for c, _ in cands], space.promote_fraction, promoted_keys(upper.study),
-                          closed=closed(r), floor=below)
+        up = promoted_keys(upper.study)
+        chosen = P.select([c for c, _ in cands], space.promote_fraction, up, closed=closed(r), floor=below)
         by_number = {c.number: t for c, t in cands}
+        if space.rungs and space.rungs[r].also_final:
+            finals = promoted_keys(top.study)
+            for c in sorted({*chosen, *(c for c, _ in cands if c.key in up)}, key=lambda c: c.number):
+                t = by_number[c.number]
+                key = policy_key(t.user_attrs[S.T_POLICY])
+                if c.values is None or (floor is not None and c.values[0] < floor) or key == c.key or key in finals:
+                    continue
+                enqueue_final(top, t, r)
+                finals.add(key)
+                n += 1
         for c in chosen:
             enqueue_promotion(upper, by_number[c.number], space)
             n += 1

@@ -176,14 +176,24 @@ class Rung(_Strict):
       the top rung its speed is timed in full like every other final result.
     * ``reconstruct``: the layer reconstruction structured policies get at this rung (``none`` or
       ``least_squares``); absent: the policy's own. Unstructured policies always run their own.
+    * ``also_final`` (a rung below the top): each policy promoted from this rung also runs at the top
+      rung *as this rung ran it*, a policy of its own (e.g. the cut and re-fit of rung 0, with no
+      retraining) whose budget is this rung's, when its result here meets the search's accuracy floor.
+      At the top rung it is timed in full and stands on the front beside the retrained policy, so a
+      cut that retraining makes worse (a fine-tuned model retrained at a fresh learning rate) still
+      reaches the front, as a final result of the policy that produced it.
 
     Example:
         >>> Rung(retrain_steps=0, reconstruct="least_squares").label(), Rung(retrain_steps="full").label()
         ('0 steps, least_squares', 'full budget')
+        >>> Rung(retrain_steps=0, also_final=True).label()
+        '0 steps, also final'
     """
 
     retrain_steps: int | Literal["full"] = Field(..., description="retraining steps, or 'full' (the policy's own)")
     reconstruct: Literal["none", "least_squares"] | None = None
+    also_final: bool = Field(False, description="policies promoted from this rung also run at the top rung as "
+                             "this rung ran them (when they meet the accuracy floor here)")
 
     @field_validator("retrain_steps")
     @classmethod
@@ -195,7 +205,13 @@ class Rung(_Strict):
     def label(self) -> str:
         """A short description, e.g. ``0 steps, least_squares`` or ``full budget``."""
         steps = "full budget" if self.retrain_steps == "full" else f"{self.retrain_steps} steps"
-        return steps + (f", {self.reconstruct}" if self.reconstruct is not None else "")
+        return (steps + (f", {self.reconstruct}" if self.reconstruct is not None else "")
+                + (", also final" if self.also_final else ""))
+
+    def stored(self) -> dict[str, Any]:
+        """The rung as a study records it (``also_final`` only when set, so studies recorded before it
+        existed continue with the same rungs)."""
+        return self.model_dump(mode="json", exclude=None if self.also_final else {"also_final"})
 
 
 class EarlyStop(_Strict):
@@ -311,6 +327,8 @@ class SearchSpace(_Strict):
         steps = [r.retrain_steps for r in self.rungs[:-1]]
         if "full" in steps:
             raise ValueError("only the last of 'rungs' may be 'retrain_steps: full'")
+        if self.rungs[-1].also_final:
+            raise ValueError("'also_final' belongs to a rung below the top (the top rung's results are final already)")
         if any(b <= a for a, b in zip(steps, steps[1:])):  # type: ignore[operator]
             raise ValueError(f"the retrain_steps of 'rungs' must increase from rung to rung, got {steps}")
         choices = self.retrain.steps if isinstance(self.retrain.steps, list) else [self.retrain.steps]
