@@ -102,6 +102,33 @@ def arm_space(space: SearchSpace, arm: str, seed: int, trials_in_flight: int | N
     return space.model_copy(update=update)
 
 
+def with_rungs(space: SearchSpace, path: Path, rungs_yaml: str | None, fraction: float | None) -> SearchSpace:
+    """The space of ``path`` with other ``rungs`` (a YAML list) and ``promote_fraction``, validated as
+    the space file would be with them in it.
+
+    >>> sp = with_rungs(load_search_space(ROOT / "search_spaces" / "minilm_sst2.yaml"),
+    ...                 ROOT / "search_spaces" / "minilm_sst2.yaml",
+    ...                 "[{retrain_steps: 0, also_final: true}, {retrain_steps: full}]", 0.5)
+    >>> [r.label() for r in sp.rungs], sp.promote_fraction
+    (['0 steps, also final', 'full budget'], 0.5)
+    """
+    import yaml
+
+    from autoprune._yaml import read_yaml_mapping
+    from autoprune.search import space_from_dict
+
+    raw = read_yaml_mapping(path, AutopruneError)
+    if rungs_yaml is not None:
+        try:
+            raw["rungs"] = yaml.safe_load(rungs_yaml)
+        except yaml.YAMLError as exc:
+            raise AutopruneError(f"--rungs: not YAML ({str(exc).splitlines()[0]}); give a list such as "
+                                 "\"[{retrain_steps: 0}, {retrain_steps: full}]\"") from None
+    if fraction is not None:
+        raw["promote_fraction"] = fraction
+    return space_from_dict(raw, f"{path} with --rungs/--promote-fraction", path.resolve().parent)
+
+
 def study_name(arm: str, seed: int) -> str:
     return f"{arm}_seed{seed}"
 
@@ -450,6 +477,10 @@ def main(argv: list[str] | None = None, trial_fn: Callable[..., Any] | None = No
     ap.add_argument("--trials-in-flight", type=int, default=None, help="each arm's trials in flight (default: the space's)")
     ap.add_argument("--in-process", action="store_true", help="run each arm's trials in its own process, no Ray")
     ap.add_argument("--config", default=None, help="run config replacing the space's (e.g. the finetuned checkpoint's)")
+    ap.add_argument("--rungs", default=None, metavar="YAML",
+                    help="the mf arm's rungs instead of the space's, as a YAML list, e.g. \"[{retrain_steps: 0, "
+                         "reconstruct: least_squares}, {retrain_steps: full}]\" (default: the space's own)")
+    ap.add_argument("--promote-fraction", type=float, default=None, help="with --rungs: the mf arm's promote_fraction")
     ap.add_argument("--storage", default=None, help="default: sqlite:///<run_dir>/bench_multifidelity.db")
     ap.add_argument("--archive", type=Path, default=ARCHIVE, help="SQLite file the archive phase writes")
     add_results_option(ap, "multifidelity")
@@ -465,6 +496,8 @@ def main(argv: list[str] | None = None, trial_fn: Callable[..., Any] | None = No
     if not seeds or (args.minutes is not None and not args.minutes > 0) or not arms or set(arms) - set(ARMS):
         raise AutopruneError(f"give --seeds (e.g. 1,2,3), --minutes > 0 and --arms from {', '.join(ARMS)}")
     space = load_search_space(args.space)
+    if args.rungs is not None or args.promote_fraction is not None:
+        space = with_rungs(space, Path(args.space), args.rungs, args.promote_fraction)
     if args.config:
         space = space.model_copy(update={"config": str(Path(args.config).resolve())})
         space.run_config()  # a bad file is one clear error now
@@ -486,6 +519,8 @@ def main(argv: list[str] | None = None, trial_fn: Callable[..., Any] | None = No
             raise AutopruneError("--side-by-side collects the arms into a SQLite --storage (sqlite:///FILE)")
         base = ["-c", args.space, "--minutes", str(args.minutes)]
         base += (["--config", args.config] if args.config else []) + (["--in-process"] if args.in_process else [])
+        base += ["--rungs", args.rungs] if args.rungs is not None else []
+        base += ["--promote-fraction", str(args.promote_fraction)] if args.promote_fraction is not None else []
         base += ["--trials-in-flight", str(max(1, space.trials_in_flight // len(ARMS)))]
         for seed in seeds:
             run_side_by_side(base, seed, run_dir, Path(storage[len("sqlite:///"):]))

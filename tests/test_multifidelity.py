@@ -607,6 +607,30 @@ def test_benchmark_scores_arms_at_equal_wall_time(tiny, tmp_path):
     assert len(open_study(storage, "random_seed1").trials) == before
 
 
+def test_benchmark_gives_the_mf_arm_the_rungs_it_is_told(tiny, tmp_path):
+    sys.path.insert(0, str(REPO))
+    import yaml
+
+    from autoprune.errors import AutopruneError
+    from benchmarks import multifidelity as B
+
+    space_file = tmp_path / "space.yaml"  # a space without rungs: the random arm's, and the mf arm's with --rungs
+    space_file.write_text(yaml.safe_dump(make_space(tiny, tmp_path, n_trials=6, rungs=None).raw()))
+    storage = f"sqlite:///{tmp_path / 'bench.db'}"
+    told = "[{retrain_steps: 0, reconstruct: least_squares, also_final: true}, {retrain_steps: full}]"
+    B.main(["-c", str(space_file), "--storage", storage, "--seeds", "1", "--minutes", "0.02", "--phases", "search",
+            "--trials-in-flight", "1", "--rungs", told, "--promote-fraction", "0.5"],
+           trial_fn=FAKE, executor=InProcessExecutor())
+    mf, rnd = open_study(storage, "mf_seed1"), open_study(storage, "random_seed1")
+    assert mf.user_attrs[S.ATTR_RUNGS] == [{**r, "reconstruct": r.get("reconstruct")} for r in yaml.safe_load(told)]
+    assert mf.user_attrs[S.ATTR_SPACE]["promote_fraction"] == 0.5 and not rungs(rnd)
+    for bad, needle in (("[{retrain_steps: 0", "--rungs: not YAML"),
+                        ("[{retrain_steps: full, also_final: true}]", "at least two levels")):
+        with pytest.raises(AutopruneError, match=needle):
+            B.main(["-c", str(space_file), "--storage", storage, "--seeds", "1", "--phases", "report", "--rungs", bad],
+                   trial_fn=FAKE, executor=InProcessExecutor())
+
+
 def test_arm_clock_scores_only_what_finished_in_time():
     sys.path.insert(0, str(REPO))
     import datetime as dt
