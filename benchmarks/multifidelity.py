@@ -399,7 +399,8 @@ def correlation_report(storage: str, seeds: list[int]) -> tuple[str, dict[str, A
     a0 = [t.values[0] for t in trials]
     af = [t.user_attrs["full_accuracy"] for t in trials]
     rho, tau = _rank_corr(a0, af)
-    secs = [sum(v for k, v in (t.user_attrs.get("phase_seconds") or {}).items() if k != "total") for t in trials]
+    secs = [float(ph["total"]) - float(ph.get("load", 0.0))  # as rung0_seconds: without the one-off load
+            for t in trials if "total" in (ph := t.user_attrs.get("phase_seconds") or {})]
     promoted = promoted_pairs(storage, seeds)
     searched = rung0_seconds(storage, seeds)
     numbers: dict[str, Any] = {
