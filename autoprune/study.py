@@ -385,13 +385,9 @@ class RungInfo:
     @property
     def label(self) -> str:
         """``rung 0 (0 steps, least_squares)``, ``rung 2 (full budget)``."""
-        steps = self.spec.get("retrain_steps")
-        what = "full budget" if steps == "full" else f"{steps} steps"
-        if self.spec.get("reconstruct"):
-            what += f", {self.spec['reconstruct']}"
-        if self.spec.get("also_final"):
-            what += ", also final"
-        return f"rung {self.index} ({what})"
+        from autoprune.search._space import Rung
+
+        return f"rung {self.index} ({Rung.model_validate(self.spec).label()})"
 
     @property
     def finished(self) -> list[TrialRecord]:
