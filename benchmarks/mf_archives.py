@@ -18,7 +18,9 @@ No trial runs here; it reads the committed studies (``docs/data/multifidelity*_s
   those extra trials would cost (seconds each: no retraining, but a full timing) and cannot replay
   what the sampler would then have done;
 * ``correlation``: the ``correlation`` studies of the runs (rung-0 against full-budget accuracy of the
-  random arms' policies), one pair per distinct policy (the latest run's, where seeds repeat a draw).
+  random arms' policies), one pair per distinct policy (the latest run's, where seeds repeat a draw);
+  also within each granularity (structured, unstructured), whose rung 0 differs: only structured
+  policies are re-fitted there.
 
     .venv/bin/python benchmarks/mf_archives.py docs/data/multifidelity_studies.db \\
         docs/data/multifidelity2_studies.db docs/data/multifidelity3_studies.db
@@ -118,9 +120,8 @@ def replay_promotions(url: str) -> list[dict[str, Any]]:
 def replay_also_final(url: str) -> list[dict[str, Any]]:
     import optuna
 
-    from autoprune import _study as S
     from autoprune.search import open_study
-    from autoprune.study import hypervolume, rungs, trial_records
+    from autoprune.study import hypervolume, rungs, study_info, trial_records
     from benchmarks import multifidelity as M
 
     out = []
@@ -132,14 +133,14 @@ def replay_also_final(url: str) -> list[dict[str, Any]]:
         if len(levels) != 2 or f"random_seed{seed}" not in names:
             continue
         segments, budget_s = st.user_attrs[M.ATTR_SEGMENTS], float(st.user_attrs[M.ATTR_BUDGET]) * 60
-        ref, floor = M.study_reference(st), float(st.user_attrs[S.ATTR_FLOOR])
+        ref, floor = M.study_reference(st), study_info(st).accuracy_floor
         own = [r for _, r in M.scored(levels[1].records, segments, budget_s)]
         below = {r.number: r for r in levels[0].records}
         cuts = []
         for r in levels[1].records:
             src = below.get(r.source_trial) if r.source_trial is not None else None
-            if (src is None or not src.complete or src.accuracy < floor or r.datetime_start is None
-                    or M.arm_seconds(segments, M._epoch(r.datetime_start)) > budget_s):
+            if (src is None or not src.complete or (floor is not None and src.accuracy < floor)
+                    or r.datetime_start is None or M.arm_seconds(segments, r.datetime_start.timestamp()) > budget_s):
                 continue
             cuts.append((src.accuracy, r.speedup if r.complete else src.speedup))
         pts = [(r.accuracy, r.speedup) for r in own]
@@ -153,14 +154,15 @@ def replay_also_final(url: str) -> list[dict[str, Any]]:
     return out
 
 
-def correlation_pairs(url: str) -> dict[str, tuple[float, float]]:
+def correlation_pairs(url: str) -> dict[str, tuple[float, float, str]]:
     import optuna
 
     if "correlation" not in optuna.get_all_study_names(url):
         return {}
     st = optuna.load_study(study_name="correlation", storage=url)
     # keyed by the full-budget policy's summary (the stored policy is its rung-0 form, without retraining)
-    return {t.user_attrs["summary"]: (t.values[0], t.user_attrs["full_accuracy"]) for t in st.trials}
+    return {t.user_attrs["summary"]: (t.values[0], t.user_attrs["full_accuracy"],
+                                      t.user_attrs["policy"].get("granularity", "structured")) for t in st.trials}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
         corr.update(correlation_pairs(url))  # a later run's pair replaces an earlier one's
     diffs = [x["difference"] for x in pairs]
     a0, af = [v[0] for v in corr.values()], [v[1] for v in corr.values()]
+    by_granularity = {}
+    for g in sorted({v[2] for v in corr.values()}):
+        xs = [v for v in corr.values() if v[2] == g]
+        by_granularity[g] = {"n": len(xs), "spearman": float(spearmanr([x[0] for x in xs], [x[1] for x in xs])[0])
+                             if len(xs) > 2 else None}
     numbers = {
         "refit": {"n": len(pairs), "mean": statistics.mean(diffs) if diffs else None,
                   "median": statistics.median(diffs) if diffs else None, "pairs": pairs},
@@ -190,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
                        "mean_ratio": statistics.mean(x["ratio"] for x in finals) if finals else None,
                        "mean_ratio_with_cuts": statistics.mean(x["ratio_with_cuts"] for x in finals) if finals else None},
         "correlation": {"n_distinct": len(corr), "spearman": float(spearmanr(a0, af)[0]) if len(corr) > 2 else None,
-                        "kendall": float(kendalltau(a0, af)[0]) if len(corr) > 2 else None},
+                        "kendall": float(kendalltau(a0, af)[0]) if len(corr) > 2 else None,
+                        "by_granularity": by_granularity},
     }
     print("| run | seed | policy | re-fit, retrained | as sampled, retrained | difference |\n|---|---:|---|---:|---:|---:|")
     for x in pairs:
@@ -202,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     c = numbers["correlation"]
     if c["spearman"] is not None:
         print(f"rung 0 against full budget over {c['n_distinct']} distinct random policies: Spearman "
-              f"{c['spearman']:+.3f}, Kendall {c['kendall']:+.3f}")
+              f"{c['spearman']:+.3f}, Kendall {c['kendall']:+.3f}; within one granularity: "
+              + ", ".join(f"{g} {x['spearman']:+.3f} ({x['n']})" for g, x in c["by_granularity"].items()
+                          if x["spearman"] is not None))
     for x in replays:
         drops = ", ".join(f"{d['rung0'][0]:.3f} -> {d['top'] if isinstance(d['top'], str) else round(d['top'], 4)}"
                           for d in x["dropped"])

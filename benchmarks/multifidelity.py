@@ -114,10 +114,9 @@ def with_rungs(space: SearchSpace, path: Path, rungs_yaml: str | None, fraction:
     """
     import yaml
 
-    from autoprune._yaml import read_yaml_mapping
     from autoprune.search import space_from_dict
 
-    raw = read_yaml_mapping(path, AutopruneError)
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # load_search_space read it already: a mapping
     if rungs_yaml is not None:
         try:
             raw["rungs"] = yaml.safe_load(rungs_yaml)

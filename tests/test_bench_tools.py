@@ -24,7 +24,7 @@ if str(REPO) not in sys.path:
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BENCHMARKS = ("common", "minilm_sst2", "surgery", "search_overhead", "samplers", "int8", "retraining_free", "runtimes",
-              "layer_dropping", "multifidelity", "gpu_search", "bad_input", "int8_export")
+              "layer_dropping", "multifidelity", "mf_archives", "gpu_search", "bad_input", "int8_export")
 
 
 def bench(name: str):
@@ -272,3 +272,21 @@ def test_uniform_sweep_is_recorded_in_the_search_schema(tmp_path):
     assert [r.number for r in front(st)] == [0, 1]
     assert bench("minilm_sst2").study_wall(st) == pytest.approx(180.0)
     assert all(r.policy["criterion"] == "l1" and r.summary for r in trial_records(st))
+
+
+def test_mf_archives_reads_the_committed_protocol_studies(tmp_path):
+    archives = sorted((REPO / "docs" / "data").glob("multifidelity*_studies.db"))
+    if len(archives) < 3:
+        pytest.skip("the archived protocol studies (docs/data/multifidelity*_studies.db) are not in this checkout")
+    out = tmp_path / "a.json"
+    bench("mf_archives").main([*map(str, archives), "--results", str(out)])
+    res = json.loads(out.read_text())["sections"]["archives"]["results"]
+    refit = res["refit"]
+    assert refit["n"] == len(refit["pairs"]) >= 10
+    assert refit["mean"] == pytest.approx(sum(p["difference"] for p in refit["pairs"]) / refit["n"])
+    seeds = res["also_final"]["seeds"]
+    assert len(seeds) >= 5
+    for x in seeds:  # the cuts only add points to a front: its hypervolume cannot fall
+        assert x["with_cuts"] >= x["hypervolume"] - 1e-12 and x["ratio"] == pytest.approx(x["hypervolume"] / x["random"])
+    corr = res["correlation"]
+    assert corr["n_distinct"] >= 17 and sum(g["n"] for g in corr["by_granularity"].values()) == corr["n_distinct"]
