@@ -94,7 +94,7 @@ def arm_space(space: SearchSpace, arm: str, seed: int, trials_in_flight: int | N
     if arm not in ARMS:
         raise AutopruneError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
     if arm == "mf" and not space.rungs:
-        raise AutopruneError(f"{space.source}: the mf arm needs a space with 'rungs'")
+        raise AutopruneError(f"{space.source}: the mf arm needs a space with 'rungs'; give them with --rungs")
     update: dict[str, Any] = {"seed": seed, "n_trials": UNBOUNDED, "timeout_s": None,
                               "trials_in_flight": trials_in_flight or space.trials_in_flight}
     if arm == "random":
@@ -304,7 +304,8 @@ def score_rung0(space: SearchSpace, storage: str, seeds: list[int], trial_fn: Ca
 
     from autoprune.policy import PruningPolicy
     if not space.rungs:
-        raise AutopruneError(f"{space.source}: the correlation phase needs a space with 'rungs' (rung 0 is scored)")
+        raise AutopruneError(f"{space.source}: the correlation phase needs a space with 'rungs' (rung 0 is scored); "
+                             "give them with --rungs")
     if trial_fn is None:
         from autoprune.trial import run_trial as trial_fn  # noqa: N806
     config = space.run_config()
