@@ -97,7 +97,8 @@ def replay_promotions(url: str) -> list[dict[str, Any]]:
         ref = reference_point(top.user_attrs["dense"]["validation_accuracy"])
         r0 = sorted((t for t in optuna.load_study(study_name=f"{name}.rung0", storage=url).trials if t.values),
                     key=lambda t: t.datetime_complete)
-        ran = [t for t in top.trials if t.state.name in ("COMPLETE", "PRUNED")]
+        ran = [t for t in top.trials if t.state.name in ("COMPLETE", "PRUNED")
+               and "source_trial" in t.user_attrs]  # promotions (also_final runs of a cut name no source)
         outcome = {t.user_attrs["source_trial"]: (t.values[0] if t.values else "stopped") for t in ran}
         fraction = top.user_attrs["space"]["promote_fraction"]
         picked: dict[str, list[int]] = {}

@@ -229,22 +229,30 @@ def test_a_cut_that_retraining_makes_worse_reaches_the_front_as_it_ran(tiny, tmp
     assert {r.number for r in front(top)} <= set(finals) and front(top)
 
 
-def test_a_driver_killed_between_a_cut_and_its_promotion_resumes_both_once(tiny, tmp_path, monkeypatch):
+def killed_at_second_promotion(space, monkeypatch):
+    """Run the search until its second promotion, which raises KeyboardInterrupt (Ctrl-C) instead of
+    being enqueued; returns ``(rung, trial)`` of the policy whose promotion was lost."""
     import autoprune.search._rungs as R
 
-    space = make_space(tiny, tmp_path, rungs=ALSO_FINAL, accuracy_drop_floor=0.3, trials_in_flight=1)
     real, calls = R.enqueue_promotion, {"n": 0}
 
-    def dies_once(upper, source, sp):  # the cut is enqueued at the top, its full-budget promotion is not
+    def dies_on_second(upper, source, sp):
         calls["n"] += 1
         if calls["n"] == 2:
+            calls["lost"] = (upper.index - 1, source.number)
             raise KeyboardInterrupt
         return real(upper, source, sp)
 
-    monkeypatch.setattr(R, "enqueue_promotion", dies_once)
+    monkeypatch.setattr(R, "enqueue_promotion", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
         search(space)
     monkeypatch.setattr(R, "enqueue_promotion", real)
+    return calls["lost"]
+
+
+def test_a_driver_killed_between_a_cut_and_its_promotion_resumes_both_once(tiny, tmp_path, monkeypatch):
+    space = make_space(tiny, tmp_path, rungs=ALSO_FINAL, accuracy_drop_floor=0.3, trials_in_flight=1)
+    killed_at_second_promotion(space, monkeypatch)  # its cut was enqueued at the top, the promotion was not
     search(space)
     levels = _promotion_invariants(url_of(tmp_path), space)
     _finals_invariants(levels, 0.9 - 0.3)
@@ -394,29 +402,15 @@ def _promotion_invariants(url, space):
 
 
 def test_a_driver_killed_between_rungs_resumes_without_losing_or_repeating_a_promotion(tiny, tmp_path, monkeypatch):
-    import autoprune.search._rungs as R
-
     space = make_space(tiny, tmp_path, trials_in_flight=1)
     # killed right after a result was recorded, before its promotion was enqueued
-    real, calls = R.enqueue_promotion, {"n": 0}
-
-    def dies_on_second(upper, source, sp):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            calls["lost"] = (upper.index - 1, source.number)
-            raise KeyboardInterrupt
-        return real(upper, source, sp)
-
-    monkeypatch.setattr(R, "enqueue_promotion", dies_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        search(space)
-    monkeypatch.setattr(R, "enqueue_promotion", real)
+    lost = killed_at_second_promotion(space, monkeypatch)
     before = rungs(open_study(url_of(tmp_path), "s"))
     assert sum(len(lvl.records) for lvl in before[1:]) == 1  # one promotion made it, the second was lost
     search(space)  # the same command again: the lost promotion is recomputed from storage
     levels = _promotion_invariants(url_of(tmp_path), space)
     assert before[1].records[0].source_trial in levels[0].promoted_to  # the first promotion kept its place
-    rung, number = calls["lost"]
+    rung, number = lost
     assert number in levels[rung].promoted_to  # and the lost one was made on resume
     assert counted(open_study(url_of(tmp_path), "s.rung0").get_trials()) == 12
 
