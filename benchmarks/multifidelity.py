@@ -102,12 +102,11 @@ def arm_space(space: SearchSpace, arm: str, seed: int, trials_in_flight: int | N
     return space.model_copy(update=update)
 
 
-def with_rungs(space: SearchSpace, path: Path, rungs_yaml: str | None, fraction: float | None) -> SearchSpace:
+def with_rungs(path: Path, rungs_yaml: str | None, fraction: float | None) -> SearchSpace:
     """The space of ``path`` with other ``rungs`` (a YAML list) and ``promote_fraction``, validated as
     the space file would be with them in it.
 
-    >>> sp = with_rungs(load_search_space(ROOT / "search_spaces" / "minilm_sst2.yaml"),
-    ...                 ROOT / "search_spaces" / "minilm_sst2.yaml",
+    >>> sp = with_rungs(ROOT / "search_spaces" / "minilm_sst2.yaml",
     ...                 "[{retrain_steps: 0, also_final: true}, {retrain_steps: full}]", 0.5)
     >>> [r.label() for r in sp.rungs], sp.promote_fraction
     (['0 steps, also final', 'full budget'], 0.5)
@@ -116,7 +115,7 @@ def with_rungs(space: SearchSpace, path: Path, rungs_yaml: str | None, fraction:
 
     from autoprune.search import space_from_dict
 
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # load_search_space read it already: a mapping
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # main() loaded it first: a valid space, a mapping
     if rungs_yaml is not None:
         try:
             raw["rungs"] = yaml.safe_load(rungs_yaml)
@@ -498,7 +497,7 @@ def main(argv: list[str] | None = None, trial_fn: Callable[..., Any] | None = No
         raise AutopruneError(f"give --seeds (e.g. 1,2,3), --minutes > 0 and --arms from {', '.join(ARMS)}")
     space = load_search_space(args.space)
     if args.rungs is not None or args.promote_fraction is not None:
-        space = with_rungs(space, Path(args.space), args.rungs, args.promote_fraction)
+        space = with_rungs(Path(args.space), args.rungs, args.promote_fraction)
     if args.config:
         space = space.model_copy(update={"config": str(Path(args.config).resolve())})
         space.run_config()  # a bad file is one clear error now
