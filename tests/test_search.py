@@ -395,7 +395,8 @@ def test_shipped_spaces_validate():
         space.check_depth(6)
     quick = load_search_space(REPO / "search_spaces" / "quickstart.yaml")
     # short: at most 10 trials at the full budget (with rungs, the top rung's quota of n_trials,
-    # ceil(n_trials x promote_fraction); asynchronous promotion may add a few)
+    # ceil(n_trials x promote_fraction); asynchronous promotion may add a few, also_final as many
+    # again without retraining)
     full = quick.n_trials if not quick.rungs else -(-quick.n_trials * quick.promote_fraction // 1)
     assert full <= 10 and quick.run_config().model.name_or_path == "minilm-l6"
 
