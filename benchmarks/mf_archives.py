@@ -131,8 +131,8 @@ def replay_also_final(url: str) -> list[dict[str, Any]]:
         st = open_study(url, name)
         levels = rungs(st)
         seed = int(name[len("mf_seed"):])
-        if len(levels) != 2 or f"random_seed{seed}" not in names:
-            continue
+        if len(levels) != 2 or f"random_seed{seed}" not in names or M.ATTR_SEGMENTS not in st.user_attrs:
+            continue  # not a two-rung arm, no random twin, or an arm archived before it finished (no arm times)
         segments, budget_s = st.user_attrs[M.ATTR_SEGMENTS], float(st.user_attrs[M.ATTR_BUDGET]) * 60
         ref, floor = M.study_reference(st), study_info(st).accuracy_floor
         own = [r for _, r in M.scored(levels[1].records, segments, budget_s)]
