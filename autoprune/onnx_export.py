@@ -174,8 +174,7 @@ class OnnxClassifier(nn.Module):
 
 def onnx_int8_model(model: nn.Module, *, threads: int = 1, out_dir: str | Path | None = None) -> OnnxClassifier:
     """Export the float ``model`` to ONNX, quantize it to ONNX Runtime dynamic int8 and return it as an
-    :class:`OnnxClassifier` (the file in ``out_dir``, else in a temporary folder that lives as long as
-    the returned model).
+    :class:`OnnxClassifier` (:func:`onnx_model` with ``int8=True``).
 
     Example:
         >>> from transformers import BertConfig, BertForSequenceClassification
@@ -185,12 +184,30 @@ def onnx_int8_model(model: nn.Module, *, threads: int = 1, out_dir: str | Path |
         >>> tuple(q(input_ids=torch.tensor([[5, 6, 7]])).logits.shape), is_int8(q)
         ((1, 2), True)
     """
+    return onnx_model(model, int8=True, threads=threads, out_dir=out_dir)
+
+
+def onnx_model(model: nn.Module, *, int8: bool = False, threads: int = 1,
+               out_dir: str | Path | None = None) -> OnnxClassifier:
+    """Export the float ``model`` to ONNX (checked against PyTorch), with ``int8`` quantized to ONNX
+    Runtime dynamic int8, and return it as an :class:`OnnxClassifier` (the file in ``out_dir``, else in a
+    temporary folder that lives as long as the returned model).
+
+    Example:
+        >>> from transformers import BertConfig, BertForSequenceClassification
+        >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        ...                  intermediate_size=32, num_labels=2)
+        >>> m = BertForSequenceClassification(cfg).eval()
+        >>> f, ids = onnx_model(m), torch.tensor([[5, 6, 7]])
+        >>> is_int8(f), torch.allclose(f(input_ids=ids).logits, m(input_ids=ids).logits, atol=1e-4)
+        (False, True)
+    """
     keep = None
     if out_dir is None:
-        keep = tempfile.TemporaryDirectory(prefix="autoprune_int8_")
+        keep = tempfile.TemporaryDirectory(prefix="autoprune_onnx_")
         out_dir = keep.name
     was = model.training
-    path = export_onnx(model.cpu().eval(), Path(out_dir) / "model.int8.onnx", int8=True)
+    path = export_onnx(model.cpu().eval(), Path(out_dir) / ("model.int8.onnx" if int8 else "model.onnx"), int8=int8)
     model.train(was)
     return OnnxClassifier(path, threads=threads, keep=keep)
 

@@ -295,7 +295,7 @@ def layer_weight_sparsity(model: nn.Module) -> list[float]:
 # ----------------------------------------------------------------------------- the call
 def prune(model: nn.Module, policy: PruningPolicy, calibration_batches: Iterable[Batch] | None = None, *,
           dense: Any = None, seed: int | None = None, fraction: float = 1.0,
-          previous: PruneRecord | None = None, replay: PruneRecord | None = None) -> PruneRecord:
+          previous: PruneRecord | None = None, replay: PruneRecord | None = None, scores: Any = None) -> PruneRecord:
     """Prune ``model`` in place by ``policy`` (no training) and return what was kept.
 
     * ``calibration_batches``: model input dicts, labelled (``labels``) for criteria that need
@@ -309,6 +309,9 @@ def prune(model: nn.Module, policy: PruningPolicy, calibration_batches: Iterable
       the policy's sparsities from the state ``previous`` (the record the last step returned)
       describes; the returned record is composed (indices into the original model).
     * ``replay``: cut exactly to this record instead of scoring (re-application of an export).
+    * ``scores``: the criterion's scores of the model as it stands, computed beforehand (what
+      ``unit_scores`` returns for structured policies, ``model_weight_scores`` for unstructured ones);
+      a trial passes the dense model's, computed once per process, to every first cut.
     """
     if not 0.0 < fraction <= 1.0:
         raise PolicyError(f"fraction {fraction} must lie in (0, 1]")
@@ -336,11 +339,12 @@ def prune(model: nn.Module, policy: PruningPolicy, calibration_batches: Iterable
         timed("cut", apply_record, model, replay, previous=previous)
         record = copy.deepcopy(replay)
     elif policy.granularity == "structured":
-        hs, ns = timed("scoring", criterion.unit_scores, model, batches, seed=seed)
+        hs, ns = scores if scores is not None else timed("scoring", criterion.unit_scores, model, batches, seed=seed)
         record = timed("planning", _plan_structured, policy, fraction, prev, prev.steps == 0, hs, ns)
         timed("cut", apply_record, model, record, previous=prev)
     else:
-        scores = timed("scoring", criterion.model_weight_scores, model, batches, seed=seed)
+        if scores is None:
+            scores = timed("scoring", criterion.model_weight_scores, model, batches, seed=seed)
         masks = timed("planning", unstructured_masks, model, policy, fraction, scores, prev.remaining_layers())
         timed("cut", prune_unstructured, model, masks)
         record = copy.deepcopy(prev)

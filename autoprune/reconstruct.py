@@ -239,26 +239,50 @@ class _Stats:
     def _strength(self, ridge: float, diag: torch.Tensor) -> float:
         return float(ridge) * float(diag.mean()) if diag.numel() else 0.0
 
-    def solve_projection(self, w0: torch.Tensor, b0: torch.Tensor | None, *,
-                         ridge: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Weights ``[out, k]`` and bias minimising ``|X W^T + b - Y|^2 + lam |W - w0|^2`` (bias unpenalised)."""
+    def system(self, w0: torch.Tensor, b0: torch.Tensor | None, *, ridge: float,
+               own: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normal equations ``g [W b]^T = rhs`` of ``|X W^T + b - Y|^2 + lam |W - w0|^2`` (the bias,
+        when there is one, as a last column, unpenalised); ``own``: the target is the projection's own
+        output ``X w0^T + b0`` (then ``Y`` was not accumulated)."""
         k = self.k
         lam = self._strength(ridge, torch.diagonal(self.xtx))
         w0d = w0.detach().double().cpu()
-        if b0 is None:
-            g = self.xtx + lam * torch.eye(k, dtype=torch.float64)
-            rhs = self.xty + lam * w0d.T
-            return _spd_solve(g, rhs).T.float(), None
-        g = torch.zeros(k + 1, k + 1, dtype=torch.float64)
+        kb = k + (b0 is not None)
+        g = torch.zeros(kb, kb, dtype=torch.float64)
         g[:k, :k] = self.xtx + lam * torch.eye(k, dtype=torch.float64)
-        g[:k, k] = self.sx
-        g[k, :k] = self.sx
-        g[k, k] = float(self.n)
-        rhs = torch.zeros(k + 1, self.out, dtype=torch.float64)
+        if own:
+            x = torch.zeros(kb, w0d.shape[0], dtype=torch.float64)
+            x[:k] = w0d.T
+            if b0 is not None:
+                x[k] = b0.detach().double().cpu()
+        if b0 is not None:
+            g[:k, k] = self.sx
+            g[k, :k] = self.sx
+            g[k, k] = float(self.n)
+        if own:  # the target's own weights solve the system exactly: rhs = g [w0 b0]^T
+            return g, g @ x
+        rhs = torch.zeros(kb, self.out, dtype=torch.float64)
         rhs[:k] = self.xty + lam * w0d.T
-        rhs[k] = self.sy
-        sol = _spd_solve(g, rhs)
-        return sol[:k].T.float(), sol[k].float()
+        if b0 is not None:
+            rhs[k] = self.sy
+        return g, rhs
+
+    def solve_projection(self, w0: torch.Tensor, b0: torch.Tensor | None, *, ridge: float,
+                         mask: torch.Tensor | None = None, own: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weights ``[out, k]`` and bias minimising ``|X W^T + b - Y|^2 + lam |W - w0|^2`` (bias unpenalised).
+
+        With a 0/1 ``mask`` (``[out, k]``, 0: the weight stays zero) the minimiser over the masked
+        weights is approximated by :func:`masked_update` from the unconstrained one: the objective is
+        ``(W - W*) g (W - W*)^T`` plus a constant, so the masked problem is SparseGPT's with Hessian ``g``.
+        """
+        k = self.k
+        g, rhs = self.system(w0, b0, ridge=ridge, own=own)
+        sol = _spd_solve(g, rhs).T  # [out, k (+1)]
+        if mask is not None:
+            keep = torch.ones_like(sol, dtype=torch.bool)
+            keep[:, :k] = mask.detach().cpu() > 0
+            sol = masked_update(sol, g, keep)
+        return sol[:, :k].float(), (sol[:, k].float() if b0 is not None else None)
 
     def solve_scales(self, w0: torch.Tensor, b0: torch.Tensor | None, *, width: int,
                      ridge: float) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -282,6 +306,43 @@ class _Stats:
         s = _spd_solve(g - col.T @ col / self.n, (r - col.T @ self.sy / self.n)[:, None])[:, 0]
         b = (self.sy - col @ s) / self.n
         return (w * s.repeat_interleave(width)[None, :]).float(), b.float()
+
+
+def masked_update(w: torch.Tensor, g: torch.Tensor, keep: torch.Tensor, *, block: int = 128) -> torch.Tensor:
+    """Zero the weights ``keep`` leaves out of ``w`` (``[out, k]``) and move what they carried into the
+    kept ones to its right, so that ``(W - w) g (W - w)^T`` stays small for every row: SparseGPT's
+    fixed-mask update (Frantar & Alistarh 2023, Algorithm 1 with the mask given), one column at a time
+    through the upper Cholesky factor of ``g^-1``, with lazy updates by blocks of ``block`` columns.
+    A column that is always kept (a bias as the last column) takes the rest of the error.
+
+    Example (a column the input does not excite is free to drop; the others absorb nothing):
+        >>> g = torch.diag(torch.tensor([1.0, 1.0, 1e-12], dtype=torch.float64)) + 1e-9 * torch.eye(3)
+        >>> w = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+        >>> masked_update(w, g, torch.tensor([[True, True, False]])).round(decimals=4)
+        tensor([[1., 2., 0.]], dtype=torch.float64)
+    """
+    w = w.detach().double().clone()
+    k = w.shape[1]
+    chol, info = torch.linalg.cholesky_ex(g)
+    if int(info) != 0:  # singular: a little damping on the diagonal
+        chol = torch.linalg.cholesky(g + 1e-8 * float(torch.diagonal(g).mean()) * torch.eye(k, dtype=g.dtype))
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
+    drop = ~keep.to(torch.bool)
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        w1 = w[:, i1:i2].clone()
+        err = torch.zeros_like(w1)
+        h1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            e = torch.where(drop[:, i1 + i], col, torch.zeros_like(col)) / h1[i, i]
+            w1[:, i:] -= e[:, None] * h1[i, i:][None, :]
+            w1[:, i] = torch.where(drop[:, i1 + i], torch.zeros_like(col), w1[:, i])
+            err[:, i] = e
+        w[:, i1:i2] = w1
+        if i2 < k:
+            w[:, i2:] -= err @ hinv[i1:i2, i2:]
+    return w
 
 
 def _spd_solve(g: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
@@ -355,15 +416,58 @@ def _sq(a: torch.Tensor, w: torch.Tensor | None) -> float:
     return float(per_row.sum() if w is None else (w.double() * per_row).sum())
 
 
-def _fit(linear: nn.Linear, stats: _Stats, *, method: Method, width: int, ridge: float) -> None:
+def _mask(linear: nn.Linear) -> torch.Tensor | None:
+    """The ``torch.nn.utils.prune`` mask of an unstructured-pruned Linear (None: not masked)."""
+    return getattr(linear, "weight_mask", None)
+
+
+def _fit(linear: nn.Linear, stats: _Stats, *, method: Method, width: int, ridge: float, own: bool = False) -> None:
+    """Write the fitted weights and bias; a masked Linear (unstructured pruning) gets the fixed-mask fit
+    (its zeros stay zeros) in ``weight_orig``, which its mask multiplies at every call."""
+    mask = _mask(linear)
     with torch.no_grad():
-        if method == "projection":
+        if mask is not None:
+            w0 = linear.weight_orig if own else linear.weight  # own output: of the weights before the cut
+            w, b = stats.solve_projection(w0, linear.bias, ridge=ridge, mask=mask, own=own)
+        elif method == "projection":
             w, b = stats.solve_projection(linear.weight, linear.bias, ridge=ridge)
         else:
             w, b = stats.solve_scales(linear.weight, linear.bias, width=width, ridge=ridge)
-        linear.weight.copy_(w.to(linear.weight))
+        param = linear.weight_orig if mask is not None else linear.weight
+        param.copy_(w.to(param))
         if b is not None:
             linear.bias.copy_(b.to(linear.bias))
+
+
+def _refit_inputs(parts: Any, sublayer: str, cap: "_Capture", hidden: list[torch.Tensor],
+                  calls: list[tuple[tuple, dict]], masks: list[torch.Tensor], ridge: float) -> None:
+    """Unstructured pruning: the masked projections that feed ``sublayer``'s output projection (query /
+    key / value for ``attn``, the intermediate projection for ``ffn``) re-fitted, zeros fixed, to their
+    own output before the cut at the pruned model's inputs (SparseGPT's layer-wise objective)."""
+    slices = parts.head_slices if sublayer == "attn" else parts.neuron_slices
+    out_proj = parts.attn_out if sublayer == "attn" else parts.ffn_out
+    linears = {id(s.linear): s.linear for s in slices if s.linear is not out_proj and _mask(s.linear) is not None}
+    if not linears:
+        return
+    stats = {key: _Stats(lin.in_features, 0) for key, lin in linears.items()}
+    current: dict[str, torch.Tensor] = {}
+
+    def gram(key: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0][current["mask"]]
+            stats[key].add(x, x[:, :0])
+        return hook
+
+    handles = [lin.register_forward_pre_hook(gram(key)) for key, lin in linears.items()]
+    try:
+        for bi, m in enumerate(masks):
+            current["mask"] = m
+            cap.run(parts.block, hidden[bi], calls[bi], stop_at=sublayer)
+    finally:
+        for h in handles:
+            h.remove()
+    for key, lin in linears.items():
+        _fit(lin, stats[key], method="projection", width=1, ridge=ridge, own=True)
 
 
 def token_weights(target: torch.Tensor, weighting: str) -> torch.Tensor | None:
@@ -450,6 +554,7 @@ def reconstruct_layers(pruned: nn.Module, dense: nn.Module | DenseTargets,
             cap = _Capture(parts)
             try:
                 # attention: fit attn_out so that attn_out(x) + pruned residual = dense sum
+                _refit_inputs(parts, "attn", cap, hidden, calls, masks, ridge)
                 stats = _Stats(parts.num_heads * parts.head_dim, parts.attn_out.out_features)
                 err = 0.0
                 for bi, m in enumerate(masks):
@@ -462,6 +567,7 @@ def reconstruct_layers(pruned: nn.Module, dense: nn.Module | DenseTargets,
                 rec["attn_error_before"] = err / targets.spread("attn", j, weighting)
                 _fit(parts.attn_out, stats, method=method, width=parts.head_dim, ridge=ridge)
                 # FFN: the same at the re-fitted attention's output
+                _refit_inputs(parts, "ffn", cap, hidden, calls, masks, ridge)
                 stats = _Stats(parts.num_neurons, parts.ffn_out.out_features)
                 err = err_attn = 0.0
                 kept: list[tuple[torch.Tensor, torch.Tensor]] = []

@@ -11,7 +11,8 @@ A trial is a short composition of named steps, each timed in ``phase_seconds``:
   iterative schedule, each step followed by ``retrain`` (skipped when ``retrain.steps`` is 0;
   with ``retrain.keep_best`` the last phase is undone when it lowered validation accuracy);
 * ``quantize``: ONNX Runtime dynamic int8 for ``quantize: true`` policies (scored in ONNX Runtime,
-  timed in the run's ``onnxruntime`` targets);
+  timed in the run's ``onnxruntime`` targets); a float policy is scored in ONNX Runtime too when the
+  speed objective is timed there on CPU (the export is then part of ``measure``);
 * ``evaluate``: the accuracy right after the first cut (``accuracy_pruned``) and the final one,
   on ``final_split``, plus the mid-retraining checks of the early-stop rule;
 * ``measure``: interleaved latency against the dense model, FLOPs, parameters, size.
@@ -33,7 +34,7 @@ import torch.nn as nn
 from autoprune.config import RunConfig
 from autoprune.policy import PruningPolicy
 from autoprune.pruner import PruneRecord
-from autoprune.onnx_export import is_int8, onnx_int8_model
+from autoprune.onnx_export import OnnxClassifier, onnx_int8_model, onnx_model
 from autoprune.quantize import fake_quantized
 from autoprune.results import EvalMetrics, TrialResult
 
@@ -71,6 +72,7 @@ class _Context:
     dense_test: EvalMetrics | None = None
     calibration: dict[tuple[int, int], list[dict[str, torch.Tensor]]] = field(default_factory=dict)
     targets: dict[tuple[int, int], Any] = field(default_factory=dict)
+    scores: dict[tuple[str, str, int, int], Any] = field(default_factory=dict)
 
     def calibration_batches(self, batch_size: int, n: int) -> list[dict[str, torch.Tensor]]:
         """``n`` training batches of ``batch_size`` from :data:`CALIBRATION_SEED`, drawn once per process."""
@@ -94,6 +96,20 @@ class _Context:
             logger.info("dense reconstruction targets on %d calibration batches: %.1f s", n,
                         self.targets[key].seconds)
         return self.targets[key]
+
+    def dense_scores(self, model: nn.Module, criterion: str, granularity: str, batch_size: int, n: int) -> Any:
+        """A gradient criterion's scores of the dense model (``model``: an unpruned copy of it) on
+        :meth:`calibration_batches`, computed once per process: they are deterministic (no dropout), so
+        every policy's first cut with that criterion scores the same. Seconds spent: 0 after the first."""
+        from autoprune.criteria import get_criterion
+
+        key = (criterion, granularity, batch_size, n)
+        if key not in self.scores:
+            crit = get_criterion(criterion)
+            batches = self.calibration_batches(batch_size, n)
+            self.scores[key] = (crit.unit_scores(model, batches) if granularity == "structured"
+                                else crit.model_weight_scores(model, batches))
+        return self.scores[key]
 
     def dense_on(self, role: str, batch_size: int) -> EvalMetrics:
         """Dense metrics on ``validation`` (computed at load) or ``test`` (computed once, on demand)."""
@@ -187,11 +203,14 @@ def _prune_step(run: _Run, k: int, k_steps: int, replay: PruneRecord | None) -> 
     # model, on the calibration batches
     reconstruct_on_cpu = pol.reconstruct != "none" and next(run.model.parameters()).device.type == "cpu"
     dense: Any = run.ctx.dense_targets(*key) if reconstruct_on_cpu else run.ctx.dense
-    needs_batches = scores_need or (pol.reconstruct != "none" and not reconstruct_on_cpu)
+    # a gradient criterion's scores of the dense model are the same for every policy: the first cut
+    # takes them from the per-process cache
+    scores = run.ctx.dense_scores(run.model, pol.criterion, pol.granularity, *key) if scores_need and k == 1 else None
+    needs_batches = (scores_need and scores is None) or (pol.reconstruct != "none" and not reconstruct_on_cpu)
     calib = run.ctx.calibration_batches(*key) if needs_batches else None
     before = run.record.timings["reconstruction"] if run.record is not None else 0.0
     run.record = prune(run.model, pol, calib, dense=dense, fraction=k / k_steps, previous=run.record,
-                       replay=replay)
+                       replay=replay, scores=scores)
     reconstruct = run.record.timings["reconstruction"] - before
     run.phases["reconstruct"] += reconstruct
     run.phases["prune"] += time.perf_counter() - t - reconstruct
@@ -253,13 +272,28 @@ def _retrain_keeping_best(run: _Run, k: int, k_steps: int, steps: int, batches: 
                     run.policy.summary(), before.accuracy, after.accuracy)
 
 
-def _quantize(run: _Run) -> nn.Module:
-    """The model the policy is scored as: ONNX Runtime dynamic int8 for ``quantize: true`` (exported from the
-    float model, run with the trial's threads), else the float model itself."""
-    if not run.policy.quantize:
-        return run.model
-    with run.timed("quantize"):
-        return onnx_int8_model(run.model, threads=torch.get_num_threads())
+def _scored_in_onnx(config: RunConfig) -> bool:
+    """Whether a float policy is scored in ONNX Runtime: when the speed objective is timed there, on CPU."""
+    m = config.measure
+    if m.targets is None:
+        return False
+    t = m.objective_target()
+    return t.runtime == "onnxruntime" and t.device == "cpu"
+
+
+def _scored_model(run: _Run) -> nn.Module:
+    """The model the policy is scored as, run with the trial's threads: ONNX Runtime dynamic int8 for
+    ``quantize: true`` policies (exported from the float model); the float model exported to ONNX
+    Runtime when the speed objective is timed there on CPU (the file that is then timed; its logits
+    are checked against PyTorch's at export, and ONNX Runtime scores the validation rows 1.5-2x faster
+    than eager PyTorch on one thread); else the float model itself."""
+    if run.policy.quantize:
+        with run.timed("quantize"):
+            return onnx_int8_model(run.model, threads=torch.get_num_threads())
+    if _scored_in_onnx(run.config):
+        with run.timed("measure"):  # the export the timing needs, made before scoring
+            return onnx_model(run.model, threads=torch.get_num_threads())
+    return run.model
 
 
 def _speed_label(unstructured: bool, quantized: bool) -> str:
@@ -320,9 +354,9 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
     if teacher is not None and device.type != "cpu":
         teacher = copy.deepcopy(teacher).to(device)
     pruned: EvalMetrics | None = None
-    # a cut with no retraining after it is the final model: an int8 policy is then scored once, in int8
-    # (its accuracy after pruning is the int8 model's), not also in float
-    score_cut = not (policy.quantize and budget.steps == 0 and k_steps == 1)
+    # a cut with no retraining after it is the final model: a policy scored in ONNX Runtime (int8, or
+    # float where the objective is timed there) is then scored once, as it is timed, not also in PyTorch
+    score_cut = not ((policy.quantize or _scored_in_onnx(config)) and budget.steps == 0 and k_steps == 1)
     for k in range(1, k_steps + 1):
         _prune_step(run, k, k_steps, record)
         if k == 1 and score_cut:
@@ -340,7 +374,7 @@ def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | Non
 
         make_unstructured_permanent(run.model)
     # quantize before the final evaluation: an int8 policy's accuracy is the int8 model's accuracy
-    model = _quantize(run)
+    model = _scored_model(run)
     nothing_since = run.done_steps == 0 and k_steps == 1 and model is run.model
     final = pruned if nothing_since and pruned is not None else run.evaluate(final_split, model)
     pruned = final if pruned is None else pruned
@@ -374,8 +408,8 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
     if m.targets is not None or m.resource:  # measurement targets: the objective's speedup is the trial's
         from autoprune.runtimes import measure_targets, speed_report
 
-        # an int8 policy's ONNX Runtime file is the one it was scored with: timed as it is, not re-made
-        onnx_file = model.path if is_int8(model) else None
+        # the ONNX Runtime file a policy was scored with is timed as it is, not re-made
+        onnx_file = model.path if isinstance(model, OnnxClassifier) else None
         targets = measure_targets(ctx.dense, float_model, m, int8=policy.quantize, onnx_file=onnx_file)
         speed = speed_report(targets["targets"][targets["objective"]])
     else:

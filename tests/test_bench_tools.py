@@ -24,7 +24,8 @@ if str(REPO) not in sys.path:
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BENCHMARKS = ("common", "minilm_sst2", "surgery", "search_overhead", "samplers", "int8", "retraining_free", "runtimes",
-              "layer_dropping", "multifidelity", "mf_archives", "gpu_search", "bad_input", "int8_export")
+              "layer_dropping", "multifidelity", "mf_archives", "rung0_fidelity", "gpu_search", "bad_input",
+              "int8_export")
 
 
 def bench(name: str):
@@ -290,3 +291,37 @@ def test_mf_archives_reads_the_committed_protocol_studies(tmp_path):
         assert x["with_cuts"] >= x["hypervolume"] - 1e-12 and x["ratio"] == pytest.approx(x["hypervolume"] / x["random"])
     corr = res["correlation"]
     assert corr["n_distinct"] >= 17 and sum(g["n"] for g in corr["by_granularity"].values()) == corr["n_distinct"]
+
+
+def test_rung0_fidelity_rescores_the_archived_random_policies_at_a_variants_rung_and_resumes(tmp_path):
+    rf = bench("rung0_fidelity")
+    if not all(p.is_file() for p in rf.ARCHIVES):
+        pytest.skip("the archived protocol studies (docs/data/multifidelity*_studies.db) are not in this checkout")
+    policies = rf.archived_policies(list(rf.ARCHIVES))  # the script's default: oldest first
+    assert len(policies) >= 42 and len({p["summary"] for p in policies}) == len(policies)  # one per distinct policy
+    seen = []
+
+    def fake(config, policy):  # accuracies in call order
+        seen.append(policy)
+        return {"accuracy": 0.5 + 0.01 * len(seen), "speedup": 2.0, "phase_seconds": {"load": 5.0, "total": 7.0}}
+
+    from scipy.stats import spearmanr
+
+    from autoprune.policy import PruningPolicy
+
+    storage, out = f"sqlite:///{tmp_path / 'rf.db'}", tmp_path / "rf.json"
+    argv = ["--variant", "cut", "{retrain_steps: 0, reconstruct: least_squares}", "--storage", storage, "--limit", "6",
+            "--results", str(out), "--config", str(REPO / "search_spaces" / "minilm_sst2_finetuned.yaml")]
+    rf.main(argv, trial_fn=fake)
+    for got, want in zip(seen, policies[:6]):  # each archived policy as the rung runs it (unstructured re-fitted too)
+        want = PruningPolicy.from_dict(want["policy"])
+        assert got == want.model_copy(update={"retrain": want.retrain.model_copy(update={"steps": 0}),
+                                              "iterative_steps": 1, "reconstruct": "least_squares"})
+    rf.main(argv, trial_fn=fake)  # resumed: every policy is stored already
+    assert len(seen) == 6
+    res = json.loads(out.read_text())["sections"]["variants"]["results"]["cut"]
+    assert res["n"] == 6 and res["seconds_median"] == pytest.approx(2.0)  # the one-off load left out
+    assert [x["full_accuracy"] for x in res["pairs"]] == [p["full_accuracy"] for p in policies[:6]]
+    assert res["spearman"] == pytest.approx(spearmanr([0.51 + 0.01 * i for i in range(6)],
+                                                      [p["full_accuracy"] for p in policies[:6]])[0])
+    assert res["rung"] == {"retrain_steps": 0, "reconstruct": "least_squares"}

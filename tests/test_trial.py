@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 
@@ -325,6 +327,51 @@ def test_int8_policy_without_retraining_is_scored_once_and_timed_as_scored(cfg8,
     scored.clear()
     run_trial(cfg8, pol.model_copy(update={"retrain": pol.retrain.model_copy(update={"steps": 4})}))
     assert scored == ["BertForSequenceClassification", "OnnxClassifier"]
+
+
+def test_float_policy_timed_in_onnx_runtime_is_scored_there_once_and_that_file_is_timed(cfg, cfg8, monkeypatch):
+    import autoprune.measure as measure_mod
+    import autoprune.onnx_export as ox
+
+    pol = PruningPolicy.uniform("l1", 3, heads=0.25, ffn=0.25, retrain_steps=0)
+    run_trial(cfg8, pol)  # loads and scores the dense baseline once per process
+    scored, exported = [], []
+    real_eval, real_export = measure_mod.evaluate_split, ox.export_onnx
+    monkeypatch.setattr(measure_mod, "evaluate_split", lambda model, *a, **kw: scored.append(type(model).__name__)
+                        or real_eval(model, *a, **kw))
+    monkeypatch.setattr(ox, "export_onnx", lambda model, path, **kw: exported.append(Path(path).name)
+                        or real_export(model, path, **kw))
+    res = run_trial(cfg8, pol)
+    assert scored == ["OnnxClassifier"] and exported == ["model.onnx"]  # scored once, exported once, timed as is
+    assert res.accuracy_pruned == res.accuracy and res.targets["targets"]["ort"]["int8"] is False
+    eager = run_trial(cfg, pol)  # no ONNX Runtime target: scored in PyTorch, the same predictions
+    assert eager.accuracy == res.accuracy and eager.macro_f1 == pytest.approx(res.macro_f1)
+
+
+def test_gradient_scores_of_the_dense_model_are_computed_once_per_process_and_cut_as_fresh_ones(cfg, monkeypatch):
+    import autoprune.criteria as crit_mod
+    from autoprune.pruner import prune
+    from autoprune.trial import _context, _calibration_key, _Run
+
+    calls = []
+    real = crit_mod.accumulate_gradients
+    monkeypatch.setattr(crit_mod, "accumulate_gradients", lambda model, batches: calls.append(1) or real(model, batches))
+    pol = PruningPolicy.uniform("gradient", 3, heads=0.5, ffn=0.5, retrain_steps=0)
+    first = run_trial(cfg, pol)  # fills the cache (or finds it filled)
+    calls.clear()
+    second = run_trial(cfg, pol.model_copy(update={"head_sparsity": [0.25] * 3, "seed": 5}))
+    assert calls == []  # another policy's first cut reads the cached scores: no backward pass
+    assert second.prune_record["kept_heads"] != first.prune_record["kept_heads"]
+    # the cached scores cut as scores computed afresh on a copy of the dense model do
+    ctx = _context(cfg, progress=False)
+    model = copy.deepcopy(ctx.dense)
+    key = _calibration_key(_Run(cfg, pol, ctx, model, None, False))
+    fresh = prune(model, pol, ctx.calibration_batches(*key))
+    assert fresh.kept_heads == first.prune_record["kept_heads"] and fresh.kept_neurons == first.prune_record["kept_neurons"]
+    # an iterative schedule's later cuts score the model as it stands, not the dense one
+    calls.clear()
+    run_trial(cfg, pol.model_copy(update={"iterative_steps": 2, "retrain": pol.retrain.model_copy(update={"steps": 2})}))
+    assert len(calls) == 1
 
 
 def test_interrupted_finetune_resumes_to_the_same_weights(tmp_path):

@@ -174,8 +174,9 @@ class Rung(_Strict):
       ``retrain.steps``. A policy whose own budget is at or below a rung's (``retrain.steps``
       choices may include 0) runs its whole budget there; promoted, it runs it again above, and at
       the top rung its speed is timed in full like every other final result.
-    * ``reconstruct``: the layer reconstruction structured policies get at this rung (``none`` or
-      ``least_squares``); absent: the policy's own. Unstructured policies always run their own.
+    * ``reconstruct``: the layer reconstruction policies get at this rung (``none`` or ``least_squares``:
+      structured cuts re-fit what each layer keeps, unstructured cuts re-fit every masked projection
+      with its zeros fixed); absent: the policy's own.
     * ``also_final`` (a rung below the top): each policy promoted from this rung also runs at the top
       rung *as this rung ran it*, a policy of its own (e.g. the cut and re-fit of rung 0, with no
       retraining) whose budget is this rung's, when its result here meets the search's accuracy floor.
@@ -340,7 +341,7 @@ class SearchSpace(_Strict):
 
     def rung_policy(self, policy: Any, rung: int) -> Any:
         """The policy as rung ``rung`` runs it: its retraining budget cut to the rung's, its
-        reconstruction the rung's (structured policies); a rung without retraining cuts in one step
+        reconstruction the rung's; a rung without retraining cuts in one step
         (an iterative schedule alternates cuts with retraining: with none, its steps would only repeat
         the scoring and the reconstruction). Without rungs: the policy itself.
 
@@ -366,7 +367,7 @@ class SearchSpace(_Strict):
         d["retrain"] = dict(d.get("retrain") or {}, steps=steps)
         if steps == 0:
             d["iterative_steps"] = 1
-        if spec.reconstruct is not None and policy.granularity == "structured":
+        if spec.reconstruct is not None:
             d["reconstruct"] = spec.reconstruct
         return PruningPolicy.model_validate(d)
 

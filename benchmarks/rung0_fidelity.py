@@ -1,0 +1,153 @@
+"""How well a cheap rung ranks policies as their full budget does: rung-0 variants re-scored on the
+archived random policies.
+
+The multi-fidelity protocol runs (``docs/data/multifidelity*_studies.db``) hold every policy their random
+arms completed at the full budget: random draws of the reference space, chosen by no rule, each with its
+full-budget validation accuracy. The full-budget run does not depend on rung 0 (the top rung runs the
+policy as sampled), so any rung-0 variant can be measured against those stored accuracies without
+retraining them: this script runs each distinct policy at the rung a variant describes (a rung of the
+space's ``rungs`` syntax, e.g. ``{retrain_steps: 0, reconstruct: least_squares}``), stores the result in a
+study of its own (``rung0_<name>``: resumable, a policy already scored is skipped) and reports, per
+variant, Spearman and Kendall between the two accuracies, over all policies and within each granularity,
+and the seconds a policy took (without the one-off load), timed as the search's rung 0 times speed.
+
+    .venv/bin/python benchmarks/rung0_fidelity.py --variant shipped "{retrain_steps: 0, reconstruct: least_squares}" \\
+        --config search_spaces/minilm_sst2_finetuned.yaml
+
+Cost on one thread: about 15-25 s a policy without retraining, plus the steps of a variant that retrains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import ROOT, add_results_option, run, write_results  # noqa: E402
+from benchmarks.multifidelity import _rank_corr, full_budget_policies, with_rungs  # noqa: E402
+from autoprune.errors import AutopruneError  # noqa: E402
+
+log = logging.getLogger("benchmarks.rung0_fidelity")
+
+ARCHIVES = tuple(ROOT / "docs" / "data" / f"multifidelity{s}_studies.db" for s in ("", "2", "3", "4"))
+SEEDS = list(range(1, 10))
+
+
+def archived_policies(archives: list[Path]) -> list[dict[str, Any]]:
+    """Every distinct policy the random arms of ``archives`` completed at the full budget (a later archive's
+    record of the same policy replaces an earlier one's): its policy, summary, accuracy and source."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in archives:
+        if not p.is_file():
+            raise AutopruneError(f"{p}: no such study file; give the docs/data/multifidelity*_studies.db files")
+        for name, rec in full_budget_policies(f"sqlite:///{p}", SEEDS):
+            out[rec.summary] = {"policy": rec.policy, "summary": rec.summary, "full_accuracy": rec.accuracy,
+                                "full_speedup": rec.speedup, "source": [p.name, name, rec.number]}
+    return list(out.values())
+
+
+def score(space: Any, storage: str, name: str, policies: list[dict[str, Any]], trial_fn: Any = None) -> int:
+    """Run every policy at the space's rung 0 into the study ``rung0_<name>`` (a stored one is skipped);
+    returns how many ran now."""
+    import optuna
+
+    from autoprune.policy import PruningPolicy
+
+    if trial_fn is None:
+        from autoprune.trial import run_trial as trial_fn  # noqa: N806
+    config = space.run_config()
+    if config.torch_threads is None:
+        config = config.model_copy(update={"torch_threads": max(1, int(space.cpus_per_trial))})
+    config = config.model_copy(update={"measure": config.measure.screening()})  # as the search's rung 0 times
+    st = optuna.create_study(study_name=f"rung0_{name}", storage=storage, directions=["maximize", "maximize"],
+                             load_if_exists=True)
+    st.set_user_attr("rung", space.rungs[0].stored())
+    done = {json.dumps(t.user_attrs["source"]) for t in st.trials}
+    todo = [p for p in policies if json.dumps(p["source"]) not in done]
+    for i, p in enumerate(todo, 1):
+        policy = space.rung_policy(PruningPolicy.from_dict(p["policy"]), 0)
+        res = trial_fn(config, policy)
+        res = res.to_dict() if hasattr(res, "to_dict") else dict(res)
+        st.add_trial(optuna.trial.create_trial(
+            values=[res["accuracy"], res["speedup"]],
+            user_attrs={"source": p["source"], "policy": policy.to_dict(), "summary": p["summary"],
+                        "granularity": policy.granularity, "full_accuracy": p["full_accuracy"],
+                        "full_speedup": p["full_speedup"], "phase_seconds": res.get("phase_seconds")}))
+        log.info("%s %d/%d: %s rung 0 %.4f, full budget %.4f (%.1f s)", name, i, len(todo), p["summary"],
+                 res["accuracy"], p["full_accuracy"], (res.get("phase_seconds") or {}).get("total", float("nan")))
+    return len(todo)
+
+
+def report(storage: str) -> tuple[str, dict[str, Any]]:
+    """Per variant study: the rank correlation overall and within each granularity, and the seconds."""
+    import optuna
+
+    rows, numbers = [], {}
+    for name in sorted(n for n in optuna.get_all_study_names(storage) if n.startswith("rung0_")):
+        st = optuna.load_study(study_name=name, storage=storage)
+        trials = [t for t in st.trials if t.values]
+        if len(trials) < 3:
+            continue
+        a0, af = [t.values[0] for t in trials], [t.user_attrs["full_accuracy"] for t in trials]
+        rho, tau = _rank_corr(a0, af)
+        by = {}
+        for g in sorted({t.user_attrs["granularity"] for t in trials}):
+            xs = [t for t in trials if t.user_attrs["granularity"] == g]
+            if len(xs) > 2:
+                by[g] = {"n": len(xs), "spearman": _rank_corr([t.values[0] for t in xs],
+                                                               [t.user_attrs["full_accuracy"] for t in xs])[0]}
+        secs = [float(ph["total"]) - float(ph.get("load", 0.0))
+                for t in trials if "total" in (ph := t.user_attrs.get("phase_seconds") or {})]
+        phases = {k: statistics.median(float((t.user_attrs.get("phase_seconds") or {}).get(k, 0.0)) for t in trials)
+                  for k in ("prune", "reconstruct", "retrain", "quantize", "evaluate", "measure")}
+        numbers[name[len("rung0_"):]] = {
+            "rung": st.user_attrs.get("rung"), "n": len(trials), "spearman": rho, "kendall": tau,
+            "by_granularity": by, "seconds_median": statistics.median(secs) if secs else None,
+            "phase_seconds_median": phases,
+            "pairs": [{"policy": t.user_attrs["summary"], "rung0_accuracy": t.values[0],
+                       "full_accuracy": t.user_attrs["full_accuracy"]} for t in trials]}
+        rows.append(f"| {name[len('rung0_'):]} | {json.dumps(st.user_attrs.get('rung'))} | {len(trials)} | "
+                    f"{rho:+.3f} | {tau:+.3f} | " + ", ".join(f"{g} {x['spearman']:+.3f} ({x['n']})"
+                                                          for g, x in by.items())
+                    + f" | {statistics.median(secs):.1f} |")
+    text = ("| variant | rung | policies | Spearman | Kendall | within one granularity | median s a policy |\n"
+            "|---|---|---:|---:|---:|---|---:|\n" + "\n".join(rows))
+    return text, numbers
+
+
+def main(argv: list[str] | None = None, trial_fn: Any = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "RUNG"),
+                    help="a rung-0 variant to score: a name and one rung as YAML, e.g. "
+                         "shipped \"{retrain_steps: 0, reconstruct: least_squares}\" (repeatable)")
+    ap.add_argument("-c", "--space", default=str(ROOT / "search_spaces" / "minilm_sst2.yaml"))
+    ap.add_argument("--config", default=None, help="run config replacing the space's (the fine-tuned checkpoint's)")
+    ap.add_argument("--archives", nargs="+", type=Path, default=list(ARCHIVES))
+    ap.add_argument("--storage", default=f"sqlite:///{ROOT / 'runs' / 'bench_rung0_fidelity.db'}")
+    ap.add_argument("--limit", type=int, default=None, help="score only the first N policies (a smoke run)")
+    add_results_option(ap, "rung0_fidelity")
+    args = ap.parse_args(argv)
+    if args.storage.startswith("sqlite:///"):
+        Path(args.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    policies = archived_policies(args.archives)[:args.limit]
+    log.info("%d distinct full-budget random policies in %d archives", len(policies), len(args.archives))
+    for name, rung in args.variant:
+        space = with_rungs(Path(args.space), f"[{rung}, {{retrain_steps: full}}]", None)
+        if args.config:
+            space = space.model_copy(update={"config": str(Path(args.config).resolve())})
+        n = score(space, args.storage, name, policies, trial_fn)
+        log.info("variant %s: %d policies scored now", name, n)
+    text, numbers = report(args.storage)
+    print("rung-0 variants against the full budget, over the archived random policies (validation accuracy):")
+    print(text)
+    write_results(args, "variants", numbers)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(main, log)
