@@ -11,8 +11,12 @@ study of its own (``rung0_<name>``: resumable, a policy already scored is skippe
 variant, Spearman and Kendall between the two accuracies, over all policies and within each granularity,
 and the seconds a policy took (without the one-off load), timed as the search's rung 0 times speed.
 
-    .venv/bin/python benchmarks/rung0_fidelity.py --variant shipped "{retrain_steps: 0, reconstruct: least_squares}" \\
+    .venv/bin/python benchmarks/rung0_fidelity.py --variant lsq "{retrain_steps: 0, reconstruct: least_squares}" \\
         --config search_spaces/minilm_sst2_finetuned.yaml
+    .venv/bin/python benchmarks/rung0_fidelity.py --storage sqlite:///docs/data/rung0_fidelity_studies.db  # report
+
+Without ``--variant`` it reports the variants already stored; ``--archive`` copies them into a SQLite
+file to commit, so the table regenerates from a clean clone.
 
 Cost on one thread: about 15-25 s a policy without retraining, plus the steps of a variant that retrains.
 """
@@ -29,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, add_results_option, run, write_results  # noqa: E402
+from benchmarks.minilm_sst2 import archive  # noqa: E402
 from benchmarks.multifidelity import _rank_corr, full_budget_policies, with_rungs  # noqa: E402
 from autoprune.errors import AutopruneError  # noqa: E402
 
@@ -83,14 +88,37 @@ def score(space: Any, storage: str, name: str, policies: list[dict[str, Any]], t
     return len(todo)
 
 
+#: rung-0 forms composed from two variants' stored results, one per granularity: the fourth protocol run's
+#: rung 0 re-fitted structured cuts only (unstructured policies kept their own ``reconstruct: none``)
+COMPOSED = {"refit_structured_only": {"structured": "lsq", "unstructured": "plain"}}
+
+
+def _composed(storage: str, names: set[str]) -> dict[str, list[Any]]:
+    import optuna
+
+    out = {}
+    for name, parts in COMPOSED.items():
+        if all(f"rung0_{v}" in names for v in parts.values()):
+            out[name] = [t for g, v in parts.items()
+                         for t in optuna.load_study(study_name=f"rung0_{v}", storage=storage).trials
+                         if t.values and t.user_attrs["granularity"] == g]
+    return out
+
+
 def report(storage: str) -> tuple[str, dict[str, Any]]:
-    """Per variant study: the rank correlation overall and within each granularity, and the seconds."""
+    """Per variant study (and per :data:`COMPOSED` form whose variants are stored): the rank correlation
+    overall and within each granularity, and the seconds."""
     import optuna
 
     rows, numbers = [], {}
-    for name in sorted(n for n in optuna.get_all_study_names(storage) if n.startswith("rung0_")):
+    names = {n for n in optuna.get_all_study_names(storage) if n.startswith("rung0_")}
+    studies: dict[str, tuple[Any, list[Any]]] = {}
+    for name in sorted(names):
         st = optuna.load_study(study_name=name, storage=storage)
-        trials = [t for t in st.trials if t.values]
+        studies[name[len("rung0_"):]] = (st.user_attrs.get("rung"), [t for t in st.trials if t.values])
+    for name, trials in _composed(storage, names).items():
+        studies[name] = ({g: studies[v][0] for g, v in COMPOSED[name].items()}, trials)
+    for name, (rung, trials) in studies.items():
         if len(trials) < 3:
             continue
         a0, af = [t.values[0] for t in trials], [t.user_attrs["full_accuracy"] for t in trials]
@@ -105,13 +133,13 @@ def report(storage: str) -> tuple[str, dict[str, Any]]:
                 for t in trials if "total" in (ph := t.user_attrs.get("phase_seconds") or {})]
         phases = {k: statistics.median(float((t.user_attrs.get("phase_seconds") or {}).get(k, 0.0)) for t in trials)
                   for k in ("prune", "reconstruct", "retrain", "quantize", "evaluate", "measure")}
-        numbers[name[len("rung0_"):]] = {
-            "rung": st.user_attrs.get("rung"), "n": len(trials), "spearman": rho, "kendall": tau,
+        numbers[name] = {
+            "rung": rung, "n": len(trials), "spearman": rho, "kendall": tau,
             "by_granularity": by, "seconds_median": statistics.median(secs) if secs else None,
             "phase_seconds_median": phases,
             "pairs": [{"policy": t.user_attrs["summary"], "rung0_accuracy": t.values[0],
                        "full_accuracy": t.user_attrs["full_accuracy"]} for t in trials]}
-        rows.append(f"| {name[len('rung0_'):]} | {json.dumps(st.user_attrs.get('rung'))} | {len(trials)} | "
+        rows.append(f"| {name} | {json.dumps(rung)} | {len(trials)} | "
                     f"{rho:+.3f} | {tau:+.3f} | " + ", ".join(f"{g} {x['spearman']:+.3f} ({x['n']})"
                                                           for g, x in by.items())
                     + f" | {statistics.median(secs):.1f} |")
@@ -130,6 +158,8 @@ def main(argv: list[str] | None = None, trial_fn: Any = None) -> None:
     ap.add_argument("--archives", nargs="+", type=Path, default=list(ARCHIVES))
     ap.add_argument("--storage", default=f"sqlite:///{ROOT / 'runs' / 'bench_rung0_fidelity.db'}")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N policies (a smoke run)")
+    ap.add_argument("--archive", type=Path, default=None,
+                    help="copy the variant studies into this SQLite file (e.g. docs/data/rung0_fidelity_studies.db)")
     add_results_option(ap, "rung0_fidelity")
     args = ap.parse_args(argv)
     if args.storage.startswith("sqlite:///"):
@@ -142,6 +172,8 @@ def main(argv: list[str] | None = None, trial_fn: Any = None) -> None:
             space = space.model_copy(update={"config": str(Path(args.config).resolve())})
         n = score(space, args.storage, name, policies, trial_fn)
         log.info("variant %s: %d policies scored now", name, n)
+    if args.archive:
+        archive(args.storage, "rung0_", args.archive)
     text, numbers = report(args.storage)
     print("rung-0 variants against the full budget, over the archived random policies (validation accuracy):")
     print(text)

@@ -310,7 +310,7 @@ def test_rung0_fidelity_rescores_the_archived_random_policies_at_a_variants_rung
     from autoprune.policy import PruningPolicy
 
     storage, out = f"sqlite:///{tmp_path / 'rf.db'}", tmp_path / "rf.json"
-    argv = ["--variant", "cut", "{retrain_steps: 0, reconstruct: least_squares}", "--storage", storage, "--limit", "6",
+    argv = ["--variant", "lsq", "{retrain_steps: 0, reconstruct: least_squares}", "--storage", storage, "--limit", "6",
             "--results", str(out), "--config", str(REPO / "search_spaces" / "minilm_sst2_finetuned.yaml")]
     rf.main(argv, trial_fn=fake)
     for got, want in zip(seen, policies[:6]):  # each archived policy as the rung runs it (unstructured re-fitted too)
@@ -319,9 +319,17 @@ def test_rung0_fidelity_rescores_the_archived_random_policies_at_a_variants_rung
                                               "iterative_steps": 1, "reconstruct": "least_squares"})
     rf.main(argv, trial_fn=fake)  # resumed: every policy is stored already
     assert len(seen) == 6
-    res = json.loads(out.read_text())["sections"]["variants"]["results"]["cut"]
+    res = json.loads(out.read_text())["sections"]["variants"]["results"]["lsq"]
     assert res["n"] == 6 and res["seconds_median"] == pytest.approx(2.0)  # the one-off load left out
     assert [x["full_accuracy"] for x in res["pairs"]] == [p["full_accuracy"] for p in policies[:6]]
     assert res["spearman"] == pytest.approx(spearmanr([0.51 + 0.01 * i for i in range(6)],
                                                       [p["full_accuracy"] for p in policies[:6]])[0])
     assert res["rung"] == {"retrain_steps": 0, "reconstruct": "least_squares"}
+    # a second variant, and the composed form: structured policies as the first ran them, unstructured as the second
+    rf.main(["--variant", "plain", "{retrain_steps: 0}", *argv[3:]], trial_fn=fake)
+    assert {p.reconstruct for p in seen[6:]} == {"none"}
+    res = json.loads(out.read_text())["sections"]["variants"]["results"]
+    lsq = {x["policy"]: x["rung0_accuracy"] for x in res["lsq"]["pairs"]}
+    plain = {x["policy"]: x["rung0_accuracy"] for x in res["plain"]["pairs"]}
+    mixed = {x["policy"]: x["rung0_accuracy"] for x in res["refit_structured_only"]["pairs"]}
+    assert mixed == {k: (lsq[k] if " heads[" in k else plain[k]) for k in lsq} and len(mixed) == 6
