@@ -133,8 +133,15 @@ def report(storage: str) -> tuple[str, dict[str, Any]]:
                 for t in trials if "total" in (ph := t.user_attrs.get("phase_seconds") or {})]
         phases = {k: statistics.median(float((t.user_attrs.get("phase_seconds") or {}).get(k, 0.0)) for t in trials)
                   for k in ("prune", "reconstruct", "retrain", "quantize", "evaluate", "measure")}
+        # a variant scored on fewer policies (stopped early) against every other on the same policies
+        mine = {json.dumps(t.user_attrs["source"]) for t in trials}
+        same = {}
+        for other, (_, ot) in studies.items():
+            shared = [t for t in ot if json.dumps(t.user_attrs["source"]) in mine]
+            if other != name and len(shared) == len(trials) < len(ot):
+                same[other] = _rank_corr([t.values[0] for t in shared], [t.user_attrs["full_accuracy"] for t in shared])[0]
         numbers[name] = {
-            "rung": rung, "n": len(trials), "spearman": rho, "kendall": tau,
+            "rung": rung, "n": len(trials), "spearman": rho, "kendall": tau, "others_on_these_policies": same,
             "by_granularity": by, "seconds_median": statistics.median(secs) if secs else None,
             "phase_seconds_median": phases,
             "pairs": [{"policy": t.user_attrs["summary"], "rung0_accuracy": t.values[0],
@@ -142,9 +149,9 @@ def report(storage: str) -> tuple[str, dict[str, Any]]:
         rows.append(f"| {name} | {json.dumps(rung)} | {len(trials)} | "
                     f"{rho:+.3f} | {tau:+.3f} | " + ", ".join(f"{g} {x['spearman']:+.3f} ({x['n']})"
                                                           for g, x in by.items())
-                    + f" | {statistics.median(secs):.1f} |")
-    text = ("| variant | rung | policies | Spearman | Kendall | within one granularity | median s a policy |\n"
-            "|---|---|---:|---:|---:|---|---:|\n" + "\n".join(rows))
+                    + f" | {statistics.median(secs):.1f} | " + ", ".join(f"{o} {v:+.3f}" for o, v in same.items()) + " |")
+    text = ("| variant | rung | policies | Spearman | Kendall | within one granularity | median s a policy | "
+            "others on the same policies |\n|---|---|---:|---:|---:|---|---:|---|\n" + "\n".join(rows))
     return text, numbers
 
 
