@@ -355,6 +355,8 @@ class SearchSpace(_Strict):
             >>> [(space.rung_policy(pol, r).retrain.steps, space.rung_policy(pol, r).reconstruct,
             ...   space.rung_policy(pol, r).iterative_steps) for r in range(3)]
             [(0, 'least_squares', 1), (100, 'none', 2), (600, 'none', 2)]
+            >>> space.rung_policy(PruningPolicy.uniform("l1", 2, weights=0.5, retrain_steps=600), 0).reconstruct
+            'least_squares'
         """
         if self.rungs is None:
             return policy
