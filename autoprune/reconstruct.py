@@ -334,17 +334,17 @@ def masked_update(w: torch.Tensor, g: torch.Tensor, keep: torch.Tensor, *, block
     if int(info) != 0:  # singular: a little damping on the diagonal
         chol = torch.linalg.cholesky(g + 1e-8 * float(torch.diagonal(g).mean()) * torch.eye(k, dtype=g.dtype))
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
-    drop = ~keep.to(torch.bool)
+    kept = keep.to(w.dtype)
+    dropped = 1.0 - kept
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
         w1 = w[:, i1:i2].clone()
         err = torch.zeros_like(w1)
         h1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = w1[:, i]
-            e = torch.where(drop[:, i1 + i], col, torch.zeros_like(col)) / h1[i, i]
-            w1[:, i:] -= e[:, None] * h1[i, i:][None, :]
-            w1[:, i] = torch.where(drop[:, i1 + i], torch.zeros_like(col), w1[:, i])
+            e = w1[:, i] * dropped[:, i1 + i] / h1[i, i]
+            w1[:, i:].sub_(torch.outer(e, h1[i, i:]))
+            w1[:, i].mul_(kept[:, i1 + i])  # exactly zero where dropped
             err[:, i] = e
         w[:, i1:i2] = w1
         if i2 < k:
@@ -428,14 +428,13 @@ def _mask(linear: nn.Linear) -> torch.Tensor | None:
     return getattr(linear, "weight_mask", None)
 
 
-def _fit(linear: nn.Linear, stats: _Stats, *, method: Method, width: int, ridge: float, own: bool = False) -> None:
+def _fit(linear: nn.Linear, stats: _Stats, *, method: Method, width: int, ridge: float) -> None:
     """Write the fitted weights and bias; a masked Linear (unstructured pruning) gets the fixed-mask fit
     (its zeros stay zeros) in ``weight_orig``, which its mask multiplies at every call."""
     mask = _mask(linear)
     with torch.no_grad():
         if mask is not None:
-            w0 = linear.weight_orig if own else linear.weight  # own output: of the weights before the cut
-            w, b = stats.solve_projection(w0, linear.bias, ridge=ridge, mask=mask, own=own)
+            w, b = stats.solve_projection(linear.weight, linear.bias, ridge=ridge, mask=mask)
         elif method == "projection":
             w, b = stats.solve_projection(linear.weight, linear.bias, ridge=ridge)
         else:
@@ -450,31 +449,49 @@ def _refit_inputs(parts: Any, sublayer: str, cap: "_Capture", hidden: list[torch
                   calls: list[tuple[tuple, dict]], masks: list[torch.Tensor], ridge: float) -> None:
     """Unstructured pruning: the masked projections that feed ``sublayer``'s output projection (query /
     key / value for ``attn``, the intermediate projection for ``ffn``) re-fitted, zeros fixed, to their
-    own output before the cut at the pruned model's inputs (SparseGPT's layer-wise objective)."""
+    own output before the cut at the pruned model's inputs (SparseGPT's layer-wise objective).
+    Projections called on the same input (query, key and value) share its statistics and are updated
+    as one stacked matrix (the update is row by row)."""
     slices = parts.head_slices if sublayer == "attn" else parts.neuron_slices
     out_proj = parts.attn_out if sublayer == "attn" else parts.ffn_out
     linears = {id(s.linear): s.linear for s in slices if s.linear is not out_proj and _mask(s.linear) is not None}
     if not linears:
         return
-    stats = {key: _Stats(lin.in_features, lin.out_features) for key, lin in linears.items()}  # X only: own target
-    current: dict[str, torch.Tensor] = {}
+    groups: dict[int, list[nn.Linear]] = {}  # the first linear to read an input -> every linear reading it
+    stats: dict[int, _Stats] = {}
+    current: dict[str, Any] = {}
 
-    def gram(key: int):
+    def gram(key: int, lin: nn.Linear):
         def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0][current["mask"]]
-            stats[key].add(x, None)
+            first = current["inputs"].setdefault(args[0].data_ptr(), key)
+            if current["batch"] == 0:
+                groups.setdefault(first, []).append(lin)
+            if first == key:
+                stats.setdefault(key, _Stats(lin.in_features, lin.out_features)).add(args[0][current["mask"]], None)
         return hook
 
-    handles = [lin.register_forward_pre_hook(gram(key)) for key, lin in linears.items()]
+    handles = [lin.register_forward_pre_hook(gram(key, lin)) for key, lin in linears.items()]
     try:
         for bi, m in enumerate(masks):
-            current["mask"] = m
+            current.update(mask=m, batch=bi, inputs={})
             cap.run(parts.block, hidden[bi], calls[bi], stop_at=sublayer)
     finally:
         for h in handles:
             h.remove()
-    for key, lin in linears.items():
-        _fit(lin, stats[key], method="projection", width=1, ridge=ridge, own=True)
+    for key, group in groups.items():
+        with torch.no_grad():
+            bias = [lin.bias for lin in group]
+            w, b = stats[key].solve_projection(
+                torch.cat([lin.weight_orig for lin in group]),
+                None if any(x is None for x in bias) else torch.cat(bias), ridge=ridge,
+                mask=torch.cat([lin.weight_mask for lin in group]), own=True)
+            row = 0
+            for lin in group:
+                n = lin.out_features
+                lin.weight_orig.copy_(w[row:row + n].to(lin.weight_orig))
+                if b is not None:
+                    lin.bias.copy_(b[row:row + n].to(lin.bias))
+                row += n
 
 
 def token_weights(target: torch.Tensor, weighting: str) -> torch.Tensor | None:
