@@ -285,8 +285,9 @@ def _scored_model(run: _Run) -> nn.Module:
     """The model the policy is scored as, run with the trial's threads: ONNX Runtime dynamic int8 for
     ``quantize: true`` policies (exported from the float model); the float model exported to ONNX
     Runtime when the speed objective is timed there on CPU (the file that is then timed; its logits
-    are checked against PyTorch's at export, and ONNX Runtime scores the validation rows 1.5-2x faster
-    than eager PyTorch on one thread); else the float model itself."""
+    are checked against PyTorch's at export; on one thread ONNX Runtime scored the 1,496 SST-2 validation
+    rows of the dense MiniLM-L6 in 13.2-13.6 s against eager PyTorch's 20.3-23.9 s, 2026-12-07, both
+    beside two other processes on 2 cores); else the float model itself."""
     if run.policy.quantize:
         with run.timed("quantize"):
             return onnx_int8_model(run.model, threads=torch.get_num_threads())
