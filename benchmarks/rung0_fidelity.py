@@ -39,18 +39,22 @@ from autoprune.errors import AutopruneError  # noqa: E402
 
 log = logging.getLogger("benchmarks.rung0_fidelity")
 
-ARCHIVES = tuple(ROOT / "docs" / "data" / f"multifidelity{s}_studies.db" for s in ("", "2", "3", "4"))
-SEEDS = list(range(1, 10))
+ARCHIVES = tuple(ROOT / "docs" / "data" / f"multifidelity{s}_studies.db" for s in ("", "2", "3", "4", "5"))
 
 
 def archived_policies(archives: list[Path]) -> list[dict[str, Any]]:
     """Every distinct policy the random arms of ``archives`` completed at the full budget (a later archive's
     record of the same policy replaces an earlier one's): its policy, summary, accuracy and source."""
+    import optuna
+
     out: dict[str, dict[str, Any]] = {}
     for p in archives:
         if not p.is_file():
             raise AutopruneError(f"{p}: no such study file; give the docs/data/multifidelity*_studies.db files")
-        for name, rec in full_budget_policies(f"sqlite:///{p}", SEEDS):
+        url = f"sqlite:///{p}"
+        seeds = sorted(int(n[len("random_seed"):]) for n in optuna.get_all_study_names(url)
+                       if n.startswith("random_seed") and n[len("random_seed"):].isdigit())
+        for name, rec in full_budget_policies(url, seeds):
             out[rec.summary] = {"policy": rec.policy, "summary": rec.summary, "full_accuracy": rec.accuracy,
                                 "full_speedup": rec.speedup, "source": [p.name, name, rec.number]}
     return list(out.values())
