@@ -296,6 +296,14 @@ def full_budget_policies(storage: str, seeds: list[int]) -> list[tuple[str, Tria
     return out
 
 
+def rung0_config(space: SearchSpace) -> Any:
+    """The run config a search's rung 0 runs with: the space's, one trial's threads, speed screened."""
+    config = space.run_config()
+    if config.torch_threads is None:
+        config = config.model_copy(update={"torch_threads": max(1, int(space.cpus_per_trial))})
+    return config.model_copy(update={"measure": config.measure.screening()})  # as the search's rung 0 times
+
+
 def score_rung0(space: SearchSpace, storage: str, seeds: list[int], trial_fn: Callable[..., Any] | None = None) -> int:
     """Run every full-budget policy of the random arms at rung 0 (once: a stored one is skipped) and
     store the result in the study ``correlation``; returns how many were run now."""
@@ -307,10 +315,7 @@ def score_rung0(space: SearchSpace, storage: str, seeds: list[int], trial_fn: Ca
                              "give them with --rungs")
     if trial_fn is None:
         from autoprune.trial import run_trial as trial_fn  # noqa: N806
-    config = space.run_config()
-    if config.torch_threads is None:
-        config = config.model_copy(update={"torch_threads": max(1, int(space.cpus_per_trial))})
-    config = config.model_copy(update={"measure": config.measure.screening()})  # as the search's rung 0 times
+    config = rung0_config(space)
     st = optuna.create_study(study_name=CORRELATION, storage=storage, directions=["maximize", "maximize"], load_if_exists=True)
     done = {(t.user_attrs.get("source_study"), t.user_attrs.get("source_trial")) for t in st.trials}
     todo = [(n, r) for n, r in full_budget_policies(storage, seeds) if (n, r.number) not in done]
@@ -379,7 +384,7 @@ def speed_error(pairs: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"n": len(errs), "median": statistics.median(errs), "worst": max(errs), "target_median": 0.05}
 
 
-def _rank_corr(a: list[float], b: list[float]) -> tuple[float, float]:
+def rank_corr(a: list[float], b: list[float]) -> tuple[float, float]:
     from scipy.stats import kendalltau, spearmanr
 
     return float(spearmanr(a, b).statistic), float(kendalltau(a, b).statistic)
@@ -397,7 +402,7 @@ def correlation_report(storage: str, seeds: list[int]) -> tuple[str, dict[str, A
         return f"(correlation: {len(trials)} policies scored so far)", {"n": len(trials)}
     a0 = [t.values[0] for t in trials]
     af = [t.user_attrs["full_accuracy"] for t in trials]
-    rho, tau = _rank_corr(a0, af)
+    rho, tau = rank_corr(a0, af)
     secs = [float(ph["total"]) - float(ph.get("load", 0.0))  # as rung0_seconds: without the one-off load
             for t in trials if "total" in (ph := t.user_attrs.get("phase_seconds") or {})]
     promoted = promoted_pairs(storage, seeds)
@@ -425,8 +430,8 @@ def correlation_report(storage: str, seeds: list[int]) -> tuple[str, dict[str, A
                  f"policies: median error {err['median']:.1%}, worst {err['worst']:.1%} (target median <= 5%)")
     if len(promoted) >= 3:
         x0, xf = [p["rung0_accuracy"] for p in promoted], [p["full_accuracy"] for p in promoted]
-        prho, ptau = _rank_corr(x0, xf)
-        both = _rank_corr(a0 + x0, af + xf)
+        prho, ptau = rank_corr(x0, xf)
+        both = rank_corr(a0 + x0, af + xf)
         numbers["promoted"].update(spearman=prho, kendall=ptau)
         numbers["pooled"] = {"n": len(trials) + len(promoted), "spearman": both[0], "kendall": both[1]}
         text += (f"\nover the {len(promoted)} policies the mf arms promoted to the top rung (chosen by rung 0): "

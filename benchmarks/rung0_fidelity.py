@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, add_results_option, run, write_results  # noqa: E402
 from benchmarks.minilm_sst2 import archive  # noqa: E402
-from benchmarks.multifidelity import _rank_corr, full_budget_policies, with_rungs  # noqa: E402
+from benchmarks.multifidelity import rank_corr, full_budget_policies, rung0_config, with_rungs  # noqa: E402
 from autoprune.errors import AutopruneError  # noqa: E402
 
 log = logging.getLogger("benchmarks.rung0_fidelity")
@@ -69,10 +69,7 @@ def score(space: Any, storage: str, name: str, policies: list[dict[str, Any]], t
 
     if trial_fn is None:
         from autoprune.trial import run_trial as trial_fn  # noqa: N806
-    config = space.run_config()
-    if config.torch_threads is None:
-        config = config.model_copy(update={"torch_threads": max(1, int(space.cpus_per_trial))})
-    config = config.model_copy(update={"measure": config.measure.screening()})  # as the search's rung 0 times
+    config = rung0_config(space)
     st = optuna.create_study(study_name=f"rung0_{name}", storage=storage, directions=["maximize", "maximize"],
                              load_if_exists=True)
     st.set_user_attr("rung", space.rungs[0].stored())
@@ -126,12 +123,12 @@ def report(storage: str) -> tuple[str, dict[str, Any]]:
         if len(trials) < 3:
             continue
         a0, af = [t.values[0] for t in trials], [t.user_attrs["full_accuracy"] for t in trials]
-        rho, tau = _rank_corr(a0, af)
+        rho, tau = rank_corr(a0, af)
         by = {}
         for g in sorted({t.user_attrs["granularity"] for t in trials}):
             xs = [t for t in trials if t.user_attrs["granularity"] == g]
             if len(xs) > 2:
-                by[g] = {"n": len(xs), "spearman": _rank_corr([t.values[0] for t in xs],
+                by[g] = {"n": len(xs), "spearman": rank_corr([t.values[0] for t in xs],
                                                                [t.user_attrs["full_accuracy"] for t in xs])[0]}
         secs = [float(ph["total"]) - float(ph.get("load", 0.0))
                 for t in trials if "total" in (ph := t.user_attrs.get("phase_seconds") or {})]
@@ -143,7 +140,7 @@ def report(storage: str) -> tuple[str, dict[str, Any]]:
         for other, (_, ot) in studies.items():
             shared = [t for t in ot if json.dumps(t.user_attrs["source"]) in mine]
             if other != name and len(shared) == len(trials) < len(ot):
-                same[other] = _rank_corr([t.values[0] for t in shared], [t.user_attrs["full_accuracy"] for t in shared])[0]
+                same[other] = rank_corr([t.values[0] for t in shared], [t.user_attrs["full_accuracy"] for t in shared])[0]
         numbers[name] = {
             "rung": rung, "n": len(trials), "spearman": rho, "kendall": tau, "others_on_these_policies": same,
             "by_granularity": by, "seconds_median": statistics.median(secs) if secs else None,
