@@ -94,18 +94,6 @@ def score(space: Any, storage: str, name: str, policies: list[dict[str, Any]], t
 COMPOSED = {"refit_structured_only": {"structured": "lsq", "unstructured": "plain"}}
 
 
-def _composed(storage: str, names: set[str]) -> dict[str, list[Any]]:
-    import optuna
-
-    out = {}
-    for name, parts in COMPOSED.items():
-        if all(f"rung0_{v}" in names for v in parts.values()):
-            out[name] = [t for g, v in parts.items()
-                         for t in optuna.load_study(study_name=f"rung0_{v}", storage=storage).trials
-                         if t.values and t.user_attrs["granularity"] == g]
-    return out
-
-
 def report(storage: str) -> tuple[str, dict[str, Any]]:
     """Per variant study (and per :data:`COMPOSED` form whose variants are stored): the rank correlation
     overall and within each granularity, and the seconds."""
@@ -117,8 +105,10 @@ def report(storage: str) -> tuple[str, dict[str, Any]]:
     for name in sorted(names):
         st = optuna.load_study(study_name=name, storage=storage)
         studies[name[len("rung0_"):]] = (st.user_attrs.get("rung"), [t for t in st.trials if t.values])
-    for name, trials in _composed(storage, names).items():
-        studies[name] = ({g: studies[v][0] for g, v in COMPOSED[name].items()}, trials)
+    for name, parts in COMPOSED.items():  # each granularity's trials from the variant that ran it
+        if all(v in studies for v in parts.values()):
+            studies[name] = ({g: studies[v][0] for g, v in parts.items()},
+                             [t for g, v in parts.items() for t in studies[v][1] if t.user_attrs["granularity"] == g])
     for name, (rung, trials) in studies.items():
         if len(trials) < 3:
             continue
