@@ -44,6 +44,8 @@ _EXPORTS = {
     "get_criterion": "autoprune.criteria",
     "criterion_names": "autoprune.criteria",
     "measure_speed": "autoprune.measure",
+    "LatencyTable": "autoprune.latency",
+    "latency_table": "autoprune.latency",
     "count_flops": "autoprune.measure",
     "evaluate": "autoprune.measure",
     "onnx_int8_model": "autoprune.onnx_export",

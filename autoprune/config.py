@@ -256,6 +256,9 @@ class MeasureConfig(_Strict):
                                   "(default: the first target)")
     resource: str | None = Field(None, description="Ray custom resource of the measurement nodes: timing runs "
                                  "as a Ray task asking for a share of it (e.g. a CPU box that matches production)")
+    latency_table: bool = Field(False, description="predict the objective's speedup from a per-layer latency "
+                                "table (autoprune.latency) instead of timing it; set by a multi-fidelity search on "
+                                "a rung with 'speed: table', never on its top rung")
 
     @model_validator(mode="before")
     @classmethod
@@ -292,11 +295,12 @@ class MeasureConfig(_Strict):
         targets = self.resolved_targets()
         return next((t for t in targets if t.name == self.objective), targets[0])
 
-    def screening(self, repeats: int = 5) -> "MeasureConfig":
+    def screening(self, repeats: int = 5, *, table: bool = False) -> "MeasureConfig":
         """This measurement cut to what a multi-fidelity rung below the top times: the objective's target
         alone, batch ``batch_size`` only, one warm-up round and ``repeats`` timed rounds (no re-timing of
-        a noisy one). The promotion reads only the objective's speedup; the top rung times every target
-        in full.
+        a noisy one); with ``table``, not timed but predicted from a latency table of that target
+        (:mod:`autoprune.latency`). The promotion reads only the objective's speedup; the top rung
+        times every target in full.
 
         Example:
             >>> m = MeasureConfig.model_validate({"targets": [{"runtime": "onnxruntime"}, {"runtime": "torch"}]})
@@ -306,9 +310,9 @@ class MeasureConfig(_Strict):
         """
         cut = {"warmup": min(self.warmup, 1), "repeats": repeats, "batch1": False}
         if self.targets is None:
-            return self.model_copy(update={**cut, "max_repeats": repeats})
+            return self.model_copy(update={**cut, "max_repeats": repeats, "latency_table": table})
         target = self.objective_target().model_copy(update=cut)
-        return self.model_copy(update={"targets": [target], "objective": target.name})
+        return self.model_copy(update={"targets": [target], "objective": target.name, "latency_table": table})
 
 
 class RunConfig(_Strict):

@@ -15,7 +15,8 @@ A trial is a short composition of named steps, each timed in ``phase_seconds``:
   speed objective is timed there on CPU (the export is then part of ``measure``);
 * ``evaluate``: the accuracy right after the first cut (``accuracy_pruned``) and the final one,
   on ``final_split``, plus the mid-retraining checks of the early-stop rule;
-* ``measure``: interleaved latency against the dense model, FLOPs, parameters, size.
+* ``measure``: interleaved latency against the dense model (or, with ``measure.latency_table``, the
+  speedup predicted from a per-layer latency table), FLOPs, parameters, size.
 """
 
 from __future__ import annotations
@@ -297,11 +298,28 @@ def _scored_model(run: _Run) -> nn.Module:
     return run.model
 
 
-def _speed_label(unstructured: bool, quantized: bool) -> str:
-    """How to read a trial's speedup: zeroed weights make no dense kernel faster, int8 kernels do."""
+def _speed_label(unstructured: bool, quantized: bool, predicted: bool = False) -> str:
+    """How to read a trial's speedup: zeroed weights make no dense kernel faster, int8 kernels do; a
+    rung below the top may predict it from a latency table instead of timing it."""
+    how = "predicted" if predicted else "measured"
     if not unstructured:
-        return "measured"
-    return "int8 measured; zeros size-only" if quantized else "size-only"
+        return how
+    return f"int8 {how}; zeros size-only" if quantized else "size-only"
+
+
+def _predicted_speed(run: _Run, model: nn.Module) -> Any:
+    """The objective target's speedup predicted from its latency table (:mod:`autoprune.latency`,
+    built on first use and cached under ``<run_dir>/cache/latency``) by the model's shape."""
+    from autoprune.latency import latency_table
+    from autoprune.models import get_adapter
+    from autoprune.results import SpeedReport
+
+    t = run.config.measure.objective_target()
+    table = latency_table(run.ctx.dense, t, int8=run.policy.quantize,
+                          cache_dir=Path(run.config.run_dir) / "cache" / "latency", progress=run.progress)
+    speedup = table.predict(*get_adapter(model).shape(model))
+    return SpeedReport(batch_size=t.batch_size, seq_len=t.seq_len, threads=t.threads, repeats=0,
+                       dense_ms=table.dense_ms, pruned_ms=table.dense_ms / speedup, speedup=speedup, rounds=0)
 
 
 def run_trial(config: RunConfig, policy: PruningPolicy, *, on_eval: OnEval | None = None,
@@ -406,7 +424,9 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
     assert rec is not None
     m = run.config.measure
     targets = None
-    if m.targets is not None or m.resource:  # measurement targets: the objective's speedup is the trial's
+    if m.latency_table:  # a rung below the top: predicted, not timed
+        speed = _predicted_speed(run, float_model)
+    elif m.targets is not None or m.resource:  # measurement targets: the objective's speedup is the trial's
         from autoprune.runtimes import measure_targets, speed_report
 
         # the ONNX Runtime file a policy was scored with is timed as it is, not re-made
@@ -433,7 +453,7 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
         eval_split=data.validation_split if final_split == "validation" else str(data.test_split),
         eval_n=final.n, speedup=speed.speedup, latency_ms=speed.pruned_ms, dense_latency_ms=speed.dense_ms,
         speedup_b1=speed.speedup_b1, latency_b1_ms=speed.pruned_ms_b1, dense_latency_b1_ms=speed.dense_ms_b1,
-        speed_label=_speed_label(unstructured, policy.quantize), speed_flags=flags,
+        speed_label=_speed_label(unstructured, policy.quantize, m.latency_table), speed_flags=flags,
         speedup_quartiles=None if speed.speedup_q1 is None else [speed.speedup_q1, speed.speedup_q3],
         flops=flops, dense_flops=dense_flops, flops_reduction=dense_flops / max(flops, 1),
         params=nonzero_params(float_model) if unstructured else count_params(float_model),

@@ -297,11 +297,13 @@ def full_budget_policies(storage: str, seeds: list[int]) -> list[tuple[str, Tria
 
 
 def rung0_config(space: SearchSpace) -> Any:
-    """The run config a search's rung 0 runs with: the space's, one trial's threads, speed screened."""
+    """The run config a search's rung 0 runs with: the space's, one trial's threads, speed screened (or
+    predicted by a latency table, when rung 0 says ``speed: table``)."""
     config = space.run_config()
     if config.torch_threads is None:
         config = config.model_copy(update={"torch_threads": max(1, int(space.cpus_per_trial))})
-    return config.model_copy(update={"measure": config.measure.screening()})  # as the search's rung 0 times
+    table = bool(space.rungs) and space.rungs[0].speed == "table"
+    return config.model_copy(update={"measure": config.measure.screening(table=table)})  # as the search's rung 0
 
 
 def score_rung0(space: SearchSpace, storage: str, seeds: list[int], trial_fn: Callable[..., Any] | None = None) -> int:

@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BENCHMARKS = ("common", "minilm_sst2", "surgery", "search_overhead", "samplers", "int8", "retraining_free", "runtimes",
               "layer_dropping", "multifidelity", "mf_archives", "rung0_fidelity", "gpu_search", "bad_input",
-              "int8_export")
+              "int8_export", "latency_table")
 
 
 def bench(name: str):
@@ -333,3 +333,30 @@ def test_rung0_fidelity_rescores_the_archived_random_policies_at_a_variants_rung
     plain = {x["policy"]: x["rung0_accuracy"] for x in res["plain"]["pairs"]}
     mixed = {x["policy"]: x["rung0_accuracy"] for x in res["refit_structured_only"]["pairs"]}
     assert mixed == {k: (lsq[k] if " heads[" in k else plain[k]) for k in lsq} and len(mixed) == 6
+
+
+def test_latency_table_bench_holds_predictions_against_top_rung_timings_of_its_target(tmp_path):
+    lt = bench("latency_table")
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    target = {"runtime": "onnxruntime", "device": "cpu", "threads": 1, "batch_size": 32, "seq_len": 64}
+
+    def add(study, speedup, quantize, **over):
+        timed = {**target, **over, "speedup": speedup, "speedup_q1": speedup, "speedup_q3": speedup}
+        res = {"policy": {"quantize": quantize}, "heads_per_layer": [6, 12], "ffn_per_layer": [512, 1536],
+               "targets": {"objective": "ort", "targets": {"ort": timed}}}
+        study.add_trial(create_trial(state=TrialState.COMPLETE, values=[0.9, speedup], user_attrs={S.T_RESULT: res}))
+
+    for name in ("mf_seed1", "random_seed1", "mf_seed1.rung0", "correlation"):
+        st = optuna.create_study(storage=url, study_name=name, directions=S.DIRECTIONS)
+        add(st, 2.0, name == "random_seed1")
+        add(st, 3.0, False, batch_size=8)  # another target: left out
+    rows = lt.measured_trials([tmp_path / "a.db"], target)
+    assert [(r["source"][1], r["promoted"], r["int8"], r["measured"]) for r in rows] == [
+        ("mf_seed1", True, False, 2.0), ("random_seed1", False, True, 2.0)]  # top rungs of the arms only
+    for r, predicted in zip(rows, (2.2, 1.9)):
+        r["predicted"] = predicted
+    by = lt.grouped(rows)
+    assert by["promoted"]["all"] == {"n": 1, "median": 0.1, "worst": 0.1, "median_signed": 0.1}
+    assert by["all"]["int8"]["median_signed"] == -0.05 and by["all"]["all"]["worst"] == 0.1
+    with pytest.raises(AutopruneError, match="no such study file"):
+        lt.measured_trials([tmp_path / "missing.db"], target)

@@ -139,6 +139,8 @@ def test_the_floor_slack_keeps_hopeless_policies_off_the_top_rung(tiny, tmp_path
     ([{"retrain_steps": 0}, {"retrain_steps": 200}, {"retrain_steps": "full"}], "not below the largest retraining"),
     ([{"retrain_steps": -1}, {"retrain_steps": "full"}], "must be 0 or more"),
     ([{"retrain_steps": 0}, {"retrain_steps": "full", "also_final": True}], "'also_final' belongs to a rung below"),
+    ([{"retrain_steps": 0}, {"retrain_steps": "full", "speed": "table"}], "'speed: table' belongs to a rung below"),
+    ([{"retrain_steps": 0, "speed": "guess"}, {"retrain_steps": "full"}], "speed"),
 ])
 def test_bad_rungs_are_one_clear_error(tiny, tmp_path, rungs_, needle):
     with pytest.raises(ConfigError, match="space.yaml") as ei:
@@ -260,9 +262,9 @@ def test_a_driver_killed_between_a_cut_and_its_promotion_resumes_both_once(tiny,
 
 
 def test_shipped_spaces_screen_at_rung_0_and_keep_the_promoted_cuts_as_final():
-    for name in ("quickstart.yaml", "minilm_sst2.yaml"):
+    for name, speed in (("quickstart.yaml", ""), ("minilm_sst2.yaml", ", speed from table")):
         space = load_search_space(REPO / "search_spaces" / name)
-        assert [r.label() for r in space.rungs] == ["0 steps, least_squares, also final", "full budget"]
+        assert [r.label() for r in space.rungs] == ["0 steps, least_squares, also final" + speed, "full budget"]
         assert space.promote_fraction == 0.25
         policy = _a_policy(space)
         cut, top = space.rung_policy(policy, 0), space.rung_policy(policy, 1)
@@ -339,6 +341,30 @@ def test_rungs_below_the_top_screen_speed_in_the_objective_target_only(tiny, tmp
     assert [t.name for t in top.resolved_targets()] == ["ort", "eager"] and top.objective == "eager"
     assert top == MeasureConfig.model_validate(config["measure"])  # the top rung times as the config says
     assert {j.config["run_dir"] for j in ex.submitted} == {config["run_dir"]}  # nothing else differs
+
+
+def test_a_rung_with_speed_table_predicts_speed_and_the_top_rung_still_times_it(tiny, tmp_path):
+    from autoprune.config import MeasureConfig
+
+    table_rungs = [dict(RUNGS[0], speed="table"), *RUNGS[1:]]
+    ex = InProcessExecutor()
+    top = search(make_space(tiny, tmp_path, rungs=table_rungs, n_trials=6), ex)
+    flags: dict[str, set[bool]] = {}  # rung 0 (0 steps), rung 1 (20), top (100, 200): latency_table of its jobs
+    for j in ex.submitted:
+        steps = j.policy["retrain"]["steps"]
+        rung = "top" if steps in (100, 200) else str(steps)
+        flags.setdefault(rung, set()).add(MeasureConfig.model_validate(j.config["measure"]).latency_table)
+    assert flags == {"0": {True}, "20": {False}, "top": {False}}  # only the rung that asks predicts
+    assert top.user_attrs[S.ATTR_RUNGS][0] == {"retrain_steps": 0, "reconstruct": "least_squares", "speed": "table"}
+    # a rung left at the default is recorded as before, so studies made before 'speed' existed resume
+    assert top.user_attrs[S.ATTR_RUNGS][1] == {"retrain_steps": 20, "reconstruct": None}
+
+
+def test_a_run_config_that_predicts_final_speed_is_refused_before_any_study(tiny, tmp_path):
+    config = dict(tiny, run_dir=str(tmp_path / "runs"), measure=dict(tiny["measure"], latency_table=True))
+    with pytest.raises(ConfigError, match="final results are always timed"):
+        search(make_space(tiny, tmp_path, config=config))
+    assert not (tmp_path / "runs" / "s.db").exists() or not optuna.get_all_study_names(url_of(tmp_path))
 
 
 def test_a_lower_rung_result_never_reaches_the_front_or_an_export(tiny, tmp_path):

@@ -311,6 +311,10 @@ def run_search(space: SearchSpace | str | Path, *, study_name: str | None = None
 
     check_before_study(config.measure, space.gpus_per_trial,
                        joining_cluster=bool(address or os.environ.get("RAY_ADDRESS")))
+    if config.measure.latency_table:
+        raise ConfigError(f"{space.source}: its run config's 'measure' sets latency_table, but a search's final "
+                          "results are always timed; remove it, and give a rung below the top 'speed: table' to "
+                          "predict speed there")
     if True in (space.quantize if isinstance(space.quantize, list) else [space.quantize]):
         check_int8(config.measure, f"{space.source}: 'quantize' includes true, and its run config's 'measure'")
     if dense_metrics is None:  # the baseline will be trained: check data and model before a study exists
@@ -514,12 +518,12 @@ def _promoted_job(state: DriverState, lvl: Level) -> tuple[Slot, TrialJob] | Non
     return _job(state, lvl.index, trial, policy)
 
 
-def _lower_rung_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The run config of a rung below the top: speed screened in the objective's target
-    (:meth:`~autoprune.config.MeasureConfig.screening`)."""
+def _lower_rung_config(config: dict[str, Any], rung: Any) -> dict[str, Any]:
+    """The run config of a rung below the top: speed screened in the objective's target, or predicted
+    by its latency table (the rung's ``speed``; :meth:`~autoprune.config.MeasureConfig.screening`)."""
     from autoprune.config import MeasureConfig
 
-    measure = MeasureConfig.model_validate(config.get("measure") or {}).screening()
+    measure = MeasureConfig.model_validate(config.get("measure") or {}).screening(table=rung.speed == "table")
     return {**config, "measure": measure.model_dump()}
 
 
@@ -533,7 +537,7 @@ def _job(state: DriverState, level: int, trial: Any, policy: Any) -> tuple[Slot,
     top = level == len(state.levels) - 1
     save_dir = (str(Path(state.config["run_dir"]) / "models" / state.study.study_name / f"trial_{trial.number}")
                 if state.space.save_models and top else None)
-    config = state.config if top else _lower_rung_config(state.config)
+    config = state.config if top else _lower_rung_config(state.config, state.space.rungs[level])
     job = TrialJob(number=trial.number, config=config, policy=policy.to_dict(),
                    floor=state.floor if top else None,
                    early_stop=state.early_stop, num_cpus=state.space.cpus_per_trial,

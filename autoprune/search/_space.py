@@ -183,6 +183,11 @@ class Rung(_Strict):
       At the top rung it is timed in full and stands on the front beside the retrained policy, so a
       cut that retraining makes worse (a fine-tuned model retrained at a fresh learning rate) still
       reaches the front, as a final result of the policy that produced it.
+    * ``speed`` (a rung below the top): ``screened`` times the objective's speedup in a few rounds
+      (:meth:`~autoprune.config.MeasureConfig.screening`); ``table`` predicts it from a per-layer
+      latency table of the objective's target, built once per machine and cached under the run
+      directory (:mod:`autoprune.latency`; its error against the top rung's timings is in
+      docs/BENCHMARKS.md). The top rung always times every target for real.
 
     Example:
         >>> Rung(retrain_steps=0, reconstruct="least_squares").label(), Rung(retrain_steps="full").label()
@@ -195,6 +200,8 @@ class Rung(_Strict):
     reconstruct: Literal["none", "least_squares"] | None = None
     also_final: bool = Field(False, description="policies promoted from this rung also run at the top rung as "
                              "this rung ran them (when they meet the accuracy floor here)")
+    speed: Literal["screened", "table"] = Field("screened", description="how a rung below the top gets the speed "
+                                                "objective: timed in a few rounds, or predicted by a latency table")
 
     @field_validator("retrain_steps")
     @classmethod
@@ -207,12 +214,13 @@ class Rung(_Strict):
         """A short description, e.g. ``0 steps, least_squares`` or ``full budget``."""
         steps = "full budget" if self.retrain_steps == "full" else f"{self.retrain_steps} steps"
         return (steps + (f", {self.reconstruct}" if self.reconstruct is not None else "")
-                + (", also final" if self.also_final else ""))
+                + (", also final" if self.also_final else "") + (", speed from table" if self.speed == "table" else ""))
 
     def stored(self) -> dict[str, Any]:
-        """The rung as a study records it (``also_final`` only when set, so studies recorded before it
-        existed continue with the same rungs)."""
-        return self.model_dump(mode="json", exclude=None if self.also_final else {"also_final"})
+        """The rung as a study records it (``also_final`` and ``speed`` only when not the default, so
+        studies recorded before they existed continue with the same rungs)."""
+        defaults = {k for k, v in (("also_final", self.also_final), ("speed", self.speed != "screened")) if not v}
+        return self.model_dump(mode="json", exclude=defaults or None)
 
 
 class EarlyStop(_Strict):
@@ -330,6 +338,9 @@ class SearchSpace(_Strict):
             raise ValueError("only the last of 'rungs' may be 'retrain_steps: full'")
         if self.rungs[-1].also_final:
             raise ValueError("'also_final' belongs to a rung below the top (the top rung's results are final already)")
+        if self.rungs[-1].speed == "table":
+            raise ValueError("'speed: table' belongs to a rung below the top: the top rung's results are final and "
+                             "always timed; remove it from the last rung")
         if any(b <= a for a, b in zip(steps, steps[1:])):  # type: ignore[operator]
             raise ValueError(f"the retrain_steps of 'rungs' must increase from rung to rung, got {steps}")
         choices = self.retrain.steps if isinstance(self.retrain.steps, list) else [self.retrain.steps]
