@@ -9,26 +9,28 @@ times, against the dense model and in that target (:func:`autoprune.runtimes.mea
 * half of the layers dropped,
 * for an int8 table, the dense model in ONNX Runtime dynamic int8,
 
-and stores each as a share of the dense model's time. A policy's predicted latency, as a share of
-dense, is then the int8 (or float) base plus, per layer, what its head and neuron counts change
-(linear interpolation between grid points; the share a layer's cut saves is the uniform cut's
-saving divided by the number of layers), minus a whole layer per dropped layer; the predicted
-speedup is its inverse. Attention and FFN run one after the other in a layer and layers one after
-the other, so the sum is what the model runs. Zeroed weights (unstructured cuts) change no dense
-kernel, so only the shape and int8 count.
+each as a share of the dense model's time, and fits what one head and one FFN neuron of one layer
+cost (least squares through the uncut model, over the grid). A policy's predicted latency, as a
+share of dense, is then the int8 (or float) base, less what its missing heads and neurons cost,
+less a whole layer per dropped layer; the predicted speedup is its inverse. Attention and FFN run
+one after the other in a layer and layers one after the other, so the sum is what the model runs;
+the fit through many cuts, rather than reading one cut, keeps one noisy timing from deciding a
+prediction (on the 2-core machine the int8 timings of a single cut moved by several per cent
+between builds). Zeroed weights (unstructured cuts) change no dense kernel, so only the shape and
+int8 count.
 
 The table is a prediction: a search uses it only below its top rung (a rung's ``speed: table``),
 and every final result is timed for real. ``benchmarks/latency_table.py`` reports its error
 against the speedups measured at the top rung.
 
-Example:
+Example (a 2-layer model, 4 heads and 8 neurons a layer; a head costs 5% of the dense time, a neuron 2.5%):
     >>> t = LatencyTable(key="k", target={}, int8=False, num_layers=2, heads=4, neurons=8,
-    ...                  head_grid=[1, 2, 4], head_share=[-0.2, -0.1, 0.0],
-    ...                  neuron_grid=[1, 4, 8], neuron_share=[-0.3, -0.15, 0.0], layer_share=0.5, base=1.0,
-    ...                  dense_ms=10.0)
+    ...                  head_grid=[1, 2, 4], head_share=[-0.15, -0.1, 0.0], per_head=0.05,
+    ...                  neuron_grid=[1, 4, 8], neuron_share=[-0.175, -0.1, 0.0], per_neuron=0.025,
+    ...                  layer_share=0.5, base=1.0, dense_ms=10.0)
     >>> t.predict([4, 4], [8, 8])  # the dense shape
     1.0
-    >>> t.predict([2, 2], [8, 8])  # both layers' attention halved: 1 - 2 * 0.1 of dense time
+    >>> round(t.predict([2, 2], [8, 8]), 6)  # both layers' attention halved: 1 - 4 * 0.05 of dense time
     1.25
     >>> t.predict([4], [8])  # one of two layers dropped: 1 - 0.5
     2.0
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: bump when what a table holds or how it is built changes (old cache files are then rebuilt)
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 #: default grid steps (heads: 1, 3, 6, 9, 12 for 12 heads; FFN: 1, 256, ..., 1536 for 1,536 neurons)
 #: and timed rounds per point
 HEAD_POINTS, NEURON_POINTS, REPEATS = 4, 6, 7
@@ -64,11 +66,12 @@ HEAD_POINTS, NEURON_POINTS, REPEATS = 4, 6, 7
 class LatencyTable:
     """Per-layer shares of the dense model's latency in one measurement target (see the module doc).
 
-    ``head_share[i]``: what cutting *one* layer's attention to ``head_grid[i]`` heads adds to the
-    latency, as a share of the dense model's (0 at the full count, negative below it); the same for
-    ``neuron_share`` and the FFN. ``layer_share``: what one whole layer costs. ``base``: the dense
-    shape's latency as a share of the dense float model's (1.0, or the int8 model's for an int8
-    table). ``dense_ms``: the dense model's median while the table was built.
+    ``head_share[i]``: what cutting *one* layer's attention to ``head_grid[i]`` heads changed the
+    latency by, as measured, a share of the dense model's (0 at the full count, negative below it);
+    the same for ``neuron_share`` and the FFN. ``per_head`` / ``per_neuron``: the share one head /
+    one FFN neuron of one layer costs, fitted to those. ``layer_share``: what one whole layer costs.
+    ``base``: the dense shape's latency as a share of the dense float model's (1.0, or the int8
+    model's for an int8 table). ``dense_ms``: the dense model's median while the table was built.
     """
 
     key: str
@@ -79,8 +82,10 @@ class LatencyTable:
     neurons: int
     head_grid: list[int]
     head_share: list[float]
+    per_head: float
     neuron_grid: list[int]
     neuron_share: list[float]
+    per_neuron: float
     layer_share: float
     base: float
     dense_ms: float
@@ -97,7 +102,7 @@ class LatencyTable:
             raise ValueError(f"{len(heads)} layers, but the table's model has {self.num_layers}")
         share = self.base - (self.num_layers - len(heads)) * self.layer_share
         for h, n in zip(heads, neurons):
-            share += _interp(h, self.head_grid, self.head_share) + _interp(n, self.neuron_grid, self.neuron_share)
+            share -= self.per_head * (self.heads - h) + self.per_neuron * (self.neurons - n)
         return share
 
     def predict(self, heads: Sequence[int], neurons: Sequence[int]) -> float:
@@ -109,22 +114,28 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LatencyTable":
+        """A table from :meth:`to_dict`; the per-unit costs are fitted from the shares when it has none
+        (a table written before they were stored)."""
+        data = dict(data)
+        for unit, grid_key, share_key in (("per_head", "head_grid", "head_share"),
+                                          ("per_neuron", "neuron_grid", "neuron_share")):
+            if unit not in data:
+                data[unit] = _slope(data[grid_key], data[share_key])
         return cls(**data)
 
 
-def _interp(x: float, xs: Sequence[int], ys: Sequence[float]) -> float:
-    """Piecewise-linear ``ys`` at ``x`` (``xs`` ascending; clamped at the ends).
+def _slope(grid: Sequence[int], share: Sequence[float]) -> float:
+    """Least-squares cost of one unit, from the shares measured with ``grid`` units kept (the last is
+    the full count, share 0): the line through (full, 0) that fits the others best.
 
     Example:
-        >>> _interp(3, [1, 2, 4], [0.0, 1.0, 3.0]), _interp(9, [1, 2, 4], [0.0, 1.0, 3.0])
-        (2.0, 3.0)
+        >>> _slope([1, 2, 4], [-0.3, -0.2, 0.0])
+        0.1
     """
-    if x <= xs[0]:
-        return float(ys[0])
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-        if x <= x1:
-            return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
-    return float(ys[-1])
+    full = grid[-1]
+    num = sum((full - g) * -y for g, y in zip(grid, share))
+    den = sum((full - g) ** 2 for g in grid)
+    return round(num / den, 12) if den else 0.0
 
 
 def grid(total: int, points: int) -> list[int]:
@@ -223,13 +234,15 @@ def build_latency_table(dense: "nn.Module", target: "Target", *, int8: bool = Fa
     per_layer = {k: (v - base) / n_layers for k, v in shares.items() if k[0] in ("heads", "neurons")}
     dropped = n_layers // 2
     layer_share = (base - shares[("drop", dropped)]) / dropped if dropped else 0.0
+    head_share = [per_layer[("heads", h)] for h in h_grid[:-1]] + [0.0]
+    neuron_share = [per_layer[("neurons", n)] for n in n_grid[:-1]] + [0.0]
     import statistics
 
     table = LatencyTable(
         key=key, target=target.model_dump(), int8=bool(int8),
         num_layers=n_layers, heads=h_full, neurons=n_full,
-        head_grid=h_grid, head_share=[per_layer[("heads", h)] for h in h_grid[:-1]] + [0.0],
-        neuron_grid=n_grid, neuron_share=[per_layer[("neurons", n)] for n in n_grid[:-1]] + [0.0],
+        head_grid=h_grid, head_share=head_share, per_head=_slope(h_grid, head_share),
+        neuron_grid=n_grid, neuron_share=neuron_share, per_neuron=_slope(n_grid, neuron_share),
         layer_share=layer_share, base=base, dense_ms=float(statistics.median(dense_ms)), machine=machine(),
         seconds=time.perf_counter() - t0, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     logger.info("latency table (%s%s): %d timings in %.0f s", target.describe(), ", int8" if int8 else "",

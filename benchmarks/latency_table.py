@@ -21,6 +21,7 @@ full measurement of the target, dense and cut interleaved) beside the prediction
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -113,13 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=ROOT / "runs" / "cache" / "latency",
                     help="latency table cache (the search's: <run_dir>/cache/latency)")
     ap.add_argument("--fresh", action="store_true", help="also re-time every promoted shape now")
+    ap.add_argument("--tables", type=Path, nargs="*", default=[],
+                    help="more table files (JSON, as the cache writes them) to hold against the same timings, "
+                         "e.g. earlier builds on the same machine: how much a build's noise moves the error")
     add_results_option(ap, "latency_table")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("autoprune.runtimes", "autoprune.onnx_export"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from autoprune.config import load_config
-    from autoprune.latency import latency_table
+    from autoprune.latency import LatencyTable, latency_table
     from autoprune.models import load_model
 
     try:
@@ -137,12 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         r["predicted"] = tables[r["int8"]].predict(r["heads"], r["ffn"])
     if args.fresh:
         _fresh(dense, target, [r for r in rows if r["promoted"]])
+    others = []
+    for path in args.tables:
+        other = LatencyTable.from_dict(json.loads(path.read_text()))
+        sel = [dict(r, predicted=other.predict(r["heads"], r["ffn"])) for r in rows if r["int8"] == other.int8]
+        others.append({"file": path.name, "int8": other.int8, "created": other.created,
+                       "errors": grouped(sel)})
     results = {"target": target.model_dump(), "archives": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT)
                                                              else str(p) for p in args.archives],
                "tables": {("int8" if q else "float"): {k: v for k, v in t.to_dict().items()}
                           for q, t in tables.items()},
                "against_top_rung": grouped(rows),
                "against_fresh": grouped([r for r in rows if "fresh" in r], "fresh") if args.fresh else None,
+               "other_builds": others,
                "trials": rows}
     print(f"# latency tables of {target.describe()} (grids {tables[next(iter(tables))].head_grid} heads, "
           f"{tables[next(iter(tables))].neuron_grid} FFN neurons); build seconds "
@@ -156,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                 if e["n"]:
                     print(f"| {group} ({name}) | {kind} | {e['n']} | {e['median']:.1%} | {e['worst']:.1%} | "
                           f"{e['median_signed']:+.1%} |")
+    for o in others:
+        e = o["errors"]["promoted"]["int8" if o["int8"] else "float"]
+        if e["n"]:
+            print(f"| promoted, build {o['file']} ({o['created']}) | {'int8' if o['int8'] else 'float'} | {e['n']} | "
+                  f"{e['median']:.1%} | {e['worst']:.1%} | {e['median_signed']:+.1%} |")
     write_results(args, "tables", results)
     return 0
 
