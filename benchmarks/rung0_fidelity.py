@@ -134,6 +134,12 @@ def loo_corrected(a0: list[float], af: list[float], policies: list[dict[str, Any
     return round(rank_corr(pred, af)[0], 12)
 
 
+def _seconds(trials: list[Any]) -> list[float]:
+    """Seconds each trial took without its one-off load."""
+    return [float(ph["total"]) - float(ph.get("load", 0.0))
+            for t in trials if "total" in (ph := t.user_attrs.get("phase_seconds") or {})]
+
+
 def report(storage: str, policies: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
     """Per variant study (and per :data:`COMPOSED` form whose variants are stored): the rank correlation
     overall and within each granularity, and the seconds; with ``policies`` (the archived full-budget
@@ -161,17 +167,18 @@ def report(storage: str, policies: list[dict[str, Any]] | None = None) -> tuple[
             if len(xs) > 2:
                 by[g] = {"n": len(xs), "spearman": rank_corr([t.values[0] for t in xs],
                                                                [t.user_attrs["full_accuracy"] for t in xs])[0]}
-        secs = [float(ph["total"]) - float(ph.get("load", 0.0))
-                for t in trials if "total" in (ph := t.user_attrs.get("phase_seconds") or {})]
+        secs = _seconds(trials)
         phases = {k: statistics.median(float((t.user_attrs.get("phase_seconds") or {}).get(k, 0.0)) for t in trials)
                   for k in ("prune", "reconstruct", "retrain", "quantize", "evaluate", "measure")}
         # a variant scored on fewer policies (stopped early) against every other on the same policies
         mine = {json.dumps(t.user_attrs["source"]) for t in trials}
-        same = {}
+        same, same_secs = {}, {}
         for other, (_, ot) in studies.items():
             shared = [t for t in ot if json.dumps(t.user_attrs["source"]) in mine]
             if other != name and len(shared) == len(trials) < len(ot):
                 same[other] = rank_corr([t.values[0] for t in shared], [t.user_attrs["full_accuracy"] for t in shared])[0]
+                other_secs = _seconds(shared)
+                same_secs[other] = statistics.median(other_secs) if other_secs else None
         full = {p["summary"]: p["policy"] for p in policies or []}
         corrected = {}
         if full and all(t.user_attrs["summary"] in full for t in trials) and len(trials) > 5:
@@ -180,6 +187,7 @@ def report(storage: str, policies: list[dict[str, Any]] | None = None) -> tuple[
                          "every lever": loo_corrected(a0, af, pols, list(LEVERS))}
         numbers[name] = {
             "rung": rung, "n": len(trials), "spearman": rho, "kendall": tau, "others_on_these_policies": same,
+            "others_seconds_median_on_these_policies": same_secs,
             "loo_corrected": corrected,
             "by_granularity": by, "seconds_median": statistics.median(secs) if secs else None,
             "phase_seconds_median": phases,
