@@ -42,7 +42,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,29 +147,6 @@ def grid(total: int, points: int) -> list[int]:
     return sorted({1, total, *(max(1, round(total * i / points)) for i in range(1, points))})
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict[str, Any]:
-    """What a table is valid for besides the model and target: CPU model, CPUs and runtime versions."""
-    import torch
-
-    try:
-        import onnxruntime
-
-        ort = onnxruntime.__version__
-    except ImportError:
-        ort = None
-    return {"cpu": _cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__, "onnxruntime": ort}
-
-
 def _timed(target: "Target", repeats: int) -> "Target":
     """``target`` as a table times it: batch ``batch_size`` only, one warm-up round, ``repeats`` rounds."""
     return target.model_copy(update={"batch1": False, "warmup": 1, "repeats": repeats})
@@ -179,9 +155,11 @@ def _timed(target: "Target", repeats: int) -> "Target":
 def table_key(model: "nn.Module", target: "Target", int8: bool, head_points: int, neuron_points: int,
               repeats: int) -> str:
     """A hash of what a table depends on: the dense model's architecture (not its weights), the
-    target, int8, the grids, the timed rounds and :func:`machine`."""
+    target, int8, the grids, the timed rounds and :func:`autoprune.runtimes.machine`."""
     cfg = model.config.to_dict() if hasattr(model, "config") else {}
     cfg = {k: v for k, v in cfg.items() if k not in ("id2label", "label2id", "_name_or_path", "transformers_version")}
+    from autoprune.runtimes import machine
+
     blob = json.dumps([TABLE_VERSION, cfg, target.model_dump(), bool(int8), head_points, neuron_points, repeats,
                        machine()],
                       sort_keys=True, default=str)
@@ -202,7 +180,7 @@ def build_latency_table(dense: "nn.Module", target: "Target", *, int8: bool = Fa
     from tqdm.auto import tqdm
 
     from autoprune.models import get_adapter
-    from autoprune.runtimes import measure_target
+    from autoprune.runtimes import machine, measure_target
     from autoprune.surgery import drop_layers, prune_structured
 
     t0 = time.perf_counter()
@@ -280,4 +258,4 @@ def latency_table(dense: "nn.Module", target: "Target", *, int8: bool = False, c
     return table
 
 
-__all__ = ["LatencyTable", "build_latency_table", "grid", "latency_table", "machine", "table_key"]
+__all__ = ["LatencyTable", "build_latency_table", "grid", "latency_table", "table_key"]

@@ -90,6 +90,8 @@ class TrialResult:
     targets: dict[str, Any] | None = None
     # retrain.keep_best: whether the last retraining phase was undone (it lowered validation accuracy)
     retrain_undone: bool | None = None
+    # where the speed was measured or predicted for (autoprune.runtimes.machine): CPU model, CPUs, versions
+    machine: dict[str, Any] | None = None
 
     @property
     def kept_heads(self) -> list[list[int]] | None:

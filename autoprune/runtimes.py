@@ -30,6 +30,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
+import os
+import platform
 import tempfile
 import weakref
 from pathlib import Path
@@ -330,6 +332,30 @@ def measure_target(dense: "nn.Module", pruned: "nn.Module", target: Target, *, i
     return out
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """Where speed is measured: CPU model, CPUs and runtime versions (recorded with every trial's
+    speed, and part of a latency table's cache key)."""
+    import torch
+
+    try:
+        import onnxruntime
+
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = None
+    return {"cpu": _cpu_name(), "cpus": os.cpu_count(), "torch": torch.__version__, "onnxruntime": ort}
+
+
 def _measure_all(dense: "nn.Module", pruned: "nn.Module", targets: list[dict[str, Any]], int8: bool,
                  onnx_file: str | Path | None = None) -> dict[str, Any]:
     """Body of the pinned measurement task (plain data in, plain data out)."""
@@ -348,7 +374,7 @@ def _measure_all(dense: "nn.Module", pruned: "nn.Module", targets: list[dict[str
             placement = {"node_id": ctx.get_node_id(), "resources": dict(ctx.get_assigned_resources())}
     except Exception:  # noqa: BLE001 - where it ran is informative only
         pass
-    return {"targets": results, "placement": placement}
+    return {"targets": results, "placement": placement, "machine": machine()}
 
 
 def measure_targets(dense: "nn.Module", pruned: "nn.Module", measure: "MeasureConfig", *,
@@ -412,5 +438,5 @@ def onnx_accuracy(onnx_path: str | Path, split: "Split", *, pad_id: int, num_lab
 
 
 __all__ = ["RESOURCE_SHARE", "RUNTIMES", "Target", "TargetError", "check_before_study", "check_cluster",
-           "check_gpus", "check_targets", "measure_target", "measure_targets",
+           "check_gpus", "check_targets", "machine", "measure_target", "measure_targets",
            "onnx_accuracy", "ray_trial_options", "speed_report"]

@@ -418,6 +418,7 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
     """Latency against the dense model (in every measurement target), FLOPs, parameters and size; the whole result."""
     from autoprune.measure import count_flops, count_params, measure_speed, nonzero_params, size_on_disk, speed_flags
     from autoprune.models import get_adapter
+    from autoprune.runtimes import machine
     from autoprune.surgery import encoder_weight_sparsity
 
     ctx, policy, float_model, rec = run.ctx, run.policy, run.model, run.record
@@ -462,5 +463,5 @@ def _measure(run: _Run, model: nn.Module, final: EvalMetrics, dense_final: EvalM
         weight_sparsity=encoder_weight_sparsity(float_model), retrain_steps=run.done_steps,
         phase_seconds=run.phases, history=run.history, measure=run.config.measure.model_dump(),
         accuracy_pruned=pruned.accuracy, prune_record=rec.to_dict(), targets=targets,
-        retrain_undone=run.retrain_undone,
+        retrain_undone=run.retrain_undone, machine=targets["machine"] if targets else machine(),
     )

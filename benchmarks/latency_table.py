@@ -12,7 +12,8 @@ their predictions against the speedups the top rungs of archived multi-fidelity 
 It reports, per group and for float and int8 apart, the median and worst relative error
 ``|predicted - measured| / measured`` and the median signed error. A table is only valid on the
 machine it was timed on (its cache key holds the CPU model): compare it with archives timed on the
-same machine. ``--fresh`` also re-times each promoted shape now (a model cut to that shape, the
+same machine (a trial that records the CPU it was timed on, ``machine`` in its result, is left out
+when that CPU differs; trials stored before it was recorded are taken as given). ``--fresh`` also re-times each promoted shape now (a model cut to that shape, the
 full measurement of the target, dense and cut interleaved) beside the prediction.
 
     .venv/bin/python benchmarks/latency_table.py --archives docs/data/multifidelity5_studies.db
@@ -59,6 +60,7 @@ def measured_trials(archives: list[Path], target: dict[str, Any]) -> list[dict[s
                 if any(o.get(k) != target[k] for k in keys):
                     continue
                 rows.append({"source": [p.name, name, t.number], "promoted": name.startswith("mf_"),
+                             "cpu": (r.get("machine") or {}).get("cpu"),
                              "int8": bool(r["policy"].get("quantize")), "heads": r["heads_per_layer"],
                              "ffn": r["ffn_per_layer"], "measured": o["speedup"],
                              "measured_quartiles": [o.get("speedup_q1"), o.get("speedup_q3")]})
@@ -137,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     dense = load_model(str(args.model), num_labels=2).eval()
     tables = {q: latency_table(dense, target, int8=q, cache_dir=args.cache, progress=True)
               for q in sorted({r["int8"] for r in rows})}
+    elsewhere = [r for r in rows if r["cpu"] not in (None, tables[r["int8"]].machine.get("cpu"))]
+    if elsewhere:  # a trial that records the CPU it was timed on is held only against a table of that CPU
+        log.info("%d trials were timed on another CPU; left out", len(elsewhere))
+        rows = [r for r in rows if r not in elsewhere]
     for r in rows:
         r["predicted"] = tables[r["int8"]].predict(r["heads"], r["ffn"])
     if args.fresh:

@@ -351,6 +351,7 @@ def test_latency_table_bench_holds_predictions_against_top_rung_timings_of_its_t
         add(st, 2.0, name == "random_seed1")
         add(st, 3.0, False, batch_size=8)  # another target: left out
     rows = lt.measured_trials([tmp_path / "a.db"], target)
+    assert {r["cpu"] for r in rows} == {None}  # stored without the machine: taken as given
     assert [(r["source"][1], r["promoted"], r["int8"], r["measured"]) for r in rows] == [
         ("mf_seed1", True, False, 2.0), ("random_seed1", False, True, 2.0)]  # top rungs of the arms only
     for r, predicted in zip(rows, (2.2, 1.9)):

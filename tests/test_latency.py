@@ -128,6 +128,7 @@ def test_a_trial_on_a_table_rung_reports_the_predicted_speedup(tmp_path, modelle
     assert len(files) == 1
     table = L.LatencyTable.from_dict(json.loads(files[0].read_text()))
     assert res.speed_label == "predicted" and res.targets is None
+    assert res.machine == table.machine and res.machine["cpu"]  # what the prediction is valid for
     assert res.speedup == pytest.approx(table.predict(res.heads_per_layer, res.ffn_per_layer))
     assert res.speedup == pytest.approx(cost_ms_shape([4, 4], [64, 64]) / cost_ms_shape(res.heads_per_layer,
                                                                                         res.ffn_per_layer))

@@ -22,7 +22,7 @@ from autoprune.measure import interleaved_times
 from autoprune.models import get_adapter, load_model
 from autoprune.quantize import is_onnx_int8
 from autoprune.runtimes import (RESOURCE_SHARE, Target, TargetError, check_before_study, check_cluster, check_gpus,
-                                check_targets, measure_target, measure_targets, onnx_accuracy)
+                                check_targets, machine, measure_target, measure_targets, onnx_accuracy)
 from autoprune.surgery import prune_structured
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error; this machine has a GPU")
@@ -225,6 +225,7 @@ def test_measurement_asks_ray_for_the_configured_resource(ray_bench, tiny):
     assert out["placement"]["node_id"] == ray_bench.get_runtime_context().get_node_id()
     assert set(out["targets"]) == {"torch-cpu"} and out["objective"] == "torch-cpu"
     assert out["targets"]["torch-cpu"]["speedup"] > 0
+    assert out["machine"] == machine()  # the node that timed it (here the same host) is on record
     # without a resource the same targets are timed in this process: no Ray placement
     assert measure_targets(tiny, tiny, m.model_copy(update={"resource": None}))["placement"] == {}
 
