@@ -47,7 +47,7 @@ from autoprune.criteria import get_criterion, keep_top, n_removed  # noqa: E402
 from autoprune.onnx_export import export_onnx, onnx_inputs, onnx_session  # noqa: E402
 from autoprune.measure import count_flops, evaluate_split, interleaved_times, random_batch, spread  # noqa: E402
 from autoprune.models import get_adapter, load_model  # noqa: E402
-from autoprune.runtimes import onnx_accuracy  # noqa: E402
+from autoprune.runtimes import machine, onnx_accuracy  # noqa: E402
 from autoprune.surgery import prune_structured  # noqa: E402
 from autoprune.train import load_task_data, load_tokenizer  # noqa: E402
 
@@ -188,7 +188,7 @@ def main() -> None:
     doc = {
         "benchmark": "runtimes", "date": dt.date.today().isoformat(),
         "command": " ".join(["PYTHONPATH=. .venv/bin/python benchmarks/runtimes.py", *sys.argv[1:]]),
-        "checkpoint": str(CHECKPOINT), "machine": {"cpu": _cpu_name(), "platform": platform.platform()},
+        "checkpoint": str(CHECKPOINT), "machine": {"cpu": machine()["cpu"], "platform": platform.platform()},
         "versions": _versions(), "threads": 1, "repeats_b32": args.repeats, "repeats_b1": 2 * args.repeats,
         "warmup": args.warmup, "method": __doc__.split("Method. ", 1)[1].split("\n\n")[0].replace("\n", " "),
         "points": rows, "torchao_dense": torchao, "seconds": time.time() - t_start,
@@ -221,16 +221,6 @@ def torchao_dense(dense: torch.nn.Module, feeds: dict, warmup: int, repeats: int
         out[f"b{bs}x{sl}"] = {"ms": {k: spread(v)[1] for k, v in ts.items()},
                               "torchao": ratio(ts["fp32"], ts["torchao"]), "torch_ao": ratio(ts["fp32"], ts["torch_ao"])}
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _versions() -> dict[str, str]:
