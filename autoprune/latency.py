@@ -42,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,9 +158,9 @@ def table_key(model: "nn.Module", target: "Target", int8: bool, head_points: int
     """A hash of what a table depends on: the dense model's architecture (not its weights), the
     target, int8, the grids, the timed rounds and :func:`autoprune.runtimes.machine`."""
     cfg = model.config.to_dict() if hasattr(model, "config") else {}
-    cfg = {k: v for k, v in cfg.items() if k not in ("id2label", "label2id", "_name_or_path", "transformers_version")}
     from autoprune.runtimes import machine
 
+    cfg = {k: v for k, v in cfg.items() if k not in ("id2label", "label2id", "_name_or_path", "transformers_version")}
     blob = json.dumps([TABLE_VERSION, cfg, target.model_dump(), bool(int8), head_points, neuron_points, repeats,
                        machine()],
                       sort_keys=True, default=str)
@@ -214,8 +215,6 @@ def build_latency_table(dense: "nn.Module", target: "Target", *, int8: bool = Fa
     layer_share = (base - shares[("drop", dropped)]) / dropped if dropped else 0.0
     head_share = [per_layer[("heads", h)] for h in h_grid[:-1]] + [0.0]
     neuron_share = [per_layer[("neurons", n)] for n in n_grid[:-1]] + [0.0]
-    import statistics
-
     table = LatencyTable(
         key=key, target=target.model_dump(), int8=bool(int8),
         num_layers=n_layers, heads=h_full, neurons=n_full,

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import logging
 import os
@@ -344,7 +345,12 @@ def _cpu_name() -> str:
 
 def machine() -> dict[str, Any]:
     """Where speed is measured: CPU model, CPUs and runtime versions (recorded with every trial's
-    speed, and part of a latency table's cache key)."""
+    speed, and part of a latency table's cache key). Read once per process."""
+    return dict(_machine())
+
+
+@functools.cache
+def _machine() -> dict[str, Any]:
     import torch
 
     try:

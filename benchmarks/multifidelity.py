@@ -359,6 +359,17 @@ def promoted_pairs(storage: str, seeds: list[int]) -> list[dict[str, Any]]:
     return out
 
 
+def trial_seconds(phases: dict[str, Any] | None) -> float | None:
+    """Seconds a trial took without its one-off load (``phase_seconds``), None when it recorded none.
+
+    Example:
+        >>> trial_seconds({"load": 20.0, "total": 32.5}), trial_seconds({})
+        (12.5, None)
+    """
+    phases = phases or {}
+    return float(phases["total"]) - float(phases.get("load", 0.0)) if "total" in phases else None
+
+
 def rung0_seconds(storage: str, seeds: list[int]) -> list[float]:
     """Wall seconds of every complete rung-0 trial of the mf arms, without the first trial's one-off load."""
     import optuna
@@ -371,9 +382,9 @@ def rung0_seconds(storage: str, seeds: list[int]) -> list[float]:
         if study_name("mf", seed) in names:
             levels = rungs(open_study(storage, study_name("mf", seed)))
             for r in levels[0].finished if levels else []:
-                ph = (r.result or {}).get("phase_seconds") or {}
-                if r.complete and "total" in ph:
-                    out.append(float(ph["total"]) - float(ph.get("load", 0.0)))
+                secs = trial_seconds((r.result or {}).get("phase_seconds"))
+                if r.complete and secs is not None:
+                    out.append(secs)
     return out
 
 
@@ -405,8 +416,7 @@ def correlation_report(storage: str, seeds: list[int]) -> tuple[str, dict[str, A
     a0 = [t.values[0] for t in trials]
     af = [t.user_attrs["full_accuracy"] for t in trials]
     rho, tau = rank_corr(a0, af)
-    secs = [float(ph["total"]) - float(ph.get("load", 0.0))  # as rung0_seconds: without the one-off load
-            for t in trials if "total" in (ph := t.user_attrs.get("phase_seconds") or {})]
+    secs = [x for t in trials if (x := trial_seconds(t.user_attrs.get("phase_seconds"))) is not None]
     promoted = promoted_pairs(storage, seeds)
     searched = rung0_seconds(storage, seeds)
     numbers: dict[str, Any] = {

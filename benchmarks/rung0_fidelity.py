@@ -35,7 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, add_results_option, run, write_results  # noqa: E402
 from benchmarks.minilm_sst2 import archive  # noqa: E402
-from benchmarks.multifidelity import rank_corr, full_budget_policies, rung0_config, with_rungs  # noqa: E402
+from benchmarks.multifidelity import (full_budget_policies, rank_corr, rung0_config, trial_seconds,  # noqa: E402
+                                      with_rungs)
 from autoprune.errors import AutopruneError  # noqa: E402
 
 log = logging.getLogger("benchmarks.rung0_fidelity")
@@ -136,8 +137,7 @@ def loo_corrected(a0: list[float], af: list[float], policies: list[dict[str, Any
 
 def _seconds(trials: list[Any]) -> list[float]:
     """Seconds each trial took without its one-off load."""
-    return [float(ph["total"]) - float(ph.get("load", 0.0))
-            for t in trials if "total" in (ph := t.user_attrs.get("phase_seconds") or {})]
+    return [x for t in trials if (x := trial_seconds(t.user_attrs.get("phase_seconds"))) is not None]
 
 
 def report(storage: str, policies: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
